@@ -1,0 +1,3 @@
+from flowpost.cli import main
+
+main()

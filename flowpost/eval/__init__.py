@@ -1,0 +1,1 @@
+"""flowpost.eval"""

@@ -1,0 +1,1 @@
+"""Post-training methods; importing this package registers the built-in ones."""
