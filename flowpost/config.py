@@ -93,7 +93,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}")
+            raise ConfigError(
+                f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}"
+            )
         return from_dict(tp, value, prefix=key)
     if tp is bool:
         if isinstance(value, bool):

@@ -27,7 +27,9 @@ class NetConfig:
     patch_size: int = option(2, "DiT patch size", min=1)
     heads: int = option(4, "DiT attention heads", min=1)
     dropout: float = option(0.0, "dropout inside the network", min=0.0, max=1.0)
-    repeats: int = option(1, "repeat the blocks r times with a learned repeat-index embedding", min=1)
+    repeats: int = option(
+        1, "repeat the blocks r times with a learned repeat-index embedding", min=1
+    )
 
 
 @dataclass
