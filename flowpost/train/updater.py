@@ -1,0 +1,100 @@
+"""The :class:`~flowpost.methods.base.Updater` the trainer hands to methods.
+
+It sums a method's loss terms, refuses non-finite ones (naming the step and the term),
+back-propagates, clips, steps one optimiser and its schedule, clears every gradient (so a
+policy step never leaks gradients into a discriminator, or the reverse) and updates EMAs.
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Linear(2, 1)
+    >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    >>> up = OptimizerUpdater({"policy": opt})
+    >>> logs = up.step("policy", mse=net(torch.ones(4, 2)).pow(2).mean())
+    >>> sorted(logs)
+    ['policy/mse']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from flowpost.train.ema import EMA
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or Inf; the run stops and the last good checkpoint is kept."""
+
+    def __init__(self, step: int, term: str, value: float) -> None:
+        super().__init__(
+            f"non-finite loss at step {step}: term '{term}' = {value}; the last good checkpoint "
+            "is intact. Lower the learning rate, enable gradient clipping, or check the data."
+        )
+        self.step = step
+        self.term = term
+
+
+class OptimizerUpdater:
+    """Takes optimiser steps on a method's behalf.
+
+    Args:
+        optimizers: optimiser per name (the names a method's ``optimizers()`` declared).
+        schedulers: optional LR scheduler per name, stepped after its optimiser.
+        grad_clip: max global grad norm per name (``None`` or <= 0: no clipping).
+        emas: EMA per role name, updated after the optimiser of the same name steps.
+        backward: how to back-propagate (the trainer passes ``accelerator.backward``).
+        live: the live module per role name (for EMA updates).
+    """
+
+    def __init__(
+        self,
+        optimizers: dict[str, torch.optim.Optimizer],
+        *,
+        schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] | None = None,
+        grad_clip: dict[str, float | None] | None = None,
+        emas: dict[str, EMA] | None = None,
+        live: dict[str, nn.Module] | None = None,
+        backward: Callable[[Tensor], None] | None = None,
+    ) -> None:
+        self.optimizers = optimizers
+        self.schedulers = schedulers or {}
+        self.grad_clip = grad_clip or {}
+        self.emas = emas or {}
+        self.live = live or {}
+        self.backward = backward or (lambda loss: loss.backward())
+        self.global_step = 0
+        self.steps_taken: dict[str, int] = {name: 0 for name in optimizers}
+        self._params = {
+            name: [p for g in opt.param_groups for p in g["params"]]
+            for name, opt in optimizers.items()
+        }
+        self.last_grad_norm: dict[str, float] = {}
+
+    def step(self, name: str, **terms: Tensor) -> dict[str, float]:
+        if name not in self.optimizers:
+            raise KeyError(f"no optimiser named {name!r}; known: {sorted(self.optimizers)}")
+        if not terms:
+            raise ValueError("update.step needs at least one loss term")
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        for key, value in values.items():
+            if not math.isfinite(value):
+                raise NonFiniteLossError(self.global_step, f"{name}/{key}", value)
+        total = sum(terms.values())
+        assert isinstance(total, Tensor)
+        self.backward(total)
+        clip = self.grad_clip.get(name)
+        if clip is not None and clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self._params[name], clip)
+            self.last_grad_norm[name] = float(norm)
+        self.optimizers[name].step()
+        if name in self.schedulers:
+            self.schedulers[name].step()
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self.steps_taken[name] += 1
+        if name in self.emas and name in self.live:
+            self.emas[name].update(self.live[name])
+        return {f"{name}/{k}": v for k, v in values.items()}
