@@ -1,0 +1,183 @@
+"""The ``flowpost`` command (also ``python -m flowpost``).
+
+Verbs: ``train``, ``sample``, ``eval``, ``demo``, ``methods``, ``options``. Every user error
+(bad recipe key, missing file, damaged checkpoint, non-finite loss) ends in a one-line message
+and exit code 2 (1 for a run that stopped on a non-finite loss), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="flowpost: post-training of flow-matching generative models.",
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():  # type: ignore[no-untyped-def]
+    from flowpost.config import ConfigError
+    from flowpost.train.checkpoint import CheckpointError
+
+    return (ConfigError, CheckpointError, FileNotFoundError, ValueError)
+
+
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="YAML recipe (see recipes/)"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: --set train.steps=500"),
+    out: Path | None = typer.Option(
+        None, "--out", help="run folder (default runs/<task>-<recipe>)"
+    ),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+) -> None:
+    """Train (pretrain or post-train) from a recipe; writes a run folder."""
+    from flowpost.config import apply_overrides, load_yaml
+    from flowpost.train import run_training
+    from flowpost.train.config import build_run_config
+    from flowpost.train.updater import NonFiniteLossError
+
+    out_dir = out or Path("runs") / f"{recipe.parent.name}-{recipe.stem}"
+    try:
+        cfg = build_run_config(apply_overrides(load_yaml(recipe), set_))
+        summary = run_training(cfg, out_dir, resume=resume, progress=progress)
+    except NonFiniteLossError as err:
+        _fail(str(err), code=1)
+    except _user_errors() as err:
+        _fail(str(err))
+    typer.echo(json.dumps(summary, indent=1, sort_keys=True))
+    typer.echo(f"run folder: {out_dir}")
+
+
+def _load_run(run: Path):  # type: ignore[no-untyped-def]
+    """Rebuild a trainer from a run folder and restore its newest checkpoint."""
+    from flowpost.config import load_yaml
+    from flowpost.train import Trainer
+    from flowpost.train.checkpoint import CheckpointError, latest_checkpoint
+    from flowpost.train.config import build_run_config
+
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run}: not a run folder (no config.yaml)")
+    cfg = build_run_config(load_yaml(run / "config.yaml"))
+    trainer = Trainer(cfg, run, progress=False)
+    found = latest_checkpoint(run / "checkpoints")
+    if found is None:
+        raise CheckpointError(f"{run}: no checkpoint to load")
+    trainer.restore(found)
+    return trainer
+
+
+@app.command()
+def sample(
+    run: Path = typer.Argument(..., help="a run folder"),
+    nfe: int = typer.Option(100, help="network evaluations"),
+    n: int = typer.Option(64, "--n", help="how many samples"),
+    method: str = typer.Option("euler", "--method", help="euler|midpoint|heun|rk4|dopri5"),
+    seed: int = typer.Option(0, help="noise seed"),
+    out: Path = typer.Option(Path("samples.npy"), "--out", help=".npy array or .png plot/grid"),
+) -> None:
+    """Draw samples from a run's EMA model into a .npy file or a PNG."""
+    import numpy as np
+
+    from flowpost.eval import plot_samples
+
+    try:
+        trainer = _load_run(run)
+        samples, _ = trainer.generate(n, nfe, method, seed)
+    except _user_errors() as err:
+        _fail(str(err))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, samples.numpy())
+    elif out.suffix == ".png":
+        plot_samples(samples, out, spec=trainer.data.train.spec, title=f"{run.name} nfe={nfe}")
+    else:
+        _fail(f"--out must end in .npy or .png, got {out}")
+    typer.echo(f"wrote {n} samples to {out}")
+
+
+@app.command("eval")
+def eval_(
+    run: Path = typer.Argument(..., help="a run folder"),
+    nfe: int | None = typer.Option(None, help="network evaluations (default: the run's)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Metrics of a run's EMA model against its held-out data."""
+    try:
+        trainer = _load_run(run)
+        metrics = trainer.evaluate(nfe=nfe)
+    except _user_errors() as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=1, sort_keys=True))
+    else:
+        for key, value in sorted(metrics.items()):
+            typer.echo(f"{key:>24s}  {value:.5g}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="where the demo writes its runs"),
+    quick: bool = typer.Option(False, "--quick", help="a much shorter run (for smoke tests)"),
+) -> None:
+    """The main job on embedded data: pretrain a 2-D flow, fine-tune it toward a new target
+    from a few demonstrations, evaluate and plot before/after."""
+    from flowpost.demo import run_demo
+
+    report = run_demo(out, quick=quick)
+    typer.echo(f"report: {report}")
+
+
+@app.command()
+def methods() -> None:
+    """List the available methods."""
+    from flowpost.methods.base import method_registry
+
+    for name, cls in sorted(method_registry().items()):
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        typer.echo(f"{name:16s} {doc[0] if doc else ''}")
+
+
+@app.command()
+def options(method: str = typer.Argument("flow_matching", help="method name")) -> None:
+    """Every recipe field with its default and help text."""
+    from flowpost.config import describe
+    from flowpost.data import DataConfig
+    from flowpost.methods.base import get_method_class
+    from flowpost.nets.config import NetConfig
+    from flowpost.train.config import EvalConfig, TrainConfig
+
+    try:
+        method_cls = get_method_class(method)
+    except ValueError as err:
+        _fail(str(err))
+    sections = [
+        ("data", DataConfig),
+        ("model", NetConfig),
+        ("method", method_cls.config_class),
+        ("train", TrainConfig),
+        ("eval", EvalConfig),
+    ]
+    for section, cls in sections:
+        typer.echo(f"[{section}]")
+        for key, help_text, default in describe(cls):
+            typer.echo(f"  {section}.{key} = {default!r}    {help_text}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The run config: one dataclass per recipe section, assembled and validated in one place.
+
+A recipe is YAML with the sections ``data``, ``model``, ``method``, ``train``, ``eval`` and an
+optional ``init_from`` (a pretrained run folder). ``method.name`` picks the method, whose own
+config dataclass then validates the rest of the ``method`` section.
+
+It lives in ``train/`` rather than ``config.py`` because assembling a run needs every folder's
+config (data, nets, methods); ``config.py`` keeps the generic, dependency-free machinery.
+
+Example:
+    >>> cfg = build_run_config({"data": {"name": "moons"}, "train": {"steps": 10}})
+    >>> cfg.method.name, cfg.train.steps
+    ('flow_matching', 10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flowpost.config import ConfigError, from_dict, option, to_dict
+from flowpost.data import DataConfig
+from flowpost.methods.base import MethodConfig, get_method_class
+from flowpost.nets.config import NetConfig
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, checkpointing, logging: everything the trainer owns."""
+
+    steps: int = option(2000, "number of training iterations (method train_step calls)", min=0)
+    batch_size: int = option(256, "samples of target data per iteration", min=1)
+    lr: float = option(1e-3, "default learning rate of every optimiser", min=0.0)
+    weight_decay: float = option(0.0, "AdamW weight decay", min=0.0)
+    betas: list[float] = option(default_factory=lambda: [0.9, 0.999], help="AdamW betas")
+    warmup_steps: int = option(0, "linear learning-rate warm-up, in optimiser steps", min=0)
+    schedule: str = option(
+        "constant", "learning-rate schedule after warm-up", choices=["constant", "cosine"]
+    )
+    min_lr_ratio: float = option(0.1, "cosine schedule floor, as a fraction of lr", min=0, max=1)
+    grad_clip: float = option(1.0, "max global gradient norm per optimiser (0: off)", min=0.0)
+    ema_decay: float = option(
+        0.999, "EMA decay of the evaluated roles (0: no averaging)", min=0.0, max=0.999999
+    )
+    seed: int = option(0, "one seed for everything: data order, noise, initialisation")
+    checkpoint_every: int = option(500, "steps between checkpoints (0: only at the end)", min=0)
+    keep_checkpoints: int = option(2, "how many recent checkpoints to keep", min=1)
+    eval_every: int = option(0, "steps between evaluations (0: only at the end)", min=0)
+    log_every: int = option(50, "steps between metrics.jsonl lines", min=1)
+    precision: str = option("no", "mixed precision", choices=["no", "bf16", "fp16"])
+    device: str = option("auto", "where to train", choices=["auto", "cpu", "cuda"])
+
+
+@dataclass
+class EvalConfig:
+    """How the trained model is evaluated against the held-out data."""
+
+    nfe: int = option(100, "network evaluations of the sampler", min=1)
+    solver: str = option(
+        "euler", "ODE solver", choices=["euler", "midpoint", "heun", "rk4", "dopri5"]
+    )
+    n_samples: int = option(2000, "samples drawn for the metrics", min=2)
+    extra_nfe: list[int] = option(
+        default_factory=list, help="also report the metrics at these NFEs (final evaluation)"
+    )
+    seed: int = option(1234, "seed of the evaluation noise (separate from training's stream)")
+    plots: bool = option(True, "save sample plots into the run's plots/ folder")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: what data, which network, which method, how to train and evaluate."""
+
+    data: DataConfig
+    model: NetConfig
+    method: MethodConfig
+    train: TrainConfig
+    eval: EvalConfig
+    init_from: str | None = None
+
+
+SECTIONS = ("data", "model", "method", "train", "eval", "init_from")
+
+
+def build_run_config(data: Mapping[str, Any]) -> RunConfig:
+    """Validate a nested dict (a parsed recipe with overrides) into a :class:`RunConfig`."""
+    unknown = [k for k in data if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown key '{unknown[0]}' (known sections: {', '.join(SECTIONS)})")
+    for section in ("data", "model", "method", "train", "eval"):
+        value = data.get(section)
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{section}: expected a mapping of fields, got {value!r}")
+    method_data = dict(data.get("method") or {})
+    name = method_data.get("name", "flow_matching")
+    try:
+        method_cls = get_method_class(str(name))
+    except ValueError as err:
+        raise ConfigError(f"method.name: {err}") from None
+    init_from = data.get("init_from")
+    if init_from is not None and not isinstance(init_from, str):
+        raise ConfigError(f"init_from: expected a run folder path, got {init_from!r}")
+    return RunConfig(
+        data=from_dict(DataConfig, data.get("data"), prefix="data"),
+        model=from_dict(NetConfig, data.get("model"), prefix="model"),
+        method=from_dict(method_cls.config_class, method_data, prefix="method"),
+        train=from_dict(TrainConfig, data.get("train"), prefix="train"),
+        eval=from_dict(EvalConfig, data.get("eval"), prefix="eval"),
+        init_from=init_from,
+    )
+
+
+def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """A plain dict of the run config (what ``config.yaml`` in a run folder holds)."""
+    out: dict[str, Any] = to_dict(cfg)
+    return out

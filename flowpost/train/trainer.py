@@ -1,0 +1,347 @@
+"""The trainer: runs any :class:`~flowpost.methods.base.Method` without knowing its maths.
+
+It owns devices (through Hugging Face Accelerate), optimisers and schedules, gradient
+clipping, EMAs, checkpoints and exact resume, logging, progress, evaluation and the NaN guard.
+
+Example:
+    >>> import tempfile
+    >>> from flowpost.train.config import build_run_config
+    >>> cfg = build_run_config({
+    ...     "data": {"name": "moons", "n_heldout": 200},
+    ...     "model": {"hidden": 32, "depth": 2},
+    ...     "train": {"steps": 5, "batch_size": 32, "checkpoint_every": 0},
+    ...     "eval": {"nfe": 4, "n_samples": 200, "plots": False},
+    ... })
+    >>> summary = Trainer(cfg, tempfile.mkdtemp(), progress=False).fit()
+    >>> summary["step"]
+    5
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from torch import Tensor, nn
+
+from flowpost.data import load_data
+from flowpost.data.base import ArrayData, Batch
+from flowpost.eval import evaluate_samples, plot_samples
+from flowpost.methods.base import Method, get_method_class
+from flowpost.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    load_policy_state,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+    split_prefixed,
+)
+from flowpost.train.config import RunConfig, run_config_to_dict
+from flowpost.train.ema import EMA
+from flowpost.train.logger import ProgressBar, RunLogger
+from flowpost.train.updater import NonFiniteLossError, OptimizerUpdater
+
+
+def lr_lambda(warmup: int, total: int, schedule: str, floor: float):  # type: ignore[no-untyped-def]
+    """Multiplier of the base lr after ``k`` optimiser steps: linear warm-up, then constant
+    or cosine decay to ``floor``."""
+
+    def factor(k: int) -> float:
+        if warmup > 0 and k < warmup:
+            return (k + 1) / warmup
+        if schedule == "cosine" and total > warmup:
+            progress = min(1.0, (k - warmup) / max(1, total - warmup))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def _rng_tensors() -> dict[str, Tensor]:
+    out = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda.{i}"] = s
+    return out
+
+
+def _restore_rng(tensors: Mapping[str, Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains ``config.method`` on ``config.data`` and writes a run folder ``out_dir``.
+
+    The run folder holds ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
+    ``checkpoints/``, ``plots/`` and, at the end, ``summary.json``.
+    """
+
+    def __init__(self, config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> None:
+        self.config = config
+        self.out = Path(out_dir)
+        self.progress_enabled = progress
+        tc = config.train
+        _seed_everything(tc.seed)
+        self.accelerator = Accelerator(
+            mixed_precision=tc.precision, cpu=(tc.device == "cpu"), log_with=None
+        )
+        if tc.device == "cuda" and self.accelerator.device.type != "cuda":
+            raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+        self.device = self.accelerator.device
+        self.data = load_data(config.data)
+        method_cls = get_method_class(config.method.name)
+        self.method: Method = method_cls(config.method, self.data.train.spec, config.model)
+        if config.init_from:
+            self.method.load_pretrained(load_policy_state(config.init_from))
+        self.method.to(self.device)
+        self._build_optimisers()
+        self.train_x = self.data.train.x.to(self.device)
+        self.train_cond = (
+            None if self.data.train.cond is None else self.data.train.cond.to(self.device)
+        )
+        self.step = 0
+
+    # -- construction -------------------------------------------------------------------
+    def _build_optimisers(self) -> None:
+        tc = self.config.train
+        specs = self.method.optimizers()
+        if not specs:
+            raise ValueError(f"method {self.config.method.name!r} declared no optimiser")
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        clips: dict[str, float | None] = {}
+        for name, spec in specs.items():
+            params = [p for p in spec.params if p.requires_grad]
+            if not params:
+                raise ValueError(f"optimiser {name!r} has no trainable parameters")
+            betas = spec.betas or (tc.betas[0], tc.betas[1])
+            opt = torch.optim.AdamW(
+                params,
+                lr=spec.lr if spec.lr is not None else tc.lr,
+                betas=betas,
+                weight_decay=spec.weight_decay
+                if spec.weight_decay is not None
+                else tc.weight_decay,
+            )
+            self.optimizers[name] = opt
+            if spec.schedule:
+                self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
+                    opt, lr_lambda(tc.warmup_steps, tc.steps, tc.schedule, tc.min_lr_ratio)
+                )
+            clips[name] = spec.grad_clip if spec.grad_clip is not None else tc.grad_clip
+        self.live = {role: self.method.role(role) for role in self.method.ema_roles()}
+        self.emas = {role: EMA(module, tc.ema_decay) for role, module in self.live.items()}
+        self.updater = OptimizerUpdater(
+            self.optimizers,
+            schedulers=self.schedulers,
+            grad_clip=clips,
+            emas=self.emas,
+            live=self.live,
+            backward=self.accelerator.backward,
+        )
+
+    # -- checkpoints --------------------------------------------------------------------
+    def _checkpoint_payload(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors: dict[str, Tensor] = {}
+        for key, value in self.method.state_dict().items():
+            tensors[f"model.{key}"] = value
+        for role, ema in self.emas.items():
+            for key, value in ema.module.state_dict().items():
+                tensors[f"ema.{role}.{key}"] = value
+        optim_meta = {}
+        for name, opt in self.optimizers.items():
+            flat, meta = optimizer_to_flat(name, opt)
+            tensors.update(flat)
+            optim_meta[name] = meta
+        tensors.update(_rng_tensors())
+        state = {
+            "optimizers": optim_meta,
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "updater": {"steps_taken": self.updater.steps_taken},
+            "method": self.method.extra_state(),
+            "python_rng": list(random.getstate()[1]),
+            "config": run_config_to_dict(self.config),
+        }
+        return tensors, state
+
+    def save(self) -> Path:
+        tensors, state = self._checkpoint_payload()
+        return save_checkpoint(
+            self.out / "checkpoints",
+            self.step,
+            tensors,
+            state,
+            keep=self.config.train.keep_checkpoints,
+        )
+
+    def restore(self, path: Path) -> None:
+        tensors, state = load_checkpoint(path)
+        try:
+            self.method.load_state_dict(split_prefixed(tensors, "model"))
+            for role, ema in self.emas.items():
+                ema.module.load_state_dict(split_prefixed(tensors, f"ema.{role}"))
+            for name, opt in self.optimizers.items():
+                optimizer_from_flat(name, opt, tensors, state["optimizers"][name])
+            for name, sched in self.schedulers.items():
+                sched.load_state_dict(state["schedulers"][name])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(
+                f"{path}: does not fit this run's config ({err}); resume with the same recipe"
+            ) from None
+        self.updater.steps_taken = dict(state["updater"]["steps_taken"])
+        self.method.load_extra_state(state.get("method", {}))
+        _restore_rng(tensors)
+        py = state.get("python_rng")
+        if py is not None:
+            random.setstate((3, tuple(py), None))
+        self.step = int(state["step"])
+
+    # -- training -----------------------------------------------------------------------
+    def _next_batch(self) -> Batch:
+        n = self.train_x.shape[0]
+        index = torch.randint(0, n, (self.config.train.batch_size,)).to(self.device)
+        cond = None if self.train_cond is None else self.train_cond[index]
+        return Batch(self.train_x[index], cond)
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to ``train.steps`` (continuing from the newest checkpoint if ``resume``)."""
+        tc = self.config.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            found = latest_checkpoint(self.out / "checkpoints")
+            if found is None:
+                raise CheckpointError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
+            self.restore(found)
+        (self.out / "config.yaml").write_text(
+            yaml.safe_dump(run_config_to_dict(self.config), sort_keys=False)
+        )
+        logger = RunLogger(self.out, resume_step=self.step if resume else 0)
+        bar = ProgressBar(tc.steps, self.step, self.progress_enabled)
+        window: dict[str, list[float]] = {}
+        started = time.perf_counter()
+        try:
+            while self.step < tc.steps:
+                batch = self._next_batch()
+                self.updater.global_step = self.step
+                self.method.train()
+                with self.accelerator.autocast():
+                    logs = self.method.train_step(batch, self.step, self.updater)
+                self.step += 1
+                for key, value in logs.items():
+                    window.setdefault(key, []).append(float(value))
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    record: dict[str, Any] = {
+                        "step": self.step,
+                        "phase": self.method.phase(self.step),
+                    }
+                    record.update({k: sum(v) / len(v) for k, v in window.items()})
+                    for name, opt in self.optimizers.items():
+                        record[f"lr/{name}"] = opt.param_groups[0]["lr"]
+                    record["time_s"] = round(time.perf_counter() - started, 3)
+                    logger.write(record)
+                    bar.update(self.step, record["phase"], {k: record[k] for k in window})
+                    window = {}
+                if tc.eval_every and self.step % tc.eval_every == 0 and self.step < tc.steps:
+                    metrics = self.evaluate(plot_name=f"samples_step{self.step:07d}.png")
+                    logger.write(
+                        {"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}}
+                    )
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                    self.save()
+        except NonFiniteLossError as err:
+            logger.write({"step": self.step, "error": str(err)})
+            raise
+        finally:
+            bar.close()
+        if not (tc.checkpoint_every and self.step % tc.checkpoint_every == 0):
+            self.save()
+        summary = self.final_evaluation()
+        logger.write(
+            {
+                "step": self.step,
+                **{f"final/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
+            }
+        )
+        logger.close()
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+        return summary
+
+    # -- evaluation ---------------------------------------------------------------------
+    def ema_roles(self) -> dict[str, nn.Module]:
+        return {role: ema.module for role, ema in self.emas.items()}
+
+    @torch.no_grad()
+    def generate(self, n: int, nfe: int, solver: str, seed: int) -> tuple[Tensor, Tensor | None]:
+        """``n`` samples from the EMA roles with the evaluation's own noise stream."""
+        gen = torch.Generator().manual_seed(seed)
+        spec = self.data.train.spec
+        noise = torch.randn((n, *spec.shape), generator=gen).to(self.device)
+        cond = None
+        held: ArrayData = self.data.heldout
+        if spec.num_classes is not None:
+            labels = held.cond if held.cond is not None else torch.arange(n) % spec.num_classes
+            cond = labels[torch.arange(n) % labels.shape[0]].to(self.device)
+        self.method.eval()
+        samples = self.method.generate(noise, cond, nfe=nfe, solver=solver, roles=self.ema_roles())
+        return samples.float().cpu(), cond
+
+    def evaluate(self, nfe: int | None = None, plot_name: str | None = None) -> dict[str, float]:
+        ec = self.config.eval
+        nfe = nfe or ec.nfe
+        n = min(ec.n_samples, max(len(self.data.heldout), 2))
+        samples, _ = self.generate(n, nfe, ec.solver, ec.seed)
+        reference = self.data.heldout.x[:n]
+        gen = torch.Generator().manual_seed(ec.seed + 1)
+        metrics = evaluate_samples(samples, reference, dataset=self.config.data.name, generator=gen)
+        if ec.plots and plot_name:
+            plot_samples(
+                samples,
+                self.out / "plots" / plot_name,
+                reference=reference,
+                spec=self.data.train.spec,
+                title=f"{self.config.method.name} step {self.step}",
+            )
+        return metrics
+
+    def final_evaluation(self) -> dict[str, Any]:
+        ec = self.config.eval
+        summary: dict[str, Any] = {"step": self.step, "nfe": ec.nfe, "solver": ec.solver}
+        summary.update(self.evaluate(plot_name="samples_final.png"))
+        for nfe in ec.extra_nfe:
+            for key, value in self.evaluate(nfe=nfe).items():
+                summary[f"nfe{nfe}/{key}"] = value
+        return summary
+
+
+def run_training(
+    config: RunConfig | Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Build and run a :class:`Trainer` from a config (or a recipe dict); return the summary."""
+    from flowpost.train.config import build_run_config
+
+    cfg = config if isinstance(config, RunConfig) else build_run_config(config)
+    return Trainer(cfg, out_dir, progress=progress).fit(resume=resume)

@@ -1,0 +1,82 @@
+"""Tests of flowpost/train/checkpoint.py: atomic writes, retention, damage detection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowpost.train.checkpoint import (
+    CheckpointError,
+    checkpoint_dirs,
+    latest_checkpoint,
+    load_checkpoint,
+    load_policy_state,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+)
+
+
+def test_roundtrip_and_retention(tmp_path) -> None:
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"a": torch.full((2,), float(step))}, {"x": step}, keep=2)
+    names = [p.name for p in checkpoint_dirs(tmp_path)]
+    assert names == ["step_00000002", "step_00000003"]
+    tensors, state = load_checkpoint(latest_checkpoint(tmp_path))
+    assert state["x"] == 3 and tensors["a"].tolist() == [3.0, 3.0]
+
+
+def test_leftover_temporary_folder_is_ignored(tmp_path) -> None:
+    save_checkpoint(tmp_path, 5, {"a": torch.ones(1)}, {}, keep=3)
+    (tmp_path / ".step_00000010.tmp-123").mkdir()  # what a SIGKILL mid-write leaves
+    assert latest_checkpoint(tmp_path).name == "step_00000005"
+
+
+def test_truncated_and_tampered_files_are_refused(tmp_path) -> None:
+    path = save_checkpoint(tmp_path, 1, {"a": torch.arange(100.0)}, {}, keep=1)
+    blob = (path / "tensors.safetensors").read_bytes()
+    (path / "tensors.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(path)
+    tampered = bytearray(blob)
+    tampered[-1] ^= 0xFF
+    (path / "tensors.safetensors").write_bytes(bytes(tampered))
+    with pytest.raises(CheckpointError, match="truncated or modified"):
+        load_checkpoint(path)
+    (path / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_checkpoint(path)
+
+
+def test_optimizer_state_roundtrip_is_exact() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, betas=(0.5, 0.9))
+    for _ in range(3):
+        net(torch.randn(4, 3)).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    tensors, meta = optimizer_to_flat("policy", opt)
+    clone = torch.nn.Linear(3, 2)
+    clone.load_state_dict(net.state_dict())
+    opt2 = torch.optim.AdamW(clone.parameters(), lr=1.0)
+    optimizer_from_flat("policy", opt2, tensors, meta)
+    x = torch.randn(4, 3)
+    for model, o in ((net, opt), (clone, opt2)):
+        model(x).pow(2).sum().backward()
+        o.step()
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), clone.parameters()))
+    assert opt2.param_groups[0]["betas"] == (0.5, 0.9)
+
+
+def test_load_policy_state_prefers_ema(tmp_path) -> None:
+    save_checkpoint(
+        tmp_path / "checkpoints",
+        7,
+        {"model.policy.w": torch.zeros(1), "ema.policy.w": torch.ones(1)},
+        {},
+        keep=1,
+    )
+    assert load_policy_state(tmp_path)["w"].item() == 1.0
+    with pytest.raises(CheckpointError, match="pretrained run not found"):
+        load_policy_state(tmp_path / "nope")

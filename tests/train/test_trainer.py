@@ -1,0 +1,195 @@
+"""Tests of flowpost/train/trainer.py: a run end to end, exact resume after SIGKILL, NaN guard,
+user errors with clear messages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from flowpost.config import ConfigError
+from flowpost.train import Trainer, run_training
+from flowpost.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from flowpost.train.config import build_run_config
+from flowpost.train.updater import NonFiniteLossError
+
+TINY = {
+    "data": {"name": "moons", "n_heldout": 300},
+    "model": {"hidden": 32, "depth": 2},
+    "train": {"steps": 30, "batch_size": 64, "checkpoint_every": 10, "log_every": 5},
+    "eval": {"nfe": 8, "n_samples": 300, "plots": False},
+}
+
+
+def test_run_folder_contents_and_summary(tmp_path) -> None:
+    summary = run_training(TINY, tmp_path)
+    assert summary["step"] == 30 and np.isfinite(summary["sliced_w2"])
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "tensorboard"):
+        assert (tmp_path / name).exists(), name
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len([ln for ln in lines if '"policy/fm"' in ln]) == 6
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000030"
+
+
+def test_training_reduces_the_flow_matching_loss(tmp_path) -> None:
+    cfg = dict(TINY, train={**TINY["train"], "steps": 200, "log_every": 50, "lr": 3e-3})
+    run_training(cfg, tmp_path)
+    records = [yaml.safe_load(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["policy/fm"] for r in records if "policy/fm" in r]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "ema.", "optim."))}
+
+
+def test_resume_after_sigkill_is_bit_exact(tmp_path) -> None:
+    recipe = {
+        **TINY,
+        "train": {
+            "steps": 600,
+            "batch_size": 64,
+            "checkpoint_every": 100,
+            "log_every": 50,
+            "lr": 1e-3,
+            "schedule": "cosine",
+            "warmup_steps": 20,
+        },
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    command = [sys.executable, "-m", "flowpost", "train", str(path), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run([*command, "--out", str(straight)], check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*command, "--out", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step_00000200").exists():
+        assert proc.poll() is None, "run finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = latest_checkpoint(killed / "checkpoints")
+    assert interrupted_at is not None and interrupted_at.name != "step_00000600"
+    subprocess.run(
+        [*command, "--out", str(killed), "--resume"], check=True, env=env, capture_output=True
+    )
+
+    a, b = _weights(straight), _weights(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the straight run"
+    steps = [
+        yaml.safe_load(ln)["step"] for ln in (killed / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(steps), "metrics.jsonl has replayed steps after resume"
+
+
+def test_nan_guard_names_step_and_term_and_keeps_last_checkpoint(tmp_path) -> None:
+    cfg = dict(
+        TINY,
+        train={
+            "steps": 300,
+            "batch_size": 64,
+            "lr": 1e6,
+            "grad_clip": 0.0,
+            "checkpoint_every": 1,
+            "keep_checkpoints": 2,
+        },
+    )
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+: term 'policy/fm'"):
+        run_training(cfg, tmp_path)
+    last = latest_checkpoint(tmp_path / "checkpoints")
+    tensors, _ = load_checkpoint(last)  # intact and loadable
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
+
+
+def test_user_errors_have_clear_messages(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="unknown key 'train.stepz'"):
+        build_run_config({"train": {"stepz": 3}})
+    with pytest.raises(ConfigError, match="train.lr: -1.0 is below the minimum"):
+        build_run_config({"train": {"lr": -1.0}})
+    with pytest.raises(ConfigError, match="method.name: unknown method 'nope'"):
+        build_run_config({"method": {"name": "nope"}})
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        build_run_config({"trian": {}})
+    bad = tmp_path / "bad.npy"
+    x = np.zeros((10, 2), dtype=np.float32)
+    x[7, 1] = np.nan
+    np.save(bad, x)
+    with pytest.raises(ValueError, match=r"bad\.npy.*7|7.*bad\.npy"):
+        run_training({**TINY, "data": {"name": "file", "path": str(bad)}}, tmp_path / "r1")
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="empty"):
+        run_training({**TINY, "data": {"name": "file", "path": str(empty)}}, tmp_path / "r2")
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        run_training(
+            {**TINY, "data": {"name": "file", "path": str(tmp_path / "missing.npy")}},
+            tmp_path / "r3",
+        )
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        Trainer(build_run_config(TINY), tmp_path / "fresh", progress=False).fit(resume=True)
+
+
+def test_resume_from_truncated_checkpoint_is_refused(tmp_path) -> None:
+    run_training(TINY, tmp_path)
+    last = latest_checkpoint(tmp_path / "checkpoints")
+    blob = (last / "tensors.safetensors").read_bytes()
+    (last / "tensors.safetensors").write_bytes(blob[:100])
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        run_training(TINY, tmp_path, resume=True)
+
+
+def test_sft_from_pretrained_run_moves_toward_target(tmp_path) -> None:
+    pre = dict(
+        TINY,
+        data={"name": "8gaussians", "n_heldout": 500},
+        train={"steps": 400, "batch_size": 128, "lr": 2e-3, "checkpoint_every": 0},
+        eval={"nfe": 16, "n_samples": 500, "plots": False},
+    )
+    run_training(pre, tmp_path / "pre")
+    target = {
+        "name": "8gaussians",
+        "transform": "rotate:22.5",
+        "n_train": 256,
+        "n_heldout": 500,
+        "seed": 1,
+    }
+    common = {
+        "data": target,
+        "model": TINY["model"],
+        "init_from": str(tmp_path / "pre"),
+        "eval": pre["eval"],
+    }
+    before = run_training({**common, "train": {"steps": 0, "ema_decay": 0.0}}, tmp_path / "b")
+    after = run_training(
+        {
+            **common,
+            "train": {
+                "steps": 300,
+                "batch_size": 128,
+                "lr": 1e-3,
+                "checkpoint_every": 0,
+                "ema_decay": 0.9,
+            },
+        },
+        tmp_path / "a",
+    )
+    assert after["w2"] < 0.8 * before["w2"]

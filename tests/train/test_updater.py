@@ -1,0 +1,58 @@
+"""Tests of flowpost/train/updater.py: steps, isolation between optimisers, NaN guard."""
+
+import pytest
+import torch
+
+from flowpost.train.updater import NonFiniteLossError, OptimizerUpdater
+
+
+def _two_nets():
+    torch.manual_seed(0)
+    policy, disc = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    up = OptimizerUpdater(
+        {
+            "policy": torch.optim.SGD(policy.parameters(), lr=0.1),
+            "discriminator": torch.optim.SGD(disc.parameters(), lr=0.1),
+        }
+    )
+    return policy, disc, up
+
+
+def test_policy_step_leaves_discriminator_untouched_and_clears_grads() -> None:
+    policy, disc, up = _two_nets()
+    before_d = [p.clone() for p in disc.parameters()]
+    before_p = [p.clone() for p in policy.parameters()]
+    loss = disc(policy(torch.ones(3, 2))).mean()
+    logs = up.step("policy", adv=loss)
+    assert set(logs) == {"policy/adv"}
+    assert all(torch.equal(a, b) for a, b in zip(before_d, disc.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_p, policy.parameters()))
+    assert all(p.grad is None for p in list(disc.parameters()) + list(policy.parameters()))
+
+
+def test_nonfinite_term_is_named_and_nothing_changes() -> None:
+    policy, _, up = _two_nets()
+    up.global_step = 17
+    before = [p.clone() for p in policy.parameters()]
+    good = policy(torch.ones(1, 2)).sum()
+    with pytest.raises(NonFiniteLossError, match=r"step 17: term 'policy/reg' = nan"):
+        up.step("policy", fm=good, reg=torch.tensor(float("nan")))
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+def test_clipping_bounds_the_step() -> None:
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    up = OptimizerUpdater(
+        {"policy": torch.optim.SGD(net.parameters(), lr=1.0)}, grad_clip={"policy": 0.5}
+    )
+    up.step("policy", big=(net(torch.ones(1, 1)) * 1000).sum())
+    assert abs(float(net.weight.detach()) + 0.5) < 1e-6
+    assert up.last_grad_norm["policy"] == pytest.approx(1000.0)
+
+
+def test_unknown_optimiser_is_a_clear_error() -> None:
+    _, _, up = _two_nets()
+    with pytest.raises(KeyError, match="no optimiser named 'gen'"):
+        up.step("gen", x=torch.zeros(()))
