@@ -139,9 +139,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     unknown = [k for k in data if k not in fields]
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown key '{where}{unknown[0]}' (known: {', '.join(sorted(fields))})"
-        )
+        raise ConfigError(f"unknown key '{where}{unknown[0]}' (known: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -225,8 +223,10 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
         if dataclasses.is_dataclass(tp):
             rows.extend(describe(tp, key + "."))  # type: ignore[arg-type]
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         )
         rows.append((key, f.metadata.get("help", ""), default))
     return rows
