@@ -1,0 +1,157 @@
+"""The ``data`` section of a recipe and the one entry point that turns it into data.
+
+Example:
+    >>> split = load_data(DataConfig(name="moons", n_train=500, n_heldout=200))
+    >>> len(split.train), len(split.heldout), split.name, split.spec.shape
+    (500, 200, 'moons', (2,))
+    >>> load_data(DataConfig(name="8gaussians", transform="rotate", n_train=10)).name
+    '8gaussians@rotate'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from flowpost.config import option
+from flowpost.data.base import ArrayData, DataSpec
+from flowpost.data.files import load_array_file, load_image_folder
+from flowpost.data.images import IMAGE_DATASETS, load_image_dataset
+from flowpost.data.toys import TOYS, sample_toy
+
+DATASETS: tuple[str, ...] = (*TOYS, *IMAGE_DATASETS, "file", "folder")
+
+# Held-out toy samples come from a generator seeded with seed + this offset, a stream the
+# training set (seeded with `seed`) never uses for any seed below it.
+_HELDOUT_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class DataConfig:
+    """Which data to train on and hold out (the ``data`` section of a recipe)."""
+
+    name: str = option("8gaussians", "dataset", choices=list(DATASETS))
+    path: str | None = option(
+        None, "for name=file: a .npy/.npz/.safetensors file; for name=folder: an image folder"
+    )
+    transform: str = option(
+        "none",
+        "target variant for fine-tuning: toys none|shift[:d]|rotate[:deg]|scale[:s]|unbalanced; "
+        "images none|thick|invert|balance:w0,...,w9 (see docs/data.md)",
+    )
+    n_train: int | None = option(
+        None,
+        "limit the training set to this many samples (few demonstrations); None: all "
+        "(toys: toy_size samples)",
+        min=1,
+    )
+    n_heldout: int = option(
+        2000, "held-out samples drawn for toys (images and files use their fixed split)", min=1
+    )
+    toy_size: int = option(20000, "training samples drawn for a toy when n_train is None", min=1)
+    seed: int = option(0, "seed of toy sampling and of the n_train subset", min=0)
+    image_size: int | None = option(
+        None, "for name=folder: resize every image to this side (None: keep, sizes must match)",
+        min=1,
+    )
+    heldout_fraction: float = option(
+        0.2, "for name=file/folder: fraction of the samples held out (0: evaluate on train)",
+        min=0.0, max=0.9,
+    )
+    labels: bool = option(
+        True, "keep class labels as conditions (false: train an unconditional model)"
+    )
+
+
+@dataclass
+class DataSplit:
+    """Training and held-out data of one dataset. ``name`` is the dataset name, followed by
+    ``@transform`` when a target transform is applied (``"digits@thick"``); pass it as
+    ``dataset=`` to :func:`flowpost.eval.evaluate_samples`."""
+
+    train: ArrayData
+    heldout: ArrayData
+    name: str
+
+    @property
+    def spec(self) -> DataSpec:
+        return self.train.spec
+
+
+def _subset(data: ArrayData, n: int | None, seed: int) -> ArrayData:
+    if n is None or n >= len(data):
+        return data
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data), generator=g)[:n].sort().values
+    return ArrayData(
+        data.x[idx],
+        None if data.cond is None else data.cond[idx],
+        num_classes=data.spec.num_classes,
+        name=data.name,
+    )
+
+
+def _split_file(data: ArrayData, fraction: float, seed: int) -> tuple[ArrayData, ArrayData]:
+    n = len(data)
+    k = int(round(fraction * n))
+    if fraction == 0.0:
+        return data, data
+    if k < 1 or k >= n:
+        raise ValueError(
+            f"{data.name}: {n} samples are too few to hold out a fraction {fraction}; add "
+            "samples or set data.heldout_fraction=0"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts = []
+    for idx in (perm[k:].sort().values, perm[:k].sort().values):
+        parts.append(
+            ArrayData(
+                data.x[idx],
+                None if data.cond is None else data.cond[idx],
+                num_classes=data.spec.num_classes,
+                name=data.name,
+            )
+        )
+    return parts[0], parts[1]
+
+
+def _drop_labels(data: ArrayData) -> ArrayData:
+    return ArrayData(data.x, None, name=data.name)
+
+
+def load_data(cfg: DataConfig) -> DataSplit:
+    """Build the train / held-out split described by ``cfg`` (nothing is downloaded)."""
+    if cfg.name not in DATASETS:
+        raise ValueError(f"unknown dataset {cfg.name!r}; choose one of {', '.join(DATASETS)}")
+    transform = cfg.transform.strip() or "none"
+    key = cfg.name if transform == "none" else f"{cfg.name}@{transform}"
+    if cfg.name in TOYS:
+        n = cfg.n_train if cfg.n_train is not None else cfg.toy_size
+        g_train = torch.Generator().manual_seed(cfg.seed)
+        g_held = torch.Generator().manual_seed(cfg.seed + _HELDOUT_SEED_OFFSET)
+        train = ArrayData(sample_toy(cfg.name, n, g_train, transform), name=key)
+        heldout = ArrayData(sample_toy(cfg.name, cfg.n_heldout, g_held, transform), name=key)
+        return DataSplit(train, heldout, key)
+    if cfg.name in IMAGE_DATASETS:
+        train, heldout = load_image_dataset(cfg.name, transform, seed=cfg.seed)
+    else:
+        if cfg.path is None:
+            raise ValueError(f"data.name={cfg.name} needs data.path (the {cfg.name} to load)")
+        if transform != "none":
+            raise ValueError(
+                f"data.transform={transform!r} is not available for data.name={cfg.name}; "
+                "transform your data before saving it, or leave transform=none"
+            )
+        if cfg.name == "file":
+            full = load_array_file(cfg.path)
+        else:
+            full = load_image_folder(cfg.path, image_size=cfg.image_size)
+        train, heldout = _split_file(full, cfg.heldout_fraction, cfg.seed)
+    train = _subset(train, cfg.n_train, cfg.seed)
+    if not cfg.labels:
+        train, heldout = _drop_labels(train), _drop_labels(heldout)
+    return DataSplit(train, heldout, key)
+
+
+__all__ = ["DATASETS", "DataConfig", "DataSplit", "load_data"]
