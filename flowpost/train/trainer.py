@@ -223,6 +223,43 @@ class Trainer:
         cond = None if self.train_cond is None else self.train_cond[index]
         return Batch(self.train_x[index], cond)
 
+    def run_steps(
+        self, n: int, *, logger: RunLogger | None = None, bar: ProgressBar | None = None
+    ) -> None:
+        """Take ``n`` training iterations with logging, periodic evaluation and checkpoints."""
+        tc = self.config.train
+        window: dict[str, list[float]] = {}
+        started = time.perf_counter()
+        end = self.step + n
+        self.method.train()
+        while self.step < end:
+            batch = self._next_batch()
+            self.updater.global_step = self.step
+            with self.accelerator.autocast():
+                logs = self.method.train_step(batch, self.step, self.updater)
+            self.step += 1
+            for key, value in logs.items():
+                window.setdefault(key, []).append(value)
+            if logger is not None and (self.step % tc.log_every == 0 or self.step == tc.steps):
+                record: dict[str, Any] = {"step": self.step, "phase": self.method.phase(self.step)}
+                record.update({k: sum(v) / len(v) for k, v in window.items()})
+                for name, opt in self.optimizers.items():
+                    record[f"lr/{name}"] = opt.param_groups[0]["lr"]
+                record["time_s"] = round(time.perf_counter() - started, 3)
+                logger.write(record)
+                if bar is not None:
+                    bar.update(self.step, record["phase"], {k: record[k] for k in window})
+                window = {}
+            if tc.eval_every and self.step % tc.eval_every == 0 and self.step < tc.steps:
+                metrics = self.evaluate(plot_name=f"samples_step{self.step:07d}.png")
+                self.method.train()
+                if logger is not None:
+                    logger.write(
+                        {"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}}
+                    )
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                self.save()
+
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train to ``train.steps`` (continuing from the newest checkpoint if ``resume``)."""
         tc = self.config.train
@@ -237,39 +274,11 @@ class Trainer:
         )
         logger = RunLogger(self.out, resume_step=self.step if resume else 0)
         bar = ProgressBar(tc.steps, self.step, self.progress_enabled)
-        window: dict[str, list[float]] = {}
-        started = time.perf_counter()
         try:
-            while self.step < tc.steps:
-                batch = self._next_batch()
-                self.updater.global_step = self.step
-                self.method.train()
-                with self.accelerator.autocast():
-                    logs = self.method.train_step(batch, self.step, self.updater)
-                self.step += 1
-                for key, value in logs.items():
-                    window.setdefault(key, []).append(float(value))
-                if self.step % tc.log_every == 0 or self.step == tc.steps:
-                    record: dict[str, Any] = {
-                        "step": self.step,
-                        "phase": self.method.phase(self.step),
-                    }
-                    record.update({k: sum(v) / len(v) for k, v in window.items()})
-                    for name, opt in self.optimizers.items():
-                        record[f"lr/{name}"] = opt.param_groups[0]["lr"]
-                    record["time_s"] = round(time.perf_counter() - started, 3)
-                    logger.write(record)
-                    bar.update(self.step, record["phase"], {k: record[k] for k in window})
-                    window = {}
-                if tc.eval_every and self.step % tc.eval_every == 0 and self.step < tc.steps:
-                    metrics = self.evaluate(plot_name=f"samples_step{self.step:07d}.png")
-                    logger.write(
-                        {"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}}
-                    )
-                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
-                    self.save()
+            self.run_steps(tc.steps - self.step, logger=logger, bar=bar)
         except NonFiniteLossError as err:
             logger.write({"step": self.step, "error": str(err)})
+            logger.close()
             raise
         finally:
             bar.close()
