@@ -1,1 +1,3 @@
 """Post-training methods; importing this package registers the built-in ones."""
+
+from flowpost.methods import adversarial  # noqa: F401

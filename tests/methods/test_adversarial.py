@@ -1,0 +1,340 @@
+"""Tests of Adversarial Flow Models (flowpost/methods/adversarial.py): every loss term against
+hand-computed values, the discriminator's blindness to the source, gradient normalisation,
+the lambda_ot schedules, the timesteps and sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from flowpost.data.base import Batch, DataSpec
+from flowpost.methods.adversarial import (
+    AdversarialFlow,
+    AFConfig,
+    GradientNormalizer,
+    any_step_times,
+    augment_pair,
+    centering_penalty,
+    finite_difference_penalty,
+    fixed_k_times,
+    ot_loss,
+    ot_weight,
+    relativistic_loss,
+)
+from flowpost.methods.base import get_method_class
+from flowpost.nets.config import NetConfig
+from flowpost.nets.mlp import MLPVelocity
+from flowpost.train.updater import OptimizerUpdater
+
+torch.set_num_threads(1)
+
+
+class LinearG(nn.Module):
+    """g(x, a, b) = x W + a u + b v: simple enough to check values by hand."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+        self.u = nn.Parameter(torch.randn(dim))
+        self.v = nn.Parameter(torch.randn(dim))
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None,
+                t_end: Tensor | None = None) -> Tensor:
+        assert t_end is not None
+        return self.lin(x) + t[:, None] * self.u + t_end[:, None] * self.v
+
+
+class LinearD(nn.Module):
+    """D(x, b) = scale * (x . c + b d): R1/R2 finite differences are exact for it."""
+
+    def __init__(self, dim: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.c = nn.Parameter(torch.randn(dim))
+        self.d = nn.Parameter(torch.randn(()))
+        self.scale = scale
+
+    def forward(self, x: Tensor, cond: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        assert t is not None
+        return self.scale * (x.flatten(1) @ self.c + t * self.d)
+
+
+class Recorder(nn.Module):
+    """Wraps a network and keeps every input tensor it is called with."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls: list[Tensor] = []
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:  # type: ignore[no-untyped-def]
+        self.calls.append(x.detach().clone())
+        return self.inner(x, *args, **kwargs)
+
+
+def make(cfg: AFConfig, dim: int = 3, g: nn.Module | None = None,
+         d: nn.Module | None = None) -> AdversarialFlow:
+    return AdversarialFlow(cfg, DataSpec((dim,)), NetConfig(), generator=g or LinearG(dim),
+                           discriminator=d or LinearD(dim))
+
+
+def updater_for(m: AdversarialFlow) -> OptimizerUpdater:
+    opts: dict[str, torch.optim.Optimizer] = {
+        name: torch.optim.Adam(s.params, lr=s.lr or 1e-3, betas=s.betas or (0.9, 0.999))
+        for name, s in m.optimizers().items()
+    }
+    return OptimizerUpdater(opts)
+
+
+# --------------------------------------------------------------------------- loss terms
+
+def test_loss_terms_match_hand_values() -> None:
+    pos, neg = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    expected = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(2.0))) / 2
+    assert relativistic_loss(pos, neg).item() == pytest.approx(expected, rel=1e-6)
+    # w = (0.5, 0.001), differences (0.01, -0.02), eps = 0.01
+    fd = finite_difference_penalty(torch.tensor([1.0, 2.0]), torch.tensor([0.99, 2.02]),
+                                   torch.tensor([0.5, 0.001]), 0.01)
+    assert fd.item() == pytest.approx((0.5 * 1e-4 + 0.001 * 4e-4) / 2 / 1e-4, rel=1e-4)
+    assert centering_penalty(torch.tensor([1.0, -1.0]), torch.tensor([2.0, 3.0])).item() == \
+        pytest.approx((9 + 4) / 2)
+    out, src = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [3.0, 1.0]])
+    w = torch.tensor([0.5, 1.0])
+    # per sample ||.||^2 / n / w = (5/2)/0.5 = 5 and (10/2)/1 = 5
+    assert ot_loss(out, src, w).item() == pytest.approx(5.0)
+
+
+def test_discriminator_terms_hand_computed() -> None:
+    torch.manual_seed(0)
+    cfg = AFConfig(steps=2, lambda_gp=0.3, lambda_cp=0.2, gp_fraction=0.5, gp_eps=0.01)
+    d = LinearD(3)
+    m = make(cfg, d=d)
+    real, fake = torch.randn(4, 3), torch.randn(4, 3)
+    a, b = torch.tensor([0.0, 0.5, 0.0, 0.5]), torch.tensor([0.5, 1.0, 0.5, 1.0])
+    torch.manual_seed(1)
+    terms = m.discriminator_terms(real, fake, a, b, None)
+    torch.manual_seed(1)  # the same perturbation draws, by hand
+    n_real, n_fake = torch.randn(2, 3), torch.randn(2, 3)
+    with torch.no_grad():
+        r = real @ d.c + b * d.d
+        f = fake @ d.c + b * d.d
+        adv = torch.log1p(torch.exp(-(r - f))).mean()
+        # linear D: D(x + eps n) - D(x) = eps n.c, so each penalty is w (n.c)^2; w = |b-a| = 0.5
+        gp = 0.3 * (0.5 * (n_real @ d.c) ** 2 + 0.5 * (n_fake @ d.c) ** 2).mean()
+        cp = 0.2 * ((r + f) ** 2).mean()
+    assert terms["adv"].item() == pytest.approx(adv.item(), rel=1e-5)
+    assert terms["gp"].item() == pytest.approx(gp.item(), rel=1e-3)
+    assert terms["cp"].item() == pytest.approx(cp.item(), rel=1e-5)
+
+
+def test_generator_terms_hand_computed() -> None:
+    torch.manual_seed(0)
+    cfg = AFConfig(steps=4, lambda_ot=0.7, grad_norm=False)
+    g, d = LinearG(3), LinearD(3)
+    m = make(cfg, 3, g, d)
+    x_a, real = torch.randn(5, 3), torch.randn(5, 3)
+    a = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.25])
+    b = a + 0.25
+    terms, fake = m.generator_terms(x_a, real, a, b, None, step=0)
+    with torch.no_grad():
+        expect_fake = x_a + 0.25 * (g.lin(x_a) + a[:, None] * g.u + b[:, None] * g.v)
+        r, f = real @ d.c + b * d.d, expect_fake @ d.c + b * d.d
+        adv = torch.log1p(torch.exp(-(f - r))).mean()
+        ot = 0.7 * (((expect_fake - x_a) ** 2).mean(1) / 0.25).mean()
+    assert torch.allclose(fake, expect_fake, atol=1e-6)
+    assert terms["adv"].item() == pytest.approx(adv.item(), rel=1e-5)
+    assert terms["ot"].item() == pytest.approx(ot.item(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- the discriminator
+
+@pytest.mark.parametrize("real_noise", ["fresh", "shared"])
+def test_discriminator_never_sees_the_source(real_noise: str) -> None:
+    torch.manual_seed(0)
+    g, d = Recorder(LinearG(3)), Recorder(LinearD(3))
+    m = make(AFConfig(steps=2, real_noise=real_noise, lambda_gp=0.1, gp_fraction=1.0), 3, g, d)
+    up = updater_for(m)
+    for step in range(3):
+        m.train_step(Batch(torch.randn(16, 3)), step, up)
+    sources = torch.cat(g.calls)
+    seen = torch.cat(d.calls)
+    assert seen.shape[1:] == (3,)  # D sees a sample, not a sample concatenated with x_a
+    # no input of D is (numerically) any source the generator was given
+    assert float(torch.cdist(seen, sources).min()) > 1e-4
+
+
+def test_gradient_normalizer_formula_and_buffer() -> None:
+    phi = GradientNormalizer(decay=0.9)
+    x = torch.randn(4, 5, requires_grad=True)
+    weights = torch.randn(4, 5)
+    (phi(x) * weights).sum().backward()
+    stat = float((weights**2).sum()) * 20
+    expected = weights / (math.sqrt(0.1 * stat) + 1e-8)
+    assert x.grad is not None and torch.allclose(x.grad, expected, rtol=1e-5)
+    assert phi.square_avg.item() == pytest.approx(0.1 * stat, rel=1e-5)
+    assert "square_avg" in phi.state_dict()  # checkpointed with the method
+    x.grad = None
+    (phi(x) * weights).sum().backward()  # EMA: 0.9 * 0.1 s + 0.1 s = 0.19 s
+    assert phi.square_avg.item() == pytest.approx(0.19 * stat, rel=1e-5)
+
+
+def _adv_grad(scale: float, grad_norm: bool) -> Tensor:
+    torch.manual_seed(0)
+    g, d = LinearG(3), LinearD(3, scale=scale)
+    m = make(AFConfig(steps=1, grad_norm=grad_norm, grad_norm_decay=0.0, lambda_ot=0.0), 3, g, d)
+    torch.manual_seed(1)
+    x_a = torch.randn(8, 3)
+    a, b = torch.zeros(8), torch.ones(8)
+    # real := the generator's own output, so D(fake) - D(real) = 0 at every scale and the
+    # softplus slope is 1/2 for every sample: scaling D by 1000 only scales its gradient
+    real = m.jump(g, x_a, a, b).detach()
+    terms, _ = m.generator_terms(x_a, real, a, b, None, step=0)
+    terms["adv"].backward()
+    grads = [p.grad for p in m.generator.parameters()]
+    return torch.cat([gr.flatten() for gr in grads if gr is not None])
+
+
+def test_gradient_normalisation_removes_discriminator_scale() -> None:
+    base, scaled = _adv_grad(1.0, True), _adv_grad(1000.0, True)
+    assert torch.allclose(base, scaled, rtol=1e-3, atol=1e-9)
+    raw, raw_scaled = _adv_grad(1.0, False), _adv_grad(1000.0, False)
+    ratio = raw_scaled.norm() / raw.norm()
+    assert ratio.item() == pytest.approx(1000.0, rel=1e-3)  # without phi it scales with D
+
+
+# --------------------------------------------------------------------------- schedules, times
+
+def test_ot_schedules() -> None:
+    const = AFConfig(lambda_ot=0.05)
+    assert [ot_weight(const, s) for s in (0, 10**6)] == [0.05, 0.05]
+    cos = AFConfig(lambda_ot=0.2, ot_schedule="cosine", ot_end=0.01, ot_decay_steps=1000)
+    assert ot_weight(cos, 0) == pytest.approx(0.2)
+    assert ot_weight(cos, 500) == pytest.approx(0.105)
+    assert ot_weight(cos, 250) == pytest.approx(0.01 + 0.19 * (1 + math.cos(math.pi / 4)) / 2)
+    assert ot_weight(cos, 1000) == pytest.approx(0.01)
+    assert ot_weight(cos, 5000) == pytest.approx(0.01)
+    drop = AFConfig(lambda_ot=0.2, ot_schedule="step", ot_end=0.02, ot_decay_steps=100)
+    assert [ot_weight(drop, s) for s in (0, 99, 100, 400)] == [0.2, 0.2, 0.02, 0.02]
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_fixed_k_times(k: int) -> None:
+    torch.manual_seed(0)
+    a, b = fixed_k_times(4000, k)
+    assert torch.allclose(b - a, torch.full_like(a, 1.0 / k))
+    levels = torch.round(a * k).long()
+    assert torch.allclose(a, levels.float() / k)
+    counts = torch.bincount(levels, minlength=k).float() / 4000
+    assert counts.shape == (k,) and bool((counts - 1 / k).abs().max() < 0.03)
+
+
+def test_any_step_times() -> None:
+    torch.manual_seed(0)
+    a, b = any_step_times(20000)
+    assert bool((a >= 0).all() and (b >= a).all() and (b <= 1).all())
+    assert a.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert b.mean().item() == pytest.approx(0.75, abs=0.01)  # E[a + (1 - a) u] = 3/4
+
+
+# --------------------------------------------------------------------------- sampling, setup
+
+def test_generate_checks_nfe() -> None:
+    m = make(AFConfig(steps=2))
+    with pytest.raises(ValueError, match="nfe=2"):
+        m.generate(torch.randn(3, 3), nfe=4)
+    assert m.generate(torch.randn(3, 3), nfe=2).shape == (3, 3)
+    anystep = make(AFConfig(steps=0))
+    for nfe in (1, 3, 8):
+        assert anystep.generate(torch.randn(3, 3), nfe=nfe).shape == (3, 3)
+
+
+def test_generate_chain_times_and_ema_roles() -> None:
+    g = Recorder(LinearG(2))
+    m = make(AFConfig(steps=4), 2, g)
+    times: list[tuple[float, float]] = []
+
+    class Spy(nn.Module):
+        def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None,
+                    t_end: Tensor | None = None) -> Tensor:
+            assert t_end is not None
+            times.append((float(t[0]), float(t_end[0])))
+            return torch.zeros_like(x)
+
+    z = torch.randn(5, 2)
+    out = m.generate(z, nfe=4, roles={"generator": Spy()})
+    assert times == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
+    assert torch.equal(out, z) and not g.calls  # residual with g = 0; the EMA role was used
+    assert m.ema_roles() == ("generator",)
+
+
+def test_config_errors_and_registry() -> None:
+    with pytest.raises(ValueError, match="residual"):
+        make(AFConfig(steps=2, parameterization="direct"))
+    with pytest.raises(ValueError, match="lambda_cg"):
+        make(AFConfig(lambda_cg=0.1))
+    assert get_method_class("adversarial") is AdversarialFlow
+
+
+def test_optimizers_follow_repeats() -> None:
+    m = AdversarialFlow(AFConfig(lr=2e-4), DataSpec((3,)), NetConfig(repeats=4),
+                        generator=LinearG(3), discriminator=LinearD(3))
+    specs = m.optimizers()
+    assert specs["generator"].lr == pytest.approx(5e-5)
+    assert specs["discriminator"].lr == pytest.approx(2e-4)
+    assert specs["generator"].betas == (0.0, 0.9)
+
+
+def test_pretrained_flow_gives_one_euler_step() -> None:
+    torch.manual_seed(0)
+    flow = MLPVelocity(2, hidden=16, depth=2)
+    gen = MLPVelocity(2, hidden=16, depth=2, end_time=True)
+    m = make(AFConfig(steps=1), 2, gen, LinearD(2))
+    assert not m.residual  # auto: direct prediction from scratch
+    m.load_pretrained(flow.state_dict())
+    assert m.residual
+    z = torch.randn(6, 2)
+    with torch.no_grad():
+        euler = z + flow(z, torch.zeros(6))
+        assert torch.allclose(m.generate(z, nfe=1), euler, atol=1e-6)
+    assert m.extra_state() == {"residual": True}
+
+
+def test_augmentation_is_shared_between_real_and_fake() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 8, 8)
+    r, f = augment_pair(x, x.clone(), 1.0)
+    assert torch.equal(r, f) and not torch.equal(r, x)
+    r0, f0 = augment_pair(x, x + 1, 0.0)
+    assert torch.equal(r0, x) and torch.equal(f0, x + 1)
+
+
+def test_training_learns_a_shift_with_ot_map() -> None:
+    """A small end-to-end check: N(0, 1) -> N(2, 0.5^2) in 1-D; with the OT term the learned
+    map approaches the monotone OT map 2 + z / 2."""
+    torch.manual_seed(0)
+    g = MLPVelocity(1, hidden=32, depth=2, end_time=True)
+    d = MLPVelocity(1, hidden=32, depth=2)
+
+    class DHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = d
+
+        def forward(self, x: Tensor, cond: Tensor | None = None,
+                    t: Tensor | None = None) -> Tensor:
+            assert t is not None
+            return self.net(x, t)[:, 0]
+
+    cfg = AFConfig(steps=1, parameterization="residual", lambda_ot=0.05, lr=1e-3)
+    m = make(cfg, 1, g, DHead())
+    up = updater_for(m)
+    for step in range(300):
+        m.train_step(Batch(2 + 0.5 * torch.randn(256, 1)), step, up)
+    z = torch.randn(4000, 1)
+    with torch.no_grad():
+        out = m.generate(z, nfe=1)
+    assert out.mean().item() == pytest.approx(2.0, abs=0.25)
+    assert out.std().item() == pytest.approx(0.5, abs=0.15)
+    assert (out - (2 + 0.5 * z)).abs().mean().item() < 0.3
