@@ -130,7 +130,15 @@ class FlowMatching(Method):
         roles: Mapping[str, nn.Module] | None = None,
     ) -> Tensor:
         guidance = self.config.guidance if cond is not None else 1.0
-        out = sample(self.role("policy", roles), noise, nfe, solver, cond=cond, guidance=guidance)
+        out = sample(
+            self.role("policy", roles),
+            noise,
+            nfe,
+            solver,
+            cond=cond,
+            guidance=guidance,
+            num_classes=self.spec.num_classes,
+        )
         assert isinstance(out, Tensor)
         return out
 
