@@ -45,7 +45,10 @@ class DiscriminatorConfig:
     """A discriminator mapping ``(x, cond[, t])`` to one logit per sample."""
 
     arch: str = option("mlp", "discriminator family", choices=["mlp", "conv"])
-    hidden: int = option(256, "MLP width / conv base channels", min=1)
+    hidden: int = option(256, "MLP width (mlp arch)", min=1)
+    channels: int = option(
+        32, "conv base channels (conv arch; doubles per stage, capped at 4x)", min=1
+    )
     depth: int = option(3, "hidden layers (MLP) or down-sampling stages (conv)", min=1)
     spectral_norm: bool = option(False, "spectral normalisation on every linear/conv layer")
     conditional: str = option(

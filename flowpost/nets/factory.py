@@ -84,7 +84,7 @@ def build_discriminator(
     if cfg.arch == "conv":
         _need_image("conv", spec, "discriminator")
         return ConvDiscriminator(
-            spec.shape[0], cfg.hidden, cfg.depth, spec.num_classes, cfg.conditional,
+            spec.shape[0], cfg.channels, cfg.depth, spec.num_classes, cfg.conditional,
             cfg.spectral_norm, time_conditional, time_embed_dim=cfg.time_embed_dim,
         )
     raise ValueError(f"unknown discriminator arch {cfg.arch!r}; choose mlp or conv")

@@ -73,7 +73,7 @@ def test_config_options_reach_the_networks():
 @pytest.mark.parametrize("data", list(SPECS))
 def test_discriminator_shapes(arch, data):
     spec = SPECS[data]
-    cfg = DiscriminatorConfig(arch=arch, hidden=8, depth=2)
+    cfg = DiscriminatorConfig(arch=arch, hidden=8, channels=4, depth=2)
     if arch == "conv" and not spec.is_image:
         with pytest.raises(ValueError, match="use arch: mlp"):
             build_discriminator(cfg, spec)
@@ -82,6 +82,8 @@ def test_discriminator_shapes(arch, data):
     x = torch.randn(3, *spec.shape)
     cond = None if spec.num_classes is None else torch.tensor([0, 4, 10])
     assert disc(x, cond, torch.rand(3)).shape == (3,)
+    if arch == "conv":
+        assert disc.stem.out_channels == 4  # `channels`, not the MLP's `hidden`
     with pytest.raises(ValueError, match="pass t"):
         disc(x, cond)
 
