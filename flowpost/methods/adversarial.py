@@ -314,7 +314,7 @@ class AdversarialFlow(Method):
         if config.lambda_cg > 0 and classifier is None:
             from flowpost.nets.classifier import TimeClassifier
 
-            classifier = TimeClassifier(spec)  # type: ignore[call-arg]
+            classifier = TimeClassifier(spec)
         self.classifier = classifier if config.lambda_cg > 0 else None
         self.grad_norm = GradientNormalizer(config.grad_norm_decay)
         self.residual = config.parameterization == "residual" or (
