@@ -442,6 +442,15 @@ def sde_log_prob(
 # --------------------------------------------------------------------------- the method
 
 
+def _betas(values: list[float] | None) -> tuple[float, float] | None:
+    if values is None:
+        return None
+    if len(values) != 2 or not all(0.0 <= b < 1.0 for b in values):
+        raise ValueError(f"disc_betas must be two numbers in [0, 1), got {values}")
+    return (float(values[0]), float(values[1]))
+
+
+
 @dataclass
 class FAILConfig(MethodConfig):
     """FAIL's settings (the ``method`` section of a recipe)."""
@@ -467,6 +476,9 @@ class FAILConfig(MethodConfig):
     disc_steps: int = option(1, "discriminator updates per policy update", min=1)
     disc_lr: float = option(2e-6, "discriminator learning rate (published: 2e-6)", min=0.0)
     policy_lr: float | None = option(None, "policy learning rate (null: train.lr)", min=0.0)
+    disc_betas: list[float] | None = option(
+        None, "discriminator Adam betas (null: train.betas); GAN practice: [0.5, 0.9]"
+    )
     r1_weight: float = option(0.0, "R1 gradient penalty gamma on expert samples", min=0.0)
     discriminator: DiscriminatorConfig = option(
         default_factory=DiscriminatorConfig, help="the built-in discriminator network"
@@ -571,7 +583,10 @@ class FAILMethod(Method):
         specs = {"policy": OptimizerSpec(list(self.policy.parameters()), lr=self.config.policy_lr)}
         if self.discriminator is not None:
             specs["discriminator"] = OptimizerSpec(
-                list(self.discriminator.parameters()), lr=self.config.disc_lr, schedule=False
+                list(self.discriminator.parameters()),
+                lr=self.config.disc_lr,
+                betas=_betas(self.config.disc_betas),
+                schedule=False,
             )
         return specs
 
