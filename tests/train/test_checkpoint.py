@@ -57,6 +57,7 @@ def test_optimizer_state_roundtrip_is_exact() -> None:
         opt.step()
         opt.zero_grad()
     tensors, meta = optimizer_to_flat("policy", opt)
+    tensors = {k: v.clone() for k, v in tensors.items()}  # as a checkpoint file would hold
     clone = torch.nn.Linear(3, 2)
     clone.load_state_dict(net.state_dict())
     opt2 = torch.optim.AdamW(clone.parameters(), lr=1.0)

@@ -39,12 +39,16 @@ def test_run_folder_contents_and_summary(tmp_path) -> None:
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000030"
 
 
-def test_training_reduces_the_flow_matching_loss(tmp_path) -> None:
-    cfg = dict(TINY, train={**TINY["train"], "steps": 200, "log_every": 50, "lr": 3e-3})
-    run_training(cfg, tmp_path)
-    records = [yaml.safe_load(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["policy/fm"] for r in records if "policy/fm" in r]
-    assert losses[-1] < 0.8 * losses[0]
+def test_training_reduces_loss_and_distance_to_data(tmp_path) -> None:
+    untrained = run_training(dict(TINY, train={"steps": 0}), tmp_path / "zero")
+    cfg = dict(
+        TINY, train={**TINY["train"], "steps": 300, "log_every": 50, "lr": 3e-3, "ema_decay": 0.9}
+    )
+    trained = run_training(cfg, tmp_path / "run")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    losses = [r["policy/fm"] for r in map(yaml.safe_load, lines) if "policy/fm" in r]
+    assert losses[-1] < 0.9 * losses[0]
+    assert trained["sliced_w2"] < 0.5 * untrained["sliced_w2"]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
