@@ -142,3 +142,22 @@ def test_errors():
         ConvDiscriminator(1, channels=4)(torch.randn(3, 64))
     with pytest.raises(ValueError, match=r"\[0, 3\]"):
         MLPDiscriminator(2, hidden=8, num_classes=3)(torch.randn(2, 2), torch.tensor([0, 7]))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_gradient_penalty_double_backward(kind):
+    # R1 / gradient penalties differentiate ||dD/dx||^2 with respect to the parameters
+    if kind == "mlp":
+        disc = MLPDiscriminator(64, hidden=16, depth=2, num_classes=3, spectral_norm=True,
+                                time_conditional=True)
+    else:
+        disc = ConvDiscriminator(1, channels=8, depth=2, num_classes=3, time_conditional=True)
+    x = torch.randn(6, 1, 8, 8, requires_grad=True)
+    c, t = torch.tensor([0, 1, 2, 3, 0, 1]), torch.rand(6)
+    (grad,) = torch.autograd.grad(disc(x, c, t).sum(), x, create_graph=True)
+    penalty = grad.pow(2).flatten(1).sum(1).mean()
+    penalty.backward()
+    # first-layer weights (biases get none: LeakyReLU has zero second derivative)
+    first = next(p for n, p in disc.named_parameters()
+                 if ("layers.0" in n or "stem" in n) and "weight" in n)
+    assert first.grad is not None and float(first.grad.abs().sum()) > 0
