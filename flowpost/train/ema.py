@@ -30,8 +30,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, live: nn.Module) -> None:
-        ema_params = list(self.module.parameters())
-        live_params = list(live.parameters())
+        ema_params: list[torch.Tensor] = list(self.module.parameters())
+        live_params: list[torch.Tensor] = list(live.parameters())
         if self.decay == 0.0:
             torch._foreach_copy_(ema_params, [p.detach() for p in live_params])
         else:
