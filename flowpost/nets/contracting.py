@@ -29,8 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding
-from flowpost.nets.mlp import check_time
+from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, check_time
 
 
 class ContractingResidual(nn.Module):

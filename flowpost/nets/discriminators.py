@@ -29,8 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-from flowpost.nets.embeddings import check_labels, fourier_features, sinusoidal_embedding
-from flowpost.nets.mlp import check_time
+from flowpost.nets.embeddings import (
+    check_labels,
+    check_time,
+    fourier_features,
+    sinusoidal_embedding,
+)
 
 CONDITIONING = ("projection", "embedding", "none")
 
@@ -144,7 +148,9 @@ class MLPDiscriminator(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.head = _maybe_sn(nn.Linear(hidden, 1), spectral_norm)
 
-    def features(self, x: Tensor, cond: Tensor | None = None, t: Tensor | None = None):
+    def features(
+        self, x: Tensor, cond: Tensor | None = None, t: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Last hidden features (B, hidden) and the labels used (for projection)."""
         b = x.shape[0]
         h = x.reshape(b, -1)

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding
-from flowpost.nets.mlp import check_time
+from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, check_time
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:

@@ -93,6 +93,21 @@ class TimeEmbedding(nn.Module):
         return self.fc2(F.silu(self.fc1(emb)))
 
 
+def check_time(t: Tensor, batch: int, name: str = "t") -> Tensor:
+    """Accept a float ``t`` of shape (B,), (B, 1) or a scalar; return it as (B,)."""
+    if not torch.is_tensor(t):
+        raise TypeError(f"{name} must be a tensor of shape ({batch},), got {type(t).__name__}")
+    if t.ndim == 0:
+        return t.float().expand(batch)
+    t = t.reshape(t.shape[0], -1) if t.ndim > 1 else t
+    if t.ndim == 2 and t.shape[1] == 1:
+        t = t[:, 0]
+    if t.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) to match the batch, got "
+                         f"{tuple(t.shape)}")
+    return t.float()
+
+
 def check_labels(cond: Tensor, num_classes: int, batch: int) -> None:
     """Raise a clear error for labels of the wrong shape, dtype or range (null: num_classes)."""
     if cond.shape != (batch,):
@@ -142,7 +157,9 @@ class CondEmbedding(nn.Module):
     def active(self) -> bool:
         return self.embed is not None
 
-    def forward(self, cond: Tensor | None, batch: int, device: torch.device | None = None):
+    def forward(
+        self, cond: Tensor | None, batch: int, device: torch.device | None = None
+    ) -> Tensor | None:
         """(B, dim) embedding, or ``None`` for an unconditional network given no condition."""
         if self.embed is None:
             if cond is not None:
@@ -172,4 +189,5 @@ __all__ = [
     "TimeEmbedding",
     "CondEmbedding",
     "check_labels",
+    "check_time",
 ]

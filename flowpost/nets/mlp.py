@@ -18,22 +18,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, fourier_features
-
-
-def check_time(t: Tensor, batch: int, name: str = "t") -> Tensor:
-    """Accept a float ``t`` of shape (B,), (B, 1) or a scalar; return it as (B,)."""
-    if not torch.is_tensor(t):
-        raise TypeError(f"{name} must be a tensor of shape ({batch},), got {type(t).__name__}")
-    if t.ndim == 0:
-        return t.float().expand(batch)
-    t = t.reshape(t.shape[0], -1) if t.ndim > 1 else t
-    if t.ndim == 2 and t.shape[1] == 1:
-        t = t[:, 0]
-    if t.shape != (batch,):
-        raise ValueError(f"{name} must have shape ({batch},) to match the batch, got "
-                         f"{tuple(t.shape)}")
-    return t.float()
+from flowpost.nets.embeddings import (
+    CondEmbedding,
+    TimeEmbedding,
+    check_time,
+    fourier_features,
+)
 
 
 class _Block(nn.Module):
@@ -152,4 +142,4 @@ class MLPVelocity(nn.Module):
         return self.out(h).reshape(x.shape)
 
 
-__all__ = ["MLPVelocity", "check_time"]
+__all__ = ["MLPVelocity", "check_time"]  # check_time re-exported for older imports

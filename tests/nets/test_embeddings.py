@@ -9,6 +9,7 @@ from flowpost.nets.embeddings import (
     CondEmbedding,
     TimeEmbedding,
     check_labels,
+    check_time,
     fourier_features,
     sinusoidal_embedding,
 )
@@ -88,3 +89,12 @@ def test_cond_embedding_float_condition():
 def test_check_labels_dtype():
     with pytest.raises(ValueError, match="integer"):
         check_labels(torch.tensor([0.0, 1.0]), 3, 2)
+
+
+def test_check_time_shapes():
+    assert check_time(torch.tensor(0.5), 3).shape == (3,)  # a scalar is broadcast
+    torch.testing.assert_close(check_time(torch.arange(3.0)[:, None], 3), torch.arange(3.0))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        check_time(torch.rand(4), 3)
+    with pytest.raises(TypeError, match="tensor"):
+        check_time(0.5, 3)

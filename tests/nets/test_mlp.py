@@ -4,7 +4,7 @@ import pytest
 import torch
 from nets_helpers import assert_all_params_get_grad, n_params, perturb
 
-from flowpost.nets.mlp import MLPVelocity, check_time
+from flowpost.nets.mlp import MLPVelocity
 
 
 @pytest.mark.parametrize("shape", [(2,), (1, 8, 8), (1, 28, 28)])
@@ -100,5 +100,3 @@ def test_input_checks():
         net(torch.randn(2, 3), torch.rand(2))
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         net(torch.randn(2, 4), torch.rand(3))
-    assert check_time(torch.tensor(0.5), 3).shape == (3,)
-    assert check_time(torch.rand(3, 1), 3).shape == (3,)
