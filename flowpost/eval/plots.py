@@ -90,7 +90,8 @@ def plot_hist_1d(
     ax0.plot(t, traj[:, :max_lines], color="C0", alpha=0.25, lw=0.7)
     ax0.set_xlabel("t (0 noise, 1 data)")
     ax0.set_title(title or "trajectories")
-    bins = 120
+    both = s.reshape(-1) if ref is None else np.concatenate([s.reshape(-1), ref.reshape(-1)])
+    bins = np.linspace(float(both.min()) - 1e-3, float(both.max()) + 1e-3, 121)
     if ref is not None:
         ax1.hist(ref.reshape(-1), bins=bins, density=True, orientation="horizontal",
                  alpha=0.4, color="gray", label="reference")
