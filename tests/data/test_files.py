@@ -108,3 +108,12 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "broken" / "x.png").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"x\.png: not a readable image"):
         load_image_folder(tmp_path / "broken")
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.data.files as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -87,3 +87,12 @@ def test_bad_transforms_raise():
         apply_image_transform(ArrayData(torch.zeros(4, 1, 8, 8)), "balance:" + ",".join("1" * 10))
     with pytest.raises(ValueError, match="unknown image dataset"):
         load_image_dataset("cifar10")
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.data.images as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

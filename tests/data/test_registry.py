@@ -68,3 +68,21 @@ def test_config_validation():
         from_dict(DataConfig, {"name": "cifar"})
     with pytest.raises(ConfigError, match="n_train"):
         from_dict(DataConfig, {"n_train": 0})
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.data.registry as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_package_doctest():
+    import doctest
+
+    import flowpost.data as package
+
+    result = doctest.testmod(package)
+    assert result.attempted > 0 and result.failed == 0

@@ -139,3 +139,12 @@ def test_smaller_sample_is_prefix_of_larger():
     large = sample_toy("spirals", 3000, g(9))
     assert torch.equal(small, large[:700])
     assert sample_toy("rings", 0).shape == (0, 2)
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.data.toys as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -95,3 +95,21 @@ def test_plot_samples_writes_png(tmp_path, shape):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     plot_samples(x.numpy(), tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.eval.evaluate as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_package_doctest():
+    import doctest
+
+    import flowpost.eval as package
+
+    result = doctest.testmod(package)
+    assert result.attempted > 0 and result.failed == 0

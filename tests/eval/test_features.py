@@ -69,3 +69,12 @@ def test_errors():
     bad[1, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="sample 1"):
         classifier_features(bad, "digits")
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.eval.features as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

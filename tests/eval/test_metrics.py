@@ -133,3 +133,12 @@ def test_frechet_from_samples_matches_w2_for_gaussians():
     m2, c2 = mean_cov(y)
     # N(0, I) vs N(0.5, 2.25 I) in 3-D: 3 * 0.25 + 3 * 0.25
     assert frechet_distance(m1, c1, m2, c2) == pytest.approx(1.5, rel=0.1)
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.eval.metrics as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

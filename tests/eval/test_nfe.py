@@ -42,3 +42,12 @@ def test_default_metric_switches_to_sliced():
     assert default_metric(big, big + torch.tensor([2.0, 0.0])) == pytest.approx(
         math.sqrt(2), rel=0.1
     )
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.eval.nfe as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -48,3 +48,12 @@ def test_all_plots_write_png(tmp_path):
         assert _is_png(tmp_path / "ba.png")
     for name in ("h", "ht", "s", "sub/g", "e"):
         assert _is_png(tmp_path / f"{name}.png"), name
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.eval.plots as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -63,3 +63,12 @@ def test_errors():
         TimeClassifier(DataSpec((2,), None))
     with pytest.raises(ValueError, match=r"t must have shape \(4,\)"):
         TimeClassifier(DataSpec((2,), 3))(torch.randn(4, 2), torch.rand(4, 1))
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.nets.classifier as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
