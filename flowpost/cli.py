@@ -15,6 +15,7 @@ import typer
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_show_locals=False,
     no_args_is_help=True,
     help="flowpost: post-training of flow-matching generative models.",
 )
@@ -135,7 +136,10 @@ def demo(
     from a few demonstrations, evaluate and plot before/after."""
     from flowpost.demo import run_demo
 
-    report = run_demo(out, quick=quick)
+    try:
+        report = run_demo(out, quick=quick)
+    except _user_errors() as err:
+        _fail(str(err))
     typer.echo(f"report: {report}")
 
 

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flowpost.methods.base import method_registry
 from flowpost.train import run_training
 
 SOURCE = {"name": "8gaussians", "n_heldout": 2000, "seed": 0}
@@ -30,16 +29,17 @@ DEPLOYED_NFE = 4
 
 
 def _finetune_methods() -> dict[str, dict[str, Any]]:
-    """The fine-tuning methods the demo compares (FAIL-PD only once it is registered)."""
+    """The fine-tuning methods the demo compares: SFT and FAIL-PD."""
     methods: dict[str, dict[str, Any]] = {"sft": {"name": "flow_matching"}}
-    if "fail" in method_registry():
-        methods["fail_pd"] = {
-            "name": "fail",
-            "estimator": "local",
-            "cold_start_steps": 0,
-            "disc_warmup_steps": 50,
-            "nfe": DEPLOYED_NFE,
-        }
+    methods["fail_pd"] = {
+        "name": "fail",
+        "variant": "pd",
+        "pd_estimator": "local",
+        "disc_lr": 1e-3,
+        "cold_start_steps": 0,
+        "disc_warmup_steps": 50,
+        "nfe": DEPLOYED_NFE,
+    }
     return methods
 
 
