@@ -4,10 +4,11 @@
 
 * vectors (n, d): ``w2`` (exact, on at most 2000 samples per side), ``sliced_w2``, ``mmd``
   (squared, biased, median-heuristic bandwidths) and ``energy`` (on at most 2000 per side);
-* the mixtures ``mixture1d`` / ``8gaussians`` (also transformed, ``"8gaussians@rotate"``)
-  add ``mode_coverage`` (fraction of modes holding at least a quarter of their target
-  weight), ``mode_tv`` (total variation between the sample and target mode weights, the
-  unassigned mass counted as error), ``unassigned`` (fraction between modes),
+* the mixtures ``mixture1d`` / ``8gaussians`` (also transformed, ``"8gaussians@rotate"``;
+  under a plain name the modes and target weights are fitted to the reference, see
+  :func:`_fit_modes`) add ``mode_coverage`` (fraction of modes holding at least a quarter
+  of their target weight), ``mode_tv`` (total variation between the sample and target
+  mode weights, the unassigned mass counted as error), ``unassigned`` (fraction between modes),
   ``mode_std_ratio`` (mean over covered modes of the within-mode std divided by the
   target's) and ``mode_weight_<k>``;
 * images (n, C, H, W): ``sliced_w2`` on pixels, and for ``digits`` / ``mnist5k`` (and their
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor
 
 from flowpost.data.base import DataSpec
-from flowpost.data.toys import MIXTURES, mode_info
+from flowpost.data.toys import MIXTURES, ModeInfo, mode_info
 from flowpost.eval.features import (
     SHIPPED,
     base_dataset,
@@ -55,9 +56,9 @@ from flowpost.eval.plots import plot_hist_1d, plot_image_grid, plot_scatter_2d
 
 MAX_W2_SAMPLES = 2000
 MAX_KERNEL_SAMPLES = 2000
-# a reference with more mass than this between the named dataset's modes is not that dataset
-# (e.g. a transformed variant named without its '@transform'): mode metrics are then skipped
+# a reference with more mass than this between a candidate's modes is not that candidate
 _REFERENCE_UNASSIGNED_LIMIT = 0.05
+_DEFAULT_GEOMETRIC = ("rotate", "shift", "scale")
 
 
 def _as_tensor(x: Tensor | np.ndarray, name: str) -> Tensor:
@@ -77,14 +78,35 @@ def _subsample(x: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
     return x[torch.randperm(x.shape[0], generator=generator)[:n]]
 
 
-def _mode_metrics(x: Tensor, ref: Tensor, dataset: str) -> dict[str, float]:
+def _fit_modes(ref: Tensor, dataset: str) -> tuple[ModeInfo, Tensor] | None:
+    """The mode structure that fits the reference, and the target mode weights.
+
+    With ``name@transform`` the named transform's modes and weights are used as they are.
+    With a plain name the reference decides: the plain modes, else the first default
+    geometric transform whose modes hold the reference (a recipe's ``rotate:22.5`` evaluated
+    under the plain name still gets its mode metrics), with the target weights measured on
+    the reference (so an ``unbalanced`` target is judged against its own weights).
+    """
     base, _, transform = dataset.partition("@")
-    info = mode_info(base, transform or "none")
-    _, ref_unassigned = mode_weights(ref, info.centers, info.radius)
-    if ref_unassigned > _REFERENCE_UNASSIGNED_LIMIT:
+    candidates = [transform] if transform else ["none", *_DEFAULT_GEOMETRIC]
+    for cand in candidates:
+        try:
+            info = mode_info(base, cand)
+        except ValueError:  # e.g. 'rotate' on the 1-D mixture
+            continue
+        ref_weights, ref_unassigned = mode_weights(ref, info.centers, info.radius)
+        if ref_unassigned <= _REFERENCE_UNASSIGNED_LIMIT:
+            target = info.weights.double() if transform else ref_weights / ref_weights.sum()
+            return info, target
+    return None
+
+
+def _mode_metrics(x: Tensor, ref: Tensor, dataset: str) -> dict[str, float]:
+    fitted = _fit_modes(ref, dataset)
+    if fitted is None:
         return {}
+    info, target = fitted
     weights, unassigned = mode_weights(x, info.centers, info.radius)
-    target = info.weights.double()
     covered = weights >= 0.25 * target
     stds = within_mode_std(x, info.centers, info.radius)
     ok = covered & ~torch.isnan(stds)

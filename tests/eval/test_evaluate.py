@@ -53,13 +53,22 @@ def test_transformed_mixture_uses_transformed_modes():
     x = sample_toy("8gaussians", 1000, g(1), transform="rotate")
     m = evaluate_samples(x, ref, dataset="8gaussians@rotate")
     assert m["mode_coverage"] == 1.0 and m["unassigned"] < 0.01
-    # the untransformed name does not fit this reference: mode metrics are left out
-    assert "mode_coverage" not in evaluate_samples(x, ref, dataset="8gaussians")
+    # under the plain name the modes are fitted to the reference (the default rotation)
+    plain = evaluate_samples(x, ref, dataset="8gaussians")
+    assert plain["mode_coverage"] == 1.0 and plain["mode_tv"] < 0.05
+    # a reference that fits no candidate gets no mode metrics rather than wrong ones
+    odd = sample_toy("moons", 1000, g(4))
+    assert "mode_coverage" not in evaluate_samples(odd, odd, dataset="8gaussians")
+    assert "mode_coverage" not in evaluate_samples(x, sample_toy("rings", 1000, g(5)),
+                                                   dataset="8gaussians")
     unb = sample_toy("8gaussians", 1000, g(2), transform="unbalanced")
     m_unb = evaluate_samples(unb, sample_toy("8gaussians", 1000, g(3)), dataset="8gaussians")
     target = mode_info("8gaussians", "unbalanced").weights
     assert m_unb["mode_weight_7"] == pytest.approx(float(target[7]), abs=0.04)
     assert m_unb["mode_tv"] > 0.15
+    # an unbalanced reference under the plain name: the target weights come from it
+    unb_ref = sample_toy("8gaussians", 1000, g(6), transform="unbalanced")
+    assert evaluate_samples(unb, unb_ref, dataset="8gaussians")["mode_tv"] < 0.1
 
 
 def test_images_metrics():
