@@ -28,7 +28,7 @@ def test_vectors_keys_and_ranking():
 
 
 def test_w2_subsamples_large_sets():
-    x = torch.randn(5000, 2, generator=g(0))
+    x = torch.randn(2500, 2, generator=g(0))
     m = evaluate_samples(x, x + torch.tensor([3.0, 4.0]), generator=g(1))
     assert 4.5 < m["w2"] < 5.5
 
