@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch import Tensor, nn
 
 from flowpost.data import load_data
@@ -103,7 +103,10 @@ class Trainer:
         tc = config.train
         _seed_everything(tc.seed)
         self.accelerator = Accelerator(
-            mixed_precision=tc.precision, cpu=(tc.device == "cpu"), log_with=None
+            mixed_precision=tc.precision,
+            cpu=(tc.device == "cpu"),
+            # methods may leave some parameters out of a loss (a discriminator's warm-up)
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
         if tc.device == "cuda" and self.accelerator.device.type != "cuda":
             raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
@@ -120,6 +123,7 @@ class Trainer:
             None if self.data.train.cond is None else self.data.train.cond.to(self.device)
         )
         self.step = 0
+        self._wrapped: list[str] = []
 
     # -- construction -------------------------------------------------------------------
     def _build_optimisers(self) -> None:
@@ -160,10 +164,25 @@ class Trainer:
             backward=self.accelerator.backward,
         )
 
+    def _distribute(self) -> None:
+        """Under several processes, wrap each trained role for gradient all-reduce (DDP) and
+        give each process its own random stream (weights were initialised identically)."""
+        acc = self.accelerator
+        if acc.num_processes <= 1 or self._wrapped:
+            return
+        for name in self.optimizers:
+            module = getattr(self.method, name, None)
+            if isinstance(module, nn.Module):
+                setattr(self.method, name, acc.prepare_model(module))
+                self._wrapped.append(name)
+        torch.manual_seed(self.config.train.seed + 7919 * acc.process_index + self.step)
+
     # -- checkpoints --------------------------------------------------------------------
     def _checkpoint_payload(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors: dict[str, Tensor] = {}
         for key, value in self.method.state_dict().items():
+            for role in self._wrapped:  # store DDP-wrapped roles under their plain names
+                key = key.replace(f"{role}.module.", f"{role}.", 1)
             tensors[f"model.{key}"] = value
         for role, ema in self.emas.items():
             for key, value in ema.module.state_dict().items():
@@ -184,7 +203,9 @@ class Trainer:
         }
         return tensors, state
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        if not self.accelerator.is_main_process:
+            return None
         tensors, state = self._checkpoint_payload()
         return save_checkpoint(
             self.out / "checkpoints",
@@ -238,8 +259,9 @@ class Trainer:
             with self.accelerator.autocast():
                 logs = self.method.train_step(batch, self.step, self.updater)
             self.step += 1
-            for key, value in logs.items():
-                window.setdefault(key, []).append(value)
+            if logger is not None:
+                for key, value in logs.items():
+                    window.setdefault(key, []).append(value)
             if logger is not None and (self.step % tc.log_every == 0 or self.step == tc.steps):
                 record: dict[str, Any] = {"step": self.step, "phase": self.method.phase(self.step)}
                 record.update({k: sum(v) / len(v) for k, v in window.items()})
@@ -250,13 +272,15 @@ class Trainer:
                 if bar is not None:
                     bar.update(self.step, record["phase"], {k: record[k] for k in window})
                 window = {}
-            if tc.eval_every and self.step % tc.eval_every == 0 and self.step < tc.steps:
+            if (
+                logger is not None
+                and tc.eval_every
+                and self.step % tc.eval_every == 0
+                and self.step < tc.steps
+            ):
                 metrics = self.evaluate(plot_name=f"samples_step{self.step:07d}.png")
                 self.method.train()
-                if logger is not None:
-                    logger.write(
-                        {"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}}
-                    )
+                logger.write({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                 self.save()
 
@@ -269,28 +293,31 @@ class Trainer:
             if found is None:
                 raise CheckpointError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
             self.restore(found)
-        (self.out / "config.yaml").write_text(
-            yaml.safe_dump(run_config_to_dict(self.config), sort_keys=False)
-        )
-        logger = RunLogger(self.out, resume_step=self.step if resume else 0)
-        bar = ProgressBar(tc.steps, self.step, self.progress_enabled)
+        self._distribute()
+        if self.accelerator.is_main_process:
+            (self.out / "config.yaml").write_text(
+                yaml.safe_dump(run_config_to_dict(self.config), sort_keys=False)
+            )
+        main = self.accelerator.is_main_process
+        logger = RunLogger(self.out, resume_step=self.step if resume else 0) if main else None
+        bar = ProgressBar(tc.steps, self.step, self.progress_enabled and main)
         try:
             self.run_steps(tc.steps - self.step, logger=logger, bar=bar)
         except NonFiniteLossError as err:
-            logger.write({"step": self.step, "error": str(err)})
-            logger.close()
+            if logger is not None:
+                logger.write({"step": self.step, "error": str(err)})
+                logger.close()
             raise
         finally:
             bar.close()
         if not (tc.checkpoint_every and self.step % tc.checkpoint_every == 0):
             self.save()
+        self.accelerator.wait_for_everyone()
+        if logger is None:
+            return {"step": self.step}
         summary = self.final_evaluation()
-        logger.write(
-            {
-                "step": self.step,
-                **{f"final/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
-            }
-        )
+        final = {f"final/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
+        logger.write({"step": self.step, **final})
         logger.close()
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         return summary
