@@ -348,7 +348,7 @@ class Trainer:
         samples, _ = self.generate(n, nfe, ec.solver, ec.seed)
         reference = self.data.heldout.x[:n]
         gen = torch.Generator().manual_seed(ec.seed + 1)
-        metrics = evaluate_samples(samples, reference, dataset=self.config.data.name, generator=gen)
+        metrics = evaluate_samples(samples, reference, dataset=self.data.name, generator=gen)
         if ec.plots and plot_name:
             plot_samples(
                 samples,
