@@ -149,9 +149,13 @@ def evaluate_samples(
 
     ``dataset`` (a dataset name, optionally with ``@transform``, as in
     :class:`flowpost.data.DataSplit.name`) switches on the mode and classifier metrics;
-    ``generator`` drives the subsampling for the exact W2 and kernel metrics.
+    ``generator`` drives the subsampling for the exact W2 and kernel metrics. Without one a
+    generator seeded with 0 is used: the same sets always get the same scores, and scoring
+    never draws from (and so never shifts) torch's global stream that training depends on.
     """
     x, ref = _as_tensor(samples, "samples"), _as_tensor(reference, "reference")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
     if x.shape[1:] != ref.shape[1:]:
         raise ValueError(
             f"samples have shape {tuple(x.shape[1:])} but the reference has "

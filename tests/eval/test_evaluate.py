@@ -27,6 +27,19 @@ def test_vectors_keys_and_ranking():
     assert evaluate_samples(good + 0.5, good)["w2"] == pytest.approx(0.5 * np.sqrt(2), rel=1e-4)
 
 
+def test_repeatable_and_leaves_the_global_stream_alone():
+    # subsampling without a generator is seeded: same sets, same scores whatever the global
+    # seed, and the global generator that training draws from is not advanced
+    x, ref = torch.randn(2500, 2, generator=g(0)), torch.randn(2500, 2, generator=g(1))
+    torch.manual_seed(123)
+    first = evaluate_samples(x, ref)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    torch.testing.assert_close(after, torch.rand(3))
+    torch.manual_seed(7)
+    assert evaluate_samples(x, ref) == first
+
+
 def test_w2_subsamples_large_sets():
     x = torch.randn(2500, 2, generator=g(0))
     m = evaluate_samples(x, x + torch.tensor([3.0, 4.0]), generator=g(1))

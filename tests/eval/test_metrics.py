@@ -90,6 +90,15 @@ def test_mmd_and_energy():
         mmd(x, x2, bandwidths=[0.0])
 
 
+def test_mmd_bandwidth_comes_from_both_sets():
+    # a collapsed sample set against a spread one: the median heuristic must see both sets,
+    # so the score is symmetric (with only the first set's distances it was not)
+    collapsed, spread = 1e-3 * randn(1500, 2, seed=9), randn(1500, 2, seed=10)
+    forward, backward = mmd(collapsed, spread), mmd(spread, collapsed)
+    assert forward == pytest.approx(backward, rel=1e-9)
+    assert forward > 0.1
+
+
 def test_energy_distance_1d_closed_form():
     # for point masses at 0 and d: energy distance = 2|d|
     x, y = torch.zeros(10, 1), torch.full((10, 1), 1.5)
