@@ -18,7 +18,13 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Shape of one sample (without batch) and the number of classes (None: unconditional)."""
+    """Shape of one sample (without batch) and the number of classes (None: unconditional).
+
+    Example:
+        >>> spec = DataSpec((1, 8, 8), num_classes=10)
+        >>> spec.numel, spec.is_image, DataSpec((2,)).is_image
+        (64, True, False)
+    """
 
     shape: tuple[int, ...]
     num_classes: int | None = None
@@ -37,7 +43,14 @@ class DataSpec:
 
 @dataclass
 class Batch:
-    """A batch of target samples ``x`` (batch, ...) with optional integer labels ``cond``."""
+    """A batch of target samples ``x`` (batch, ...) with optional integer labels ``cond``.
+
+    Example:
+        >>> import torch
+        >>> batch = Batch(torch.zeros(3, 2), torch.tensor([0, 1, 1])).to("cpu")
+        >>> len(batch), batch.cond.tolist()
+        (3, [0, 1, 1])
+    """
 
     x: Tensor
     cond: Tensor | None = None
@@ -49,11 +62,54 @@ class Batch:
         return self.x.shape[0]
 
 
+def _check_labels(
+    cond: Tensor, n: int, num_classes: int | None, name: str
+) -> tuple[Tensor, int]:
+    """Labels as a LongTensor (n,) in ``[0, num_classes)``, and the number of classes.
+
+    A label equal to ``num_classes`` would silently become the networks' null (unconditional)
+    label, and a negative one would index from the end of an embedding table: both are refused.
+    """
+    if cond.ndim != 1 or cond.shape[0] != n:
+        raise ValueError(
+            f"{name}: labels must have shape ({n},), one integer per sample, got "
+            f"{tuple(cond.shape)}"
+        )
+    if cond.is_floating_point():
+        whole = torch.isfinite(cond) & (cond == cond.round())
+        if not bool(whole.all()):
+            bad = int((~whole).nonzero()[0, 0])
+            raise ValueError(f"{name}: label {bad} is {float(cond[bad])}; labels must be integers")
+    elif cond.is_complex() or cond.dtype == torch.bool:
+        raise ValueError(f"{name}: labels have dtype {cond.dtype}; expected integers")
+    cond = cond.long()
+    low, high = int(cond.min()), int(cond.max())
+    if num_classes is None:
+        num_classes = high + 1
+    if num_classes < 1:
+        raise ValueError(f"{name}: num_classes must be >= 1, got {num_classes}")
+    if low < 0 or high >= num_classes:
+        bad = int(((cond < 0) | (cond >= num_classes)).nonzero()[0, 0])
+        raise ValueError(
+            f"{name}: label {bad} is {int(cond[bad])}, outside [0, {num_classes - 1}] for "
+            f"num_classes={num_classes} (the value {num_classes} is reserved for the null "
+            "label); relabel the data or raise num_classes"
+        )
+    return cond, num_classes
+
+
 class ArrayData:
     """A finite dataset held in memory: samples ``x`` (n, ...) and optional labels (n,).
 
     Checks at construction that the data is non-empty and finite, naming the first bad index,
-    so a user learns at once which sample of which source is broken.
+    so a user learns at once which sample of which source is broken; labels must be integers
+    in ``[0, num_classes)`` (``num_classes`` defaults to the largest label + 1).
+
+    Example:
+        >>> import torch
+        >>> data = ArrayData(torch.randn(4, 1, 8, 8), torch.tensor([0, 2, 1, 2]))
+        >>> data.spec.num_classes, data.batch(torch.tensor([1, 3])).cond.tolist()
+        (3, [2, 2])
     """
 
     def __init__(
@@ -77,13 +133,7 @@ class ArrayData:
                 "all); clean or drop them before training"
             )
         if cond is not None:
-            if cond.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"{name}: {x.shape[0]} samples but {cond.shape[0]} labels; they must match"
-                )
-            cond = cond.long()
-            if num_classes is None:
-                num_classes = int(cond.max()) + 1
+            cond, num_classes = _check_labels(cond, x.shape[0], num_classes, name)
         self.x = x
         self.cond = cond
         self.name = name
