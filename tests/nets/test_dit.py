@@ -22,15 +22,40 @@ def test_output_shape(size, patch):
 
 
 def test_unpatchify_inverts_patchify_layout():
-    # with an identity-like patch embedding and final layer, the layout round-trips
-    net = small(hidden=32, patch_size=2, in_channels=2, pos_embed="learned", depth=1)
-    x = torch.randn(2, 2, 8, 8)
+    # With adaLN-zero every block starts as the identity, so the real DiT.forward reduces to
+    # final(norm(patch(x) + pos)). Make the patch embedding copy each pixel of a patch into
+    # its own channel, the final layer copy it back, and drop the norm and position terms:
+    # the network must then return x exactly, which holds only if unpatchify puts every
+    # value back at the row, column and channel the patch embedding took it from.
     p, c = 2, 2
-    tokens = x.reshape(2, c, 4, p, 4, p).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, p * p * c)
-    gh = gw = 4
-    out = tokens.reshape(2, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(2, c, 8, 8)
-    torch.testing.assert_close(out, x)  # the ordering used in DiT.forward
-    assert net(x, torch.rand(2)).shape == x.shape
+    net = small(hidden=32, patch_size=p, in_channels=c, pos_embed="learned", depth=1)
+    with torch.no_grad():
+        net.pos.zero_()
+        net.patch.weight.zero_()
+        net.patch.bias.zero_()
+        net.final.weight.zero_()
+        net.final.bias.zero_()
+        for ch in range(c):
+            for py in range(p):
+                for px in range(p):
+                    k = (ch * p + py) * p + px  # token channel holding this pixel
+                    net.patch.weight[k, ch, py, px] = 1.0
+                    net.final.weight[(py * p + px) * c + ch, k] = 1.0
+    net.final_norm = torch.nn.Identity()
+    x = torch.randn(2, c, 8, 8)
+    torch.testing.assert_close(net(x, torch.rand(2)), x)
+    # and with the real norm, a pixel only influences the output patch it belongs to
+    net = perturb(small(patch_size=p), std=0.0)
+    with torch.no_grad():
+        net.final.weight.normal_()
+    x = torch.randn(1, 1, 8, 8)
+    bumped = x.clone()
+    bumped[0, 0, 5, 2] += 1.0
+    t = torch.rand(1)
+    changed = (net(bumped, t) - net(x, t)).abs()[0, 0] > 1e-6
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[4:6, 2:4] = True
+    assert torch.equal(changed, expected)
 
 
 def test_starts_as_zero_field():
