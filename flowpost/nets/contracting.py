@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, check_time
+from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, check_time, conditioning
 
 
 class ContractingResidual(nn.Module):
@@ -91,11 +91,7 @@ class ContractingResidual(nn.Module):
     def factor_and_centre(self, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``L`` (B, dim, rank) and ``m`` (B, dim) for times ``t`` (B,) and conditions."""
         b = t.shape[0]
-        h = self.time_embed(check_time(t, b))
-        c = self.cond_embed(cond, b, t.device)
-        if c is not None:
-            h = h + c
-        h = self.trunk(h)
+        h = self.trunk(conditioning(self.time_embed, self.cond_embed, t, cond, b, t.device))
         raw = self.factor_head(h)
         if self.full:
             factor = raw.new_zeros(b, self.dim, self.dim)

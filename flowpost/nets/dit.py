@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, check_time
+from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, conditioning
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:
@@ -175,15 +175,8 @@ class DiT(nn.Module):
                 f"DiT was built for images ({self.in_channels}, {self.grid[0] * p}, "
                 f"{self.grid[1] * p}), got {tuple(x.shape[1:])}"
             )
-        c = self.time_embed(check_time(t, b))
-        y = self.cond_embed(cond, b, x.device)
-        if y is not None:
-            c = c + y
-        if t_end is not None:
-            if self.end_time_embed is None:
-                raise ValueError("this network has no end-time input; build it with "
-                                 "end_time=True to pass t_end")
-            c = c + self.end_time_embed(check_time(t_end, b, "t_end"))
+        c = conditioning(self.time_embed, self.cond_embed, t, cond, b, x.device,
+                         end_time_embed=self.end_time_embed, t_end=t_end)
         tokens = self.patch(x).flatten(2).transpose(1, 2) + self.pos
         for i in range(self.repeats):
             ci = c if self.repeat_embed is None else c + self.repeat_embed.weight[i]

@@ -183,7 +183,43 @@ class CondEmbedding(nn.Module):
         return self.embed(cond.float())
 
 
+def conditioning(
+    time_embed: nn.Module,
+    cond_embed: CondEmbedding,
+    t: Tensor,
+    cond: Tensor | None,
+    batch: int,
+    device: torch.device,
+    *,
+    end_time_embed: nn.Module | None = None,
+    t_end: Tensor | None = None,
+) -> Tensor:
+    """The summed conditioning vector ``time(t) + class(c) [+ end_time(t_end)]`` (B, dim).
+
+    Shared by every velocity network so that time, label and end-time inputs are checked
+    and combined in one place.
+
+    Example:
+        >>> import torch
+        >>> time, labels = TimeEmbedding(8), CondEmbedding(8, num_classes=3)
+        >>> conditioning(time, labels, torch.rand(4), torch.tensor([0, 1, 2, 3]), 4,
+        ...              torch.device("cpu")).shape
+        torch.Size([4, 8])
+    """
+    emb = time_embed(check_time(t, batch))
+    c = cond_embed(cond, batch, device)
+    if c is not None:
+        emb = emb + c
+    if t_end is not None:
+        if end_time_embed is None:
+            raise ValueError("this network has no end-time input; build it with "
+                             "end_time=True to pass t_end")
+        emb = emb + end_time_embed(check_time(t_end, batch, "t_end"))
+    return emb
+
+
 __all__ = [
+    "conditioning",
     "sinusoidal_embedding",
     "fourier_features",
     "TimeEmbedding",

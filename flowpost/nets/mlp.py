@@ -22,6 +22,7 @@ from flowpost.nets.embeddings import (
     CondEmbedding,
     TimeEmbedding,
     check_time,
+    conditioning,
     fourier_features,
 )
 
@@ -121,15 +122,8 @@ class MLPVelocity(nn.Module):
                 f"MLPVelocity was built for {self.dim} features, got input of shape "
                 f"{tuple(x.shape)} ({flat.shape[1]} features)"
             )
-        emb = self.time_embed(check_time(t, b))
-        c = self.cond_embed(cond, b, x.device)
-        if c is not None:
-            emb = emb + c
-        if t_end is not None:
-            if self.end_time_embed is None:
-                raise ValueError("this network has no end-time input; build it with "
-                                 "end_time=True to pass t_end")
-            emb = emb + self.end_time_embed(check_time(t_end, b, "t_end"))
+        emb = conditioning(self.time_embed, self.cond_embed, t, cond, b, x.device,
+                           end_time_embed=self.end_time_embed, t_end=t_end)
         inp = flat
         if self.input_encoding:
             inp = torch.cat([flat, fourier_features(flat, self.input_encoding,

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, check_time
+from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, conditioning
 
 
 def group_norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
@@ -155,15 +155,8 @@ class UNet(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"UNet expects images (B, C, H, W), got shape {tuple(x.shape)}")
         b = x.shape[0]
-        emb = self.time_embed(check_time(t, b))
-        c = self.cond_embed(cond, b, x.device)
-        if c is not None:
-            emb = emb + c
-        if t_end is not None:
-            if self.end_time_embed is None:
-                raise ValueError("this network has no end-time input; build it with "
-                                 "end_time=True to pass t_end")
-            emb = emb + self.end_time_embed(check_time(t_end, b, "t_end"))
+        emb = conditioning(self.time_embed, self.cond_embed, t, cond, b, x.device,
+                           end_time_embed=self.end_time_embed, t_end=t_end)
         h = self.inp(x)
         skips = []
         for i, level in enumerate(self.down):

@@ -10,6 +10,7 @@ from flowpost.nets.embeddings import (
     TimeEmbedding,
     check_labels,
     check_time,
+    conditioning,
     fourier_features,
     sinusoidal_embedding,
 )
@@ -98,3 +99,29 @@ def test_check_time_shapes():
         check_time(torch.rand(4), 3)
     with pytest.raises(TypeError, match="tensor"):
         check_time(0.5, 3)
+
+
+def test_conditioning_sums_time_label_and_end_time():
+    time, labels = TimeEmbedding(8), CondEmbedding(8, num_classes=3)
+    end = TimeEmbedding(8)
+    t, t_end, c = torch.rand(4), torch.rand(4), torch.tensor([0, 1, 2, 3])
+    cpu = torch.device("cpu")
+    out = conditioning(time, labels, t, c, 4, cpu, end_time_embed=end, t_end=t_end)
+    torch.testing.assert_close(out, time(t) + labels(c, 4) + end(t_end))
+    # no labels on a conditional embedding: the null label; no t_end: no end-time term
+    torch.testing.assert_close(conditioning(time, labels, t, None, 4, cpu, end_time_embed=end),
+                               time(t) + labels(torch.full((4,), 3), 4))
+    torch.testing.assert_close(conditioning(time, CondEmbedding(8), t, None, 4, cpu), time(t))
+    with pytest.raises(ValueError, match="end_time=True"):
+        conditioning(time, labels, t, c, 4, cpu, t_end=t_end)
+    with pytest.raises(ValueError, match=r"t_end must have shape \(4,\)"):
+        conditioning(time, labels, t, c, 4, cpu, end_time_embed=end, t_end=torch.rand(3))
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.nets.embeddings as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
