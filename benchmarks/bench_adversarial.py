@@ -156,7 +156,7 @@ def toy1d_setup(args: argparse.Namespace, lambda_ot: float) -> tuple[AFConfig, N
                                input_encoding=args.encoding)
     cfg = AFConfig(steps=1, lambda_ot=lambda_ot, lambda_gp=args.gp, lambda_cp=0.01,
                    lr=args.lr, discriminator=disc, grad_norm=not args.no_grad_norm,
-                   real_noise=args.real_noise)
+                   real_noise=args.real_noise, d_updates=args.d_updates)
     return cfg, net
 
 
@@ -270,7 +270,8 @@ def exp_nfe(args: argparse.Namespace) -> None:
         table["flow_matching"][nfe] = w2(euler(fm, z, nfe), ref)
     for k in (1, 2, 4):
         cfg = AFConfig(steps=k, lambda_ot=args.lambda_ot, lambda_gp=args.gp, lr=args.lr,
-                       discriminator=disc, grad_norm=not args.no_grad_norm)
+                       discriminator=disc, grad_norm=not args.no_grad_norm,
+                       d_updates=args.d_updates)
         method, gen, _ = train_af(cfg, net, spec, sample, steps=args.steps, batch=args.batch,
                                   seed=args.seed)
         table["af"][k] = w2(af_sample(method, gen, z, k), ref)
@@ -284,6 +285,34 @@ def exp_nfe(args: argparse.Namespace) -> None:
               f"{'-' if af is None else f'{af:.4f}'}")
     print(f"data vs data: {table['data_vs_data'][0]:.4f}")
     save(f"nfe_{name}", {"config": vars(args), "w2": table})
+    plot_nfe(name)
+
+
+def plot_nfe(name: str) -> None:
+    """W2 vs NFE from ``af_nfe_<name>.json`` (``--plot-only`` redraws without training)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = json.loads((RESULTS / f"af_nfe_{name}.json").read_text())["w2"]
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for key, label, style in (("flow_matching", "flow matching, Euler", "o-"),
+                              ("af", "AF, trained for k = NFE", "s-")):
+        pts = sorted((int(k), v) for k, v in table[key].items())
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+    floor = next(iter(table["data_vs_data"].values()))
+    ax.axhline(floor, color="gray", ls=":", label="data vs data (sampling noise)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel("W2 to held-out data")
+    ax.set_title(f"{name}: W2 vs NFE (same network size)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(FIGURES / f"af_nfe_{name}.png", dpi=120)
+    plt.close(fig)
 
 
 def exp_throughput(args: argparse.Namespace) -> None:
@@ -331,13 +360,18 @@ def main() -> None:
     p.add_argument("--gp", type=float, default=0.01)
     p.add_argument("--lambda-ot", type=float, default=0.05)
     p.add_argument("--no-grad-norm", action="store_true")
+    p.add_argument("--d-updates", type=int, default=1, help="D updates per G update")
     p.add_argument("--real-noise", default="fresh", choices=["fresh", "shared"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default="8gaussians")
     p.add_argument("--n-eval", type=int, default=2000)
     p.add_argument("--reps", type=int, default=200)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--plot-only", action="store_true", help="nfe: redraw from the JSON")
     args = p.parse_args()
+    if args.plot_only and args.exp == "nfe":
+        plot_nfe(args.dataset)
+        return
     {"toy1d": exp_toy1d, "ot": exp_ot, "nfe": exp_nfe, "throughput": exp_throughput}[args.exp](
         args)
 
