@@ -146,17 +146,18 @@ def cmd_demos(args: argparse.Namespace) -> None:
             data = {**TARGET, "n_train": n, "n_heldout": 2000, "seed": seed}
             common = {
                 "init_from": str(pre), "data": data, "model": MODEL,
-                "eval": {"nfe": 4, "n_samples": 2000, "extra_nfe": [32]},
+                "eval": {"nfe": args.nfe, "n_samples": 2000, "extra_nfe": [32]},
             }  # fmt: skip
             train = {"batch_size": 256, "lr": 5e-4, "ema_decay": 0.99, "checkpoint_every": 0,
                      "log_every": 100, "seed": seed}  # fmt: skip
             sft = {**common, "method": {"name": "flow_matching"},
                    "train": {**train, "steps": args.steps}}  # fmt: skip
             warm = 50
-            fail = {**common, "method": fail_method(disc_warmup_steps=warm),
+            fail = {**common, "method": fail_method(disc_warmup_steps=warm, nfe=args.nfe),
                     "train": {**train, "steps": args.steps + warm}}  # fmt: skip
             for method, cfg in (("sft", sft), ("fail_pd", fail)):
-                tasks.append((cfg, work / f"demos_{method}_n{n}_s{seed}"))
+                tag = "" if args.nfe == 4 else f"_nfe{args.nfe}"
+                tasks.append((cfg, work / f"demos{tag}_{method}_n{n}_s{seed}"))
                 keys.append((method, n, seed))
     summaries = _map(args.jobs, tasks)
     from flowpost.eval import evaluate_samples  # noqa: F401  (fail early if eval is missing)
@@ -167,26 +168,26 @@ def cmd_demos(args: argparse.Namespace) -> None:
     for (method, n, seed), s in zip(keys, summaries):
         row = {"method": method, "demos": n, "seed": seed, "wall_s": s.get("wall_s")}
         for m in METRICS:
-            row[f"nfe4/{m}"] = s[m]
+            row[f"nfe{args.nfe}/{m}"] = s[m]
             row[f"nfe32/{m}"] = s[f"nfe32/{m}"]
         results["runs"].append(row)
     table: dict[str, Any] = {}
     print("\nfloor (two fresh 2000-sample target sets): "
           + ", ".join(f"{m} {_fmt(results['floor'][m])}" for m in METRICS))  # fmt: skip
     print(f"{'method':8s} {'demos':>5s} " + " ".join(f"{k:>22s}" for k in
-          [f"nfe{e}/{m}" for e in (4, 32) for m in METRICS]))  # fmt: skip
+          [f"nfe{e}/{m}" for e in (args.nfe, 32) for m in METRICS]))  # fmt: skip
     for n in args.demos:
         for method in ("sft", "fail_pd"):
             rows = [r for r in results["runs"] if r["method"] == method and r["demos"] == n]
             cell = {k: _stats([r[k] for r in rows]) for k in rows[0] if k.startswith("nfe")}
             table[f"{method}/n{n}"] = cell
-            print(f"{method:8s} {n:5d} " + " ".join(
-                f"{_fmt(cell[f'nfe{e}/{m}']):>22s}" for e in (4, 32) for m in METRICS))  # fmt: skip
+            cols = [f"nfe{e}/{m}" for e in (args.nfe, 32) for m in METRICS]
+            print(f"{method:8s} {n:5d} " + " ".join(f"{_fmt(cell[c]):>22s}" for c in cols))
     results["table"] = table
     results["settings"] = {"steps": args.steps, "seeds": args.seeds, "demos": args.demos,
                            "model": MODEL, "fail": fail_method(), "target": TARGET,
-                           "pretrain_steps": args.pretrain_steps}  # fmt: skip
-    _write("fail_demos.json", results)
+                           "pretrain_steps": args.pretrain_steps, "nfe": args.nfe}  # fmt: skip
+    _write("fail_demos.json" if args.nfe == 4 else f"fail_demos_nfe{args.nfe}.json", results)
 
 
 # --------------------------------------------------------------------------- (2) estimators
@@ -375,11 +376,12 @@ def cmd_hacking(args: argparse.Namespace) -> None:
                 "data": {"name": "8gaussians", "n_train": 1024, "n_heldout": 2000, "seed": seed},
                 "model": MODEL, "method": method,
                 "train": {"steps": args.steps + (50 if weight > 0 else 0), "batch_size": 256,
-                          "lr": 5e-4, "ema_decay": 0.99, "checkpoint_every": 0, "log_every": 50,
+                          "lr": args.lr, "ema_decay": 0.99, "checkpoint_every": 0, "log_every": 50,
                           "seed": seed},
                 "eval": {"nfe": 4, "n_samples": 2000},
             }  # fmt: skip
-            tasks.append((cfg, work / f"hacking_w{weight:g}_s{seed}"))
+            tag = f"hacking_scale{args.reward_scale:g}_lr{args.lr:g}_steps{args.steps}"
+            tasks.append((cfg, work / f"{tag}_w{weight:g}_s{seed}"))
             keys.append((weight, seed))
     summaries = _map(args.jobs, tasks)
     spec = DataSpec((2,))
@@ -408,9 +410,9 @@ def cmd_hacking(args: argparse.Namespace) -> None:
         }
         results["table"][f"w{weight:g}"] = cell
         print(f"{weight:11g} {_fmt(cell['reward']):>20s} {_fmt(cell['w2']):>20s}")
-    results["settings"] = {"steps": args.steps, "reward_scale": args.reward_scale,
+    results["settings"] = {"steps": args.steps, "reward_scale": args.reward_scale, "lr": args.lr,
                            "direction": direction, "seeds": args.seeds}  # fmt: skip
-    _write("fail_hacking.json", results)
+    _write(f"fail_hacking_scale{args.reward_scale:g}_lr{args.lr:g}.json", results)
 
 
 # --------------------------------------------------------------------------- plots
@@ -423,13 +425,15 @@ def cmd_plots(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
     FIGURES.mkdir(parents=True, exist_ok=True)
-    demos = RESULTS / "fail_demos.json"
-    if demos.is_file():
+    for demos in sorted(RESULTS.glob("fail_demos*.json")):
         res = json.loads(demos.read_text())
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
         ns = res["settings"]["demos"]
-        for ax, e in zip(axes, (4, 32)):
+        nfe = res["settings"].get("nfe", 4)
+        for ax, e in zip(axes, (nfe, 32)):
             for method, color in (("sft", "tab:blue"), ("fail_pd", "tab:red")):
+                if len(ns) == 1:
+                    ax.set_xlim(ns[0] / 2, ns[0] * 2)
                 mean = [res["table"][f"{method}/n{n}"][f"nfe{e}/w2"]["mean"] for n in ns]
                 sd = [res["table"][f"{method}/n{n}"][f"nfe{e}/w2"]["std"] for n in ns]
                 ax.errorbar(ns, mean, yerr=sd, marker="o", color=color, capsize=3,
@@ -437,12 +441,12 @@ def cmd_plots(args: argparse.Namespace) -> None:
             ax.axhline(res["floor"]["w2"]["mean"], color="gray", ls="--", label="floor")
             ax.set_xscale("log")
             ax.set_xlabel("demonstrations")
-            ax.set_title(f"deployed at {e} Euler steps")
+            ax.set_title(f"FAIL trained at {nfe} steps; deployed at {e}")
         axes[0].set_ylabel("W2 to fresh target samples")
         axes[0].legend()
         fig.tight_layout()
-        fig.savefig(FIGURES / "fail_demos.png", dpi=120)
-        print("wrote docs/figures/fail_demos.png")
+        fig.savefig(FIGURES / f"{demos.stem}.png", dpi=120)
+        print(f"wrote docs/figures/{demos.stem}.png")
     est = RESULTS / "fail_estimators.json"
     if est.is_file():
         rows = json.loads(est.read_text())["rows"]
@@ -481,8 +485,7 @@ def cmd_plots(args: argparse.Namespace) -> None:
         fig.tight_layout()
         fig.savefig(FIGURES / "fail_stability.png", dpi=120)
         print("wrote docs/figures/fail_stability.png")
-    hack = RESULTS / "fail_hacking.json"
-    if hack.is_file():
+    for hack in sorted(RESULTS.glob("fail_hacking*.json")):
         res = json.loads(hack.read_text())
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for r in res["runs"]:
@@ -495,8 +498,8 @@ def cmd_plots(args: argparse.Namespace) -> None:
         ax.set_ylabel("mean linear reward")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(FIGURES / "fail_hacking.png", dpi=120)
-        print("wrote docs/figures/fail_hacking.png")
+        fig.savefig(FIGURES / f"{hack.stem}.png", dpi=120)
+        print(f"wrote docs/figures/{hack.stem}.png")
 
 
 def main() -> None:
@@ -509,6 +512,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--demos", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--steps", type=int, default=1000, help="policy updates of both methods")
+    p.add_argument("--nfe", type=int, default=4, help="Euler steps FAIL trains and both deploy")
     p = sub.add_parser("estimators")
     p.add_argument("--nfe", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--batch", type=int, default=512)
@@ -522,6 +526,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--fail-weights", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--reward-scale", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=5e-4, help="policy learning rate")
     sub.add_parser("plots")
     args = parser.parse_args()
     torch.set_num_threads(1)
