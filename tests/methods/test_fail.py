@@ -331,3 +331,17 @@ def test_short_toy_run_moves_the_policy_to_the_expert() -> None:
     assert after < before / 3
     assert min(bce[:12]) < 1.0  # the discriminator wins during its warm-up...
     assert sum(bce[-20:]) / 20 > 1.3  # ...and is near chance (2 log 2 = 1.386) at the end
+
+
+def test_load_pretrained_fills_policy_and_frozen_reference() -> None:
+    m = tiny_method()
+    other = tiny_method()
+    with torch.no_grad():
+        for p in other.policy.parameters():
+            p.add_(1.0)
+    m.load_pretrained(other.policy.state_dict())
+    for a, b, c in zip(m.policy.parameters(), m.reference.parameters(),
+                       other.policy.parameters()):  # fmt: skip
+        assert torch.equal(a, c) and torch.equal(b, c)
+        assert a.requires_grad and not b.requires_grad
+    assert "reference" not in m.optimizers()
