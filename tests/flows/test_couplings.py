@@ -115,5 +115,12 @@ def test_make_coupling_and_errors() -> None:
         OTCoupling()(torch.full((3, 2), float("nan")), torch.zeros(3, 2))
 
 
+def test_sinkhorn_warns_when_not_converged() -> None:
+    g = torch.Generator().manual_seed(8)
+    x0, x1 = torch.randn(50, 2, generator=g), torch.randn(50, 2, generator=g) + 3.0
+    with pytest.warns(UserWarning, match="did not converge"):
+        ot_plan(x0, x1, "sinkhorn", reg=0.05, num_iter_max=1)
+
+
 def test_doctests() -> None:
     assert doctest.testmod(couplings).failed == 0
