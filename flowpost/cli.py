@@ -71,7 +71,7 @@ def _load_run(run: Path):  # type: ignore[no-untyped-def]
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run}: not a run folder (no config.yaml)")
     cfg = build_run_config(load_yaml(run / "config.yaml"))
-    trainer = Trainer(cfg, run, progress=False)
+    trainer = Trainer(cfg, run, progress=False, load_init=False)
     found = latest_checkpoint(run / "checkpoints")
     if found is None:
         raise CheckpointError(f"{run}: no checkpoint to load")

@@ -108,6 +108,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; accept what float() accepts
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -147,9 +153,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
         _check_bounds(fields[name], coerced, key)
         kwargs[name] = coerced
     try:
-        obj = cls(**kwargs)
+        obj = cls(**kwargs)  # __post_init__ hooks check combinations of fields
     except TypeError as err:  # a required field without default
         raise ConfigError(f"{prefix or cls.__name__}: {err}") from None
+    except ConfigError as err:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"{where}{err}") from None
     # defaults are trusted, but __post_init__ hooks may validate combinations
     return obj
 

@@ -89,3 +89,9 @@ def test_describe_lists_every_leaf_with_help() -> None:
     rows = {key: help_text for key, help_text, _ in describe(Outer)}
     assert rows["inner.width"] == "width" and rows["lr"] == "learning rate"
     assert all(rows.values())
+
+
+def test_scientific_notation_strings_are_numbers() -> None:
+    assert from_dict(Outer, {"lr": "1e-4"}).lr == 1e-4
+    with pytest.raises(ConfigError, match="lr: expected a number"):
+        from_dict(Outer, {"lr": "fast"})

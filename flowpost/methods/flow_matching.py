@@ -48,9 +48,9 @@ class FlowMatchingConfig(MethodConfig):
         "uniform", "training time distribution", choices=["uniform", "logit_normal", "shifted"]
     )
     logit_normal_mean: float = option(0.0, "mean of the logit-normal time sampler")
-    logit_normal_std: float = option(1.0, "std of the logit-normal time sampler", min=0.0)
+    logit_normal_std: float = option(1.0, "std of the logit-normal time sampler", min=1e-6)
     time_shift: float = option(
-        3.0, "shift of the shifted time sampler (>1: more noise-side)", min=0.0
+        3.0, "shift of the shifted time sampler (>1: more noise-side)", min=1e-6
     )
     bridge_sigma: float = option(
         0.0, "noise of the stochastic bridge path (0: linear path)", min=0.0
@@ -59,7 +59,7 @@ class FlowMatchingConfig(MethodConfig):
         0.1, "probability of replacing a label by the null label", min=0.0, max=1.0
     )
     guidance: float = option(1.0, "classifier-free guidance scale at sampling (1: none)", min=0)
-    lr: float | None = option(None, "learning rate (None: train.lr)")
+    lr: float | None = option(None, "learning rate (None: train.lr)", min=0.0)
 
 
 def drop_labels(cond: Tensor | None, p: float, num_classes: int | None) -> Tensor | None:

@@ -4,8 +4,8 @@ A checkpoint is a folder ``checkpoints/step_XXXXXXXX/`` holding
 
 * ``tensors.safetensors``: the method's modules, the EMA copies, optimiser tensors and
   RNG states, under prefixed names;
-* ``state.json``: step, optimiser hyper-parameters, scheduler counters, the method's extra
-  state and the SHA-256 of ``tensors.safetensors``.
+* ``state.json``: step, optimiser hyper-parameters (with each group's ``base_lr``), the
+  method's extra state and the SHA-256 of ``tensors.safetensors``.
 
 It is written into a hidden temporary folder and renamed into place, so a run killed at any
 moment leaves either a complete checkpoint or none. Loading verifies the checksum before
@@ -92,7 +92,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     # safetensors wants contiguous, non-shared storage
-    flat = {k: v.detach().contiguous().clone().cpu() for k, v in tensors.items()}
+    flat = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     save_file(flat, str(tmp / TENSORS))
     meta = dict(state)
     meta["step"] = step

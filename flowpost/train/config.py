@@ -41,15 +41,24 @@ class TrainConfig:
     min_lr_ratio: float = option(0.1, "cosine schedule floor, as a fraction of lr", min=0, max=1)
     grad_clip: float = option(1.0, "max global gradient norm per optimiser (0: off)", min=0.0)
     ema_decay: float = option(
-        0.999, "EMA decay of the evaluated roles (0: no averaging)", min=0.0, max=0.999999
+        0.999,
+        "EMA decay of the evaluated roles, warmed up as min(decay, (1+k)/(10+k)) (0: none)",
+        min=0.0,
+        max=0.999999,
     )
     seed: int = option(0, "one seed for everything: data order, noise, initialisation")
     checkpoint_every: int = option(500, "steps between checkpoints (0: only at the end)", min=0)
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep", min=1)
     eval_every: int = option(0, "steps between evaluations (0: only at the end)", min=0)
     log_every: int = option(50, "steps between metrics.jsonl lines", min=1)
-    precision: str = option("no", "mixed precision", choices=["no", "bf16", "fp16"])
+    precision: str = option(
+        "fp32", "numeric precision of the training step (bf16: autocast)", choices=["fp32", "bf16"]
+    )
     device: str = option("auto", "where to train", choices=["auto", "cpu", "cuda"])
+
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas: expected two numbers in [0, 1), got {self.betas}")
 
 
 @dataclass

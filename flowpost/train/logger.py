@@ -31,6 +31,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _step_of(line: str) -> int | None:
+    """The step of a metrics line, or None for a line a kill cut short (dropped on resume)."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return None
+
+
 class RunLogger:
     """Appends metric records to ``metrics.jsonl`` and TensorBoard; truncates on resume."""
 
@@ -39,11 +47,8 @@ class RunLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step and self.path.exists():
             # records written after the checkpoint we resume from are replayed, so drop them
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+            lines = self.path.read_text().splitlines()
+            kept = [ln for ln in lines if (_step_of(ln) or resume_step + 1) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         elif not resume_step and self.path.exists():
             self.path.unlink()

@@ -54,8 +54,8 @@ from flowpost.train.updater import NonFiniteLossError, OptimizerUpdater
 
 
 def lr_lambda(warmup: int, total: int, schedule: str, floor: float):  # type: ignore[no-untyped-def]
-    """Multiplier of the base lr after ``k`` optimiser steps: linear warm-up, then constant
-    or cosine decay to ``floor``."""
+    """Multiplier of the base lr at training iteration ``k``: linear warm-up, then constant
+    or cosine decay to ``floor`` at the last iteration."""
 
     def factor(k: int) -> float:
         if warmup > 0 and k < warmup:
@@ -96,14 +96,23 @@ class Trainer:
     ``checkpoints/``, ``plots/`` and, at the end, ``summary.json``.
     """
 
-    def __init__(self, config: RunConfig, out_dir: str | Path, *, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        out_dir: str | Path,
+        *,
+        progress: bool = True,
+        load_init: bool = True,
+    ) -> None:
+        """``load_init=False`` skips loading ``init_from`` (a checkpoint of this run is about to
+        be restored, which holds every weight), so a moved pretrained folder is not needed."""
         self.config = config
         self.out = Path(out_dir)
         self.progress_enabled = progress
         tc = config.train
         _seed_everything(tc.seed)
         self.accelerator = Accelerator(
-            mixed_precision=tc.precision,
+            mixed_precision="no" if tc.precision == "fp32" else tc.precision,
             cpu=(tc.device == "cpu"),
             # methods may leave some parameters out of a loss (a discriminator's warm-up)
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -114,7 +123,7 @@ class Trainer:
         self.data = load_data(config.data)
         method_cls = get_method_class(config.method.name)
         self.method: Method = method_cls(config.method, self.data.train.spec, config.model)
-        if config.init_from:
+        if config.init_from and load_init:
             self.method.load_pretrained(load_policy_state(config.init_from))
         self.method.to(self.device)
         self._build_optimisers()
@@ -124,6 +133,7 @@ class Trainer:
         )
         self.step = 0
         self._wrapped: list[str] = []
+        self._saved_step: int | None = None
 
     # -- construction -------------------------------------------------------------------
     def _build_optimisers(self) -> None:
@@ -132,7 +142,7 @@ class Trainer:
         if not specs:
             raise ValueError(f"method {self.config.method.name!r} declared no optimiser")
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        scheduled: set[str] = set()
         clips: dict[str, float | None] = {}
         for name, spec in specs.items():
             params = [p for p in spec.params if p.requires_grad]
@@ -149,15 +159,14 @@ class Trainer:
             )
             self.optimizers[name] = opt
             if spec.schedule:
-                self.schedulers[name] = torch.optim.lr_scheduler.LambdaLR(
-                    opt, lr_lambda(tc.warmup_steps, tc.steps, tc.schedule, tc.min_lr_ratio)
-                )
+                scheduled.add(name)
             clips[name] = spec.grad_clip if spec.grad_clip is not None else tc.grad_clip
         self.live = {role: self.method.role(role) for role in self.method.ema_roles()}
         self.emas = {role: EMA(module, tc.ema_decay) for role, module in self.live.items()}
         self.updater = OptimizerUpdater(
             self.optimizers,
-            schedulers=self.schedulers,
+            lr_factor=lr_lambda(tc.warmup_steps, tc.steps, tc.schedule, tc.min_lr_ratio),
+            scheduled=scheduled,
             grad_clip=clips,
             emas=self.emas,
             live=self.live,
@@ -195,7 +204,6 @@ class Trainer:
         tensors.update(_rng_tensors())
         state = {
             "optimizers": optim_meta,
-            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "updater": {"steps_taken": self.updater.steps_taken},
             "method": self.method.extra_state(),
             "python_rng": list(random.getstate()[1]),
@@ -207,6 +215,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return None
         tensors, state = self._checkpoint_payload()
+        self._saved_step = self.step
         return save_checkpoint(
             self.out / "checkpoints",
             self.step,
@@ -223,8 +232,6 @@ class Trainer:
                 ema.module.load_state_dict(split_prefixed(tensors, f"ema.{role}"))
             for name, opt in self.optimizers.items():
                 optimizer_from_flat(name, opt, tensors, state["optimizers"][name])
-            for name, sched in self.schedulers.items():
-                sched.load_state_dict(state["schedulers"][name])
         except (KeyError, RuntimeError, ValueError) as err:
             raise CheckpointError(
                 f"{path}: does not fit this run's config ({err}); resume with the same recipe"
@@ -310,7 +317,7 @@ class Trainer:
             raise
         finally:
             bar.close()
-        if not (tc.checkpoint_every and self.step % tc.checkpoint_every == 0):
+        if self._saved_step != self.step:
             self.save()
         self.accelerator.wait_for_everyone()
         if logger is None:
@@ -342,6 +349,12 @@ class Trainer:
         return samples.float().cpu(), cond
 
     def evaluate(self, nfe: int | None = None, plot_name: str | None = None) -> dict[str, float]:
+        """Metrics of the EMA roles against held-out data; training's random stream is left
+        exactly as it was (a method's sampler may draw from the global generator)."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            return self._evaluate(nfe, plot_name)
+
+    def _evaluate(self, nfe: int | None, plot_name: str | None) -> dict[str, float]:
         ec = self.config.eval
         nfe = nfe or ec.nfe
         n = min(ec.n_samples, max(len(self.data.heldout), 2))
@@ -380,4 +393,4 @@ def run_training(
     from flowpost.train.config import build_run_config
 
     cfg = config if isinstance(config, RunConfig) else build_run_config(config)
-    return Trainer(cfg, out_dir, progress=progress).fit(resume=resume)
+    return Trainer(cfg, out_dir, progress=progress, load_init=not resume).fit(resume=resume)

@@ -1,8 +1,9 @@
 """The :class:`~flowpost.methods.base.Updater` the trainer hands to methods.
 
 It sums a method's loss terms, refuses non-finite ones (naming the step and the term),
-back-propagates, clips, steps one optimiser and its schedule, clears every gradient (so a
-policy step never leaks gradients into a discriminator, or the reverse) and updates EMAs.
+back-propagates, clips, sets the scheduled learning rate, steps one optimiser, clears every
+gradient (so a policy step never leaks gradients into a discriminator, or the reverse) and
+updates EMAs.
 
 Example:
     >>> import torch
@@ -42,7 +43,10 @@ class OptimizerUpdater:
 
     Args:
         optimizers: optimiser per name (the names a method's ``optimizers()`` declared).
-        schedulers: optional LR scheduler per name, stepped after its optimiser.
+        lr_factor: multiplier of each param group's ``base_lr`` as a function of the
+            *training iteration* (``global_step``), applied to the optimisers in ``scheduled``.
+            Counting iterations rather than optimiser steps keeps a role that steps k times
+            per iteration, or skips iterations (warm-ups), on the run's schedule.
         grad_clip: max global grad norm per name (``None`` or <= 0: no clipping).
         emas: EMA per role name, updated after the optimiser of the same name steps.
         backward: how to back-propagate (the trainer passes ``accelerator.backward``).
@@ -53,14 +57,19 @@ class OptimizerUpdater:
         self,
         optimizers: dict[str, torch.optim.Optimizer],
         *,
-        schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] | None = None,
+        lr_factor: Callable[[int], float] | None = None,
+        scheduled: set[str] | None = None,
         grad_clip: dict[str, float | None] | None = None,
         emas: dict[str, EMA] | None = None,
         live: dict[str, nn.Module] | None = None,
         backward: Callable[[Tensor], None] | None = None,
     ) -> None:
         self.optimizers = optimizers
-        self.schedulers = schedulers or {}
+        self.lr_factor = lr_factor
+        self.scheduled = scheduled if scheduled is not None else set(optimizers)
+        for opt in optimizers.values():
+            for group in opt.param_groups:
+                group.setdefault("base_lr", group["lr"])
         self.grad_clip = grad_clip or {}
         self.emas = emas or {}
         self.live = live or {}
@@ -89,12 +98,15 @@ class OptimizerUpdater:
         if clip is not None and clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self._params[name], clip)
             self.last_grad_norm[name] = float(norm)
-        self.optimizers[name].step()
-        if name in self.schedulers:
-            self.schedulers[name].step()
+        optimizer = self.optimizers[name]
+        if self.lr_factor is not None and name in self.scheduled:
+            factor = self.lr_factor(self.global_step)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+        optimizer.step()
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         self.steps_taken[name] += 1
         if name in self.emas and name in self.live:
-            self.emas[name].update(self.live[name])
+            self.emas[name].update(self.live[name], self.steps_taken[name])
         return {f"{name}/{k}": v for k, v in values.items()}

@@ -28,3 +28,16 @@ def test_zero_decay_copies() -> None:
         net.weight.add_(1.0)
     ema.update(net)
     assert torch.equal(ema.module.weight, net.weight)
+
+
+def test_warm_up_discounts_the_initialisation() -> None:
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = EMA(net, decay=0.999)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    for k in range(1, 101):
+        ema.update(net, num_updates=k)
+    # without warm-up, 0.999 ** 100 = 90% of the average would still be the initial 0
+    assert float(ema.module.weight) > 0.99

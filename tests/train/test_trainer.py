@@ -164,18 +164,11 @@ def test_resume_from_truncated_checkpoint_is_refused(tmp_path) -> None:
 def test_sft_from_pretrained_run_moves_toward_target(tmp_path) -> None:
     pre = dict(
         TINY,
-        data={"name": "8gaussians", "n_heldout": 500},
-        train={"steps": 400, "batch_size": 128, "lr": 2e-3, "checkpoint_every": 0},
+        train={"steps": 300, "batch_size": 128, "lr": 3e-3, "checkpoint_every": 0},
         eval={"nfe": 16, "n_samples": 500, "plots": False},
     )
     run_training(pre, tmp_path / "pre")
-    target = {
-        "name": "8gaussians",
-        "transform": "rotate:22.5",
-        "n_train": 256,
-        "n_heldout": 500,
-        "seed": 1,
-    }
+    target = {"name": "moons", "transform": "shift:1.0", "n_train": 256, "n_heldout": 500}
     common = {
         "data": target,
         "model": TINY["model"],
@@ -189,11 +182,12 @@ def test_sft_from_pretrained_run_moves_toward_target(tmp_path) -> None:
             "train": {
                 "steps": 300,
                 "batch_size": 128,
-                "lr": 1e-3,
+                "lr": 2e-3,
                 "checkpoint_every": 0,
                 "ema_decay": 0.9,
             },
         },
         tmp_path / "a",
     )
-    assert after["w2"] < 0.8 * before["w2"]
+    assert before["w2"] > 0.6  # the pretrained model sits a whole shift away
+    assert after["w2"] < 0.5 * before["w2"]

@@ -56,3 +56,13 @@ def test_unknown_optimiser_is_a_clear_error() -> None:
     _, _, up = _two_nets()
     with pytest.raises(KeyError, match="no optimiser named 'gen'"):
         up.step("gen", x=torch.zeros(()))
+
+
+def test_schedule_follows_training_iterations_not_optimiser_steps() -> None:
+    net = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    up = OptimizerUpdater({"policy": opt}, lr_factor=lambda k: 1.0 / (1 + k))
+    for iteration in (0, 4, 9):  # a role that skips iterations stays on the run's schedule
+        up.global_step = iteration
+        up.step("policy", x=net(torch.ones(1, 1)).sum())
+        assert opt.param_groups[0]["lr"] == pytest.approx(1.0 / (1 + iteration))
