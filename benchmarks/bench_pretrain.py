@@ -44,11 +44,12 @@ def main() -> None:
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     results: dict[str, dict] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for task in args.tasks:
         results[f"pretrain/{task}"] = run_recipe(task, "pretrain", args.runs)
-        print(task, {k: results[f"pretrain/{task}"].get(k) for k in ("sliced_w2", "w2", "wall_s")})
+        r = results[f"pretrain/{task}"]
+        print(task, {k: r.get(k) for k in ("sliced_w2", "w2", "wall_s")}, flush=True)
     if "8gaussians" in args.tasks:
         pre = str(args.runs / "8gaussians-pretrain")
         before = run_recipe(
