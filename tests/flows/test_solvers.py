@@ -275,5 +275,12 @@ def test_trajectory_and_grid_validation() -> None:
         odeint(lambda x, t, c: x, torch.ones(1, 1), torch.tensor([0.0]))
 
 
+def test_sample_with_dopri5_is_adaptive() -> None:
+    x = sample(linear_field, X0, None, "dopri5")
+    assert torch.allclose(x, exact(X0, 0.0, 1.0), atol=1e-4)
+    with pytest.raises(ValueError, match="chooses its own steps"):
+        encode(linear_field, X0, nfe=8, method="dopri5")
+
+
 def test_doctests() -> None:
     assert doctest.testmod(solvers).failed == 0
