@@ -106,6 +106,16 @@ def child(mode: str, steps: int, batch: int, hidden: int, repeats: int) -> dict[
     # autograd engine, which would otherwise be counted as memory of the solve.
     solve(mode, model, x0[:4], 1).pow(2).mean().backward()
     model.zero_grad(set_to_none=True)
+    saved_bytes = 0
+
+    def pack(t: Tensor) -> Tensor:
+        # bytes autograd keeps for backward: the memory that must stay flat in steps
+        nonlocal saved_bytes
+        saved_bytes += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        solve(mode, model, x0, steps).pow(2).mean()
     Path("/proc/self/clear_refs").write_text("5")
     before = _status("VmRSS")
     loss = solve(mode, model, x0, steps).pow(2).mean()
@@ -125,6 +135,7 @@ def child(mode: str, steps: int, batch: int, hidden: int, repeats: int) -> dict[
         bw_cpu.append(c2 - c1)
     return {
         "peak_rss_mb": peak_mb,
+        "saved_for_backward_mb": saved_bytes / 2**20,
         "forward_ms": 1e3 * statistics.median(fw),
         "backward_ms": 1e3 * statistics.median(bw),
         "forward_cpu_ms": 1e3 * statistics.median(fw_cpu),
@@ -176,10 +187,12 @@ def main() -> None:
     rows.sort(key=lambda r: (int(r["steps"]), MODES.index(str(r["mode"]))))
     print(f"RK4, MLP 2-D hidden {args.hidden}, batch {args.batch}, 1 thread; medians over "
           f"{args.rounds} interleaved rounds x {args.repeats} repeats")
-    print("| steps | method | peak RSS added (MB) | forward ms | backward ms | backward cpu ms |")
-    print("|---|---|---|---|---|---|")
+    print("| steps | method | saved for backward (MB) | peak RSS added (MB) | forward ms "
+          "| backward ms | backward cpu ms |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['steps']} | {r['mode']} | {r['peak_rss_mb']:.1f} | {r['forward_ms']:.0f} "
+        print(f"| {r['steps']} | {r['mode']} | {r['saved_for_backward_mb']:.2f} "
+              f"| {r['peak_rss_mb']:.1f} | {r['forward_ms']:.0f} "
               f"| {r['backward_ms']:.0f} | {r['backward_cpu_ms']:.0f} |")
     print("gradient relative L2 error vs plain autograd:")
     for s, a in agree.items():
