@@ -63,7 +63,7 @@ from __future__ import annotations
 import copy
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -450,7 +450,6 @@ def _betas(values: list[float] | None) -> tuple[float, float] | None:
     return (float(values[0]), float(values[1]))
 
 
-
 @dataclass
 class FAILConfig(MethodConfig):
     """FAIL's settings (the ``method`` section of a recipe)."""
@@ -511,7 +510,6 @@ class Rollout:
     x1: Tensor
     cond: Tensor | None
     states: Trajectory | None = None  # SDE trajectory, for pg_estimator="sde"
-    extra: dict[str, Tensor] = field(default_factory=dict)
 
 
 @register_method("fail")
@@ -552,6 +550,7 @@ class FAILMethod(Method):
             raise ValueError(
                 "pg_estimator='sde' needs sde_noise > 0 (a deterministic step has no density)"
             )
+        _betas(config.disc_betas)  # a bad value fails here, not at the first optimiser step
         self._pd_rollout: Rollout | None = None
         self._last_d: tuple[Tensor, Tensor] | None = None
 

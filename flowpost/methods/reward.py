@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from flowpost.config import option
-from flowpost.data.base import Batch
+from flowpost.data.base import Batch, DataSpec
 from flowpost.methods.base import Updater, register_method
 from flowpost.methods.fail import (
     FAILConfig,
@@ -49,6 +49,7 @@ from flowpost.methods.fail import (
     load_object,
     per_sample_mse,
 )
+from flowpost.nets.config import NetConfig
 
 __all__ = ["RewardConfig", "RewardMethod", "REWARDS", "make_reward", "linear_reward",
            "tanh_linear_reward", "gaussian_reward"]
@@ -181,7 +182,9 @@ class RewardMethod(FAILMethod):
     config_class = RewardConfig
     config: RewardConfig
 
-    def __init__(self, config: RewardConfig, spec: Any, net: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, config: RewardConfig, spec: DataSpec, net: NetConfig, **kwargs: Any
+    ) -> None:
         self._reward_fn = make_reward(config.reward, **config.reward_args)
         super().__init__(config, spec, net, **kwargs)
 
