@@ -136,6 +136,29 @@ def floor(n: int, seeds: list[int]) -> dict[str, dict[str, float]]:
     return {m: _stats(v) for m, v in rows.items()}
 
 
+def start_on_target(pre: Path, nfe: int) -> dict[str, float]:
+    """The pretrained flow, not fine-tuned, against 2000 fresh target samples."""
+    from flowpost.data.base import DataSpec
+    from flowpost.data.toys import sample_toy
+    from flowpost.eval import evaluate_samples
+    from flowpost.flows.solvers import sample
+    from flowpost.nets.config import NetConfig
+    from flowpost.nets.factory import build_velocity_net
+    from flowpost.train.checkpoint import load_policy_state
+
+    policy = build_velocity_net(NetConfig(**MODEL), DataSpec((2,)))  # type: ignore[arg-type]
+    policy.load_state_dict(load_policy_state(pre))
+    g = torch.Generator().manual_seed(99)
+    target = sample_toy("8gaussians", 2000, g, transform=TARGET["transform"])
+    out = {}
+    for e in (nfe, 32):
+        with torch.no_grad():
+            x = sample(policy, torch.randn(2000, 2, generator=g), e)
+        got = evaluate_samples(x, target, generator=torch.Generator().manual_seed(0))
+        out.update({f"nfe{e}/{m}": got[m] for m in METRICS})
+    return out
+
+
 def cmd_demos(args: argparse.Namespace) -> None:
     work = Path(args.workdir)
     pre = pretrain(work, args.pretrain_steps)
@@ -164,7 +187,10 @@ def cmd_demos(args: argparse.Namespace) -> None:
 
     pre_summary = json.loads((pre / "summary.json").read_text())
     results: dict[str, Any] = {"runs": [], "floor": floor(2000, args.seeds),
-                               "pretrained_on_source": pre_summary}  # fmt: skip
+                               "pretrained_on_source": pre_summary,
+                               "pretrained_on_target": start_on_target(pre, args.nfe)}  # fmt: skip
+    print("pretrained flow, no fine-tuning, vs the target: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in results["pretrained_on_target"].items()))  # fmt: skip
     for (method, n, seed), s in zip(keys, summaries):
         row = {"method": method, "demos": n, "seed": seed, "wall_s": s.get("wall_s")}
         for m in METRICS:
@@ -415,6 +441,68 @@ def cmd_hacking(args: argparse.Namespace) -> None:
     _write(f"fail_hacking_scale{args.reward_scale:g}_lr{args.lr:g}.json", results)
 
 
+# --------------------------------------------------------------------------- (5) digits
+
+DIGITS_MODEL = {"arch": "mlp", "hidden": 256, "depth": 3}
+
+
+def cmd_digits(args: argparse.Namespace) -> None:
+    """Class-conditional sklearn digits (8x8): pretrain, then fine-tune toward thick strokes
+    from 20 demonstrations per class; FAIL-PD, FAIL-PG and SFT, Frechet distance in the
+    shipped digits classifier's features at the deployed NFE."""
+    work = Path(args.workdir)
+    pre = work / "digits_pretrain"
+    _run({
+        "data": {"name": "digits"}, "model": DIGITS_MODEL,
+        "method": {"name": "flow_matching", "label_dropout": 0.1},
+        "train": {"steps": args.pretrain_steps, "batch_size": 128, "lr": 1e-3,
+                  "schedule": "cosine", "warmup_steps": 100, "ema_decay": 0.995,
+                  "checkpoint_every": 0, "log_every": 200},
+        "eval": {"nfe": 100, "n_samples": 1000, "extra_nfe": [args.nfe]},
+    }, pre)  # fmt: skip
+    disc = {"hidden": 256, "depth": 2}
+    warm = 50
+    methods = {
+        "sft": ({"name": "flow_matching", "label_dropout": 0.1}, args.steps),
+        "fail_pd": (fail_method(nfe=args.nfe, discriminator=disc, disc_warmup_steps=warm),
+                    args.steps + warm),
+        "fail_pg": (fail_method(nfe=args.nfe, discriminator=disc, disc_warmup_steps=warm,
+                                variant="pg", group_size=4, mc_draws=4, beta=0.05),
+                    args.steps + warm),
+    }  # fmt: skip
+    tasks, keys = [], []
+    for seed in args.seeds:
+        for name, (method, steps) in methods.items():
+            cfg = {
+                "init_from": str(pre),
+                "data": {"name": "digits", "transform": "thick", "n_train": 200, "seed": seed},
+                "model": DIGITS_MODEL, "method": method,
+                "train": {"steps": steps, "batch_size": 128, "lr": args.lr, "ema_decay": 0.99,
+                          "checkpoint_every": 0, "log_every": 50, "seed": seed},
+                "eval": {"nfe": args.nfe, "n_samples": 1000, "extra_nfe": [32]},
+            }  # fmt: skip
+            tasks.append((cfg, work / f"digits_{name}_nfe{args.nfe}_s{seed}"))
+            keys.append((name, seed))
+    summaries = _map(args.jobs, tasks)
+    pre_summary = json.loads((pre / "summary.json").read_text())
+    results: dict[str, Any] = {"runs": [], "table": {}, "pretrained_on_source": pre_summary}
+    for (name, seed), sm in zip(keys, summaries):
+        results["runs"].append({"method": name, "seed": seed,
+                                **{k: sm[k] for k in sm if k.split("/")[-1] in
+                                   ("frechet", "confidence", "class_tv")}})  # fmt: skip
+    head = [f"frechet @{args.nfe}", "frechet @32", f"confidence @{args.nfe}"]
+    print(f"{'method':8s} " + " ".join(f"{h:>20s}" for h in head))
+    for name in methods:
+        rows = [r for r in results["runs"] if r["method"] == name]
+        cell = {k: _stats([r[k] for r in rows]) for k in ("frechet", "nfe32/frechet", "confidence")
+                if all(k in r for r in rows)}  # fmt: skip
+        results["table"][name] = cell
+        print(f"{name:8s} " + " ".join(f"{_fmt(cell[k]):>20s}" for k in cell))
+    results["settings"] = {"steps": args.steps, "nfe": args.nfe, "seeds": args.seeds,
+                           "lr": args.lr, "model": DIGITS_MODEL, "disc": disc}  # fmt: skip
+    _write(f"fail_digits_nfe{args.nfe}.json", results)
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -479,8 +567,9 @@ def cmd_plots(args: argparse.Namespace) -> None:
             ax.plot(steps, w2, "o-" if key.startswith("pd") else "s--",
                     color="tab:red" if key.startswith("pd") else "tab:green", alpha=0.8,
                     label=key)  # fmt: skip
+        ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("W2 at 4 steps")
+        ax.set_ylabel("W2 at 4 steps (log scale)")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(FIGURES / "fail_stability.png", dpi=120)
@@ -527,11 +616,16 @@ def main() -> None:
     p.add_argument("--fail-weights", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--reward-scale", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=5e-4, help="policy learning rate")
+    p = sub.add_parser("digits")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--nfe", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-4)
     sub.add_parser("plots")
     args = parser.parse_args()
     torch.set_num_threads(1)
     {"demos": cmd_demos, "estimators": cmd_estimators, "stability": cmd_stability,
-     "hacking": cmd_hacking, "plots": cmd_plots}[args.cmd](args)  # fmt: skip
+     "hacking": cmd_hacking, "digits": cmd_digits, "plots": cmd_plots}[args.cmd](args)  # fmt: skip
 
 
 if __name__ == "__main__":
