@@ -357,7 +357,7 @@ class Trainer:
     def _evaluate(self, nfe: int | None, plot_name: str | None) -> dict[str, float]:
         ec = self.config.eval
         nfe = nfe or ec.nfe
-        n = min(ec.n_samples, max(len(self.data.heldout), 2))
+        n = min(ec.n_samples, len(self.data.heldout))
         samples, _ = self.generate(n, nfe, ec.solver, ec.seed)
         reference = self.data.heldout.x[:n]
         gen = torch.Generator().manual_seed(ec.seed + 1)
