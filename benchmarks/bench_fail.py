@@ -337,22 +337,25 @@ def cmd_stability(args: argparse.Namespace) -> None:
     pre = pretrain(work, args.pretrain_steps)
     tasks = []
     keys = []
-    for variant in ("pd", "pg"):
+    for variant in args.variants:
         for seed in args.seeds:
             extra: dict[str, Any] = {"variant": variant}
             if variant == "pg":
-                extra.update({"group_size": 8, "mc_draws": 8, "clip_eps": 0.2, "beta": 0.05})
+                extra.update({"group_size": 8, "mc_draws": 8, "clip_eps": 0.2, "beta": 0.05,
+                              "ppo_epochs": args.ppo_epochs})  # fmt: skip
             cfg = {
                 "init_from": str(pre),
                 "data": {**TARGET, "n_train": 256, "n_heldout": 2000, "seed": seed},
                 "model": MODEL,
                 "method": fail_method(**extra),
-                "train": {"steps": args.steps, "batch_size": 256, "lr": 5e-4, "ema_decay": 0.99,
+                "train": {"steps": args.steps, "batch_size": 256, "lr": args.lr, "ema_decay": 0.99,
                           "checkpoint_every": 0, "log_every": 50, "seed": seed,
                           "eval_every": args.eval_every},
                 "eval": {"nfe": 4, "n_samples": 1000, "plots": False},
             }  # fmt: skip
-            tasks.append((cfg, work / f"stability_{variant}_s{seed}"))
+            tag = "" if (args.lr, args.ppo_epochs) == (5e-4, 1) else (
+                f"_lr{args.lr:g}_epochs{args.ppo_epochs}")
+            tasks.append((cfg, work / f"stability{tag}_{variant}_s{seed}"))
             keys.append((variant, seed))
     _map(args.jobs, tasks)
     curves: dict[str, Any] = {}
@@ -367,9 +370,13 @@ def cmd_stability(args: argparse.Namespace) -> None:
                 points.append((rec["step"], rec["final/w2"]))
             if "discriminator/bce" in rec:
                 disc.append((rec["step"], rec["discriminator/bce"]))
-        curves[f"{variant}/s{seed}"] = {"w2": points, "disc_bce": disc}
+        curves[f"{variant}/s{seed}"] = {"w2": points, "disc_bce": disc, "lr": args.lr,
+                                        "ppo_epochs": args.ppo_epochs}  # fmt: skip
         print(variant, seed, " ".join(f"{s}:{w:.3f}" for s, w in points))
-    _write("fail_stability.json", {"curves": curves, "steps": args.steps, "seeds": args.seeds})
+    name = "fail_stability.json" if (args.lr, args.ppo_epochs) == (5e-4, 1) else (
+        f"fail_stability_lr{args.lr:g}_epochs{args.ppo_epochs}.json")
+    _write(name, {"curves": curves, "steps": args.steps, "seeds": args.seeds, "lr": args.lr,
+                  "ppo_epochs": args.ppo_epochs})  # fmt: skip
 
 
 # --------------------------------------------------------------------------- (4) hacking
@@ -446,6 +453,35 @@ def cmd_hacking(args: argparse.Namespace) -> None:
 DIGITS_MODEL = {"arch": "mlp", "hidden": 256, "depth": 3}
 
 
+def digits_start(pre: Path, nfe: int) -> dict[str, float]:
+    """The pretrained digits flow, not fine-tuned, against the thick-stroke held-out set
+    (same evaluation noise and labels as the trainer's)."""
+    from flowpost.data import DataConfig
+    from flowpost.data.registry import load_data
+    from flowpost.eval import evaluate_samples
+    from flowpost.flows.solvers import sample
+    from flowpost.nets.config import NetConfig
+    from flowpost.nets.factory import build_velocity_net
+    from flowpost.train.checkpoint import load_policy_state
+
+    split = load_data(DataConfig(name="digits", transform="thick", n_train=200, seed=0))
+    held = split.heldout
+    assert held.cond is not None
+    policy = build_velocity_net(NetConfig(**DIGITS_MODEL), split.spec)  # type: ignore[arg-type]
+    policy.load_state_dict(load_policy_state(pre))
+    n = min(1000, len(held))
+    noise = torch.randn((n, *split.spec.shape), generator=torch.Generator().manual_seed(1234))
+    cond = held.cond[torch.arange(n) % len(held)]
+    out = {}
+    for e in (nfe, 32):
+        with torch.no_grad():
+            x = sample(policy, noise, e, cond=cond)
+        got = evaluate_samples(x, held.x[:n], dataset="digits@thick",
+                               generator=torch.Generator().manual_seed(0))  # fmt: skip
+        out.update({f"nfe{e}/{k}": got[k] for k in ("frechet", "confidence", "class_tv")})
+    return out
+
+
 def cmd_digits(args: argparse.Namespace) -> None:
     """Class-conditional sklearn digits (8x8): pretrain, then fine-tune toward thick strokes
     from 20 demonstrations per class; FAIL-PD, FAIL-PG and SFT, Frechet distance in the
@@ -485,7 +521,9 @@ def cmd_digits(args: argparse.Namespace) -> None:
             keys.append((name, seed))
     summaries = _map(args.jobs, tasks)
     pre_summary = json.loads((pre / "summary.json").read_text())
-    results: dict[str, Any] = {"runs": [], "table": {}, "pretrained_on_source": pre_summary}
+    results: dict[str, Any] = {"runs": [], "table": {}, "pretrained_on_source": pre_summary,
+                               "pretrained_on_target": digits_start(pre, args.nfe)}  # fmt: skip
+    print("pretrained flow vs the thick target:", results["pretrained_on_target"])
     for (name, seed), sm in zip(keys, summaries):
         results["runs"].append({"method": name, "seed": seed,
                                 **{k: sm[k] for k in sm if k.split("/")[-1] in
@@ -558,8 +596,7 @@ def cmd_plots(args: argparse.Namespace) -> None:
         fig.tight_layout()
         fig.savefig(FIGURES / "fail_estimators.png", dpi=120)
         print("wrote docs/figures/fail_estimators.png")
-    stab = RESULTS / "fail_stability.json"
-    if stab.is_file():
+    for stab in sorted(RESULTS.glob("fail_stability*.json")):
         curves = json.loads(stab.read_text())["curves"]
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for key, c in sorted(curves.items()):
@@ -572,8 +609,8 @@ def cmd_plots(args: argparse.Namespace) -> None:
         ax.set_ylabel("W2 at 4 steps (log scale)")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(FIGURES / "fail_stability.png", dpi=120)
-        print("wrote docs/figures/fail_stability.png")
+        fig.savefig(FIGURES / f"{stab.stem}.png", dpi=120)
+        print(f"wrote docs/figures/{stab.stem}.png")
     for hack in sorted(RESULTS.glob("fail_hacking*.json")):
         res = json.loads(hack.read_text())
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -610,6 +647,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--variants", nargs="+", default=["pd", "pg"], choices=["pd", "pg"])
+    p.add_argument("--lr", type=float, default=5e-4, help="policy learning rate")
+    p.add_argument("--ppo-epochs", type=int, default=1)
     p = sub.add_parser("hacking")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400)
