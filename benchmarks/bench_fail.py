@@ -616,10 +616,14 @@ def cmd_plots(args: argparse.Namespace) -> None:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for r in res["runs"]:
             ax.scatter(r["w2"], r["reward"], color="tab:red" if r["fail_weight"] > 0 else "k")
-            ax.annotate(f"w={r['fail_weight']:g}", (r["w2"], r["reward"]), fontsize=7)
+            if r["seed"] == 0:
+                ax.annotate(f"fail_weight={r['fail_weight']:g}", (r["w2"], r["reward"]),
+                            fontsize=7, textcoords="offset points", xytext=(4, 4))
         ax.scatter(res["pretrained"]["w2"], res["pretrained"]["reward"], marker="*", s=120,
                    color="tab:blue", label="pretrained")  # fmt: skip
         ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylim(bottom=-0.2)
         ax.set_xlabel("W2 to expert data")
         ax.set_ylabel("mean linear reward")
         ax.legend()
