@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 import torchdiffeq
+from common import PlainMLP  # noqa: E402
 from torch import Tensor, nn
 
 from flowpost.flows.solvers import odeint
@@ -51,24 +52,12 @@ RESULTS = Path(__file__).parent / "results" / "flows_backward_memory.json"
 MODES = ("flowpost-checkpoint", "flowpost-autograd", "torchdiffeq-adjoint")
 
 
-class MLP(nn.Module):
-    def __init__(self, dim: int = 2, hidden: int = 256) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim + 1, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, dim),
-        )  # fmt: skip
-
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return self.net(torch.cat([x, t.unsqueeze(1)], 1))
 
 
 class TdqField(nn.Module):
     """torchdiffeq's interface f(t, x) with a scalar t."""
 
-    def __init__(self, model: MLP) -> None:
+    def __init__(self, model: PlainMLP) -> None:
         super().__init__()
         self.model = model
 
@@ -76,7 +65,7 @@ class TdqField(nn.Module):
         return self.model(x, t.expand(x.shape[0]))
 
 
-def solve(mode: str, model: MLP, x0: Tensor, steps: int) -> Tensor:
+def solve(mode: str, model: PlainMLP, x0: Tensor, steps: int) -> Tensor:
     if mode == "torchdiffeq-adjoint":
         f = TdqField(model)
         out = torchdiffeq.odeint_adjoint(
@@ -94,9 +83,9 @@ def _status(key: str) -> int:
     return int(m.group(1))
 
 
-def setup(batch: int, hidden: int) -> tuple[MLP, Tensor]:
+def setup(batch: int, hidden: int) -> tuple[PlainMLP, Tensor]:
     torch.manual_seed(0)
-    return MLP(2, hidden), torch.randn(batch, 2)
+    return PlainMLP(2, hidden), torch.randn(batch, 2)
 
 
 def child(mode: str, steps: int, batch: int, hidden: int, repeats: int) -> dict[str, float]:

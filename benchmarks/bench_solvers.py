@@ -40,9 +40,10 @@ from pathlib import Path
 
 import torch
 import torchdiffeq
+from common import PlainMLP  # noqa: E402
 from flow_matching.solver import ODESolver
 from flow_matching.utils import ModelWrapper
-from torch import Tensor, nn
+from torch import Tensor
 
 from flowpost.flows.solvers import sample
 
@@ -51,22 +52,6 @@ METHODS = {"euler": ("euler", 1), "midpoint": ("midpoint", 2), "heun": ("heun2",
            "rk4": ("rk4", 4)}  # fmt: skip
 
 
-class MLP(nn.Module):
-    """Velocity MLP on (x, t): 3 hidden SiLU layers."""
-
-    def __init__(self, dim: int = 2, hidden: int = 128) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim + 1, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, dim),
-        )  # fmt: skip
-        self.calls = 0
-
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        self.calls += 1
-        return self.net(torch.cat([x, t.unsqueeze(1)], 1))
 
 
 class FMWrapper(ModelWrapper):
@@ -76,7 +61,7 @@ class FMWrapper(ModelWrapper):
         return self.model(x, t.expand(x.shape[0]))
 
 
-def runners(model: MLP, x0: Tensor, steps: int) -> dict[str, dict[str, Callable[[], Tensor]]]:
+def runners(model: PlainMLP, x0: Tensor, steps: int) -> dict[str, dict[str, Callable[[], Tensor]]]:
     span = torch.tensor([0.0, 1.0])
     fm = ODESolver(velocity_model=FMWrapper(model))
     b = x0.shape[0]
@@ -108,7 +93,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return time.process_time() - c0, time.perf_counter() - w0
 
 
-def measure(model: MLP, batch: int, steps: int, repeats: int) -> dict[str, object]:
+def measure(model: PlainMLP, batch: int, steps: int, repeats: int) -> dict[str, object]:
     """Checks and interleaved timings for one batch size."""
     x0 = torch.randn(batch, 2)
     t_b = torch.full((batch,), 0.5)
@@ -170,7 +155,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = MLP(2, args.hidden).eval()
+    model = PlainMLP(2, args.hidden).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     results = []
