@@ -5,7 +5,8 @@ Every contender does, per step: draw a batch of indices, Gaussian noise and unif
 build the linear path, regress the velocity with MSE, back-propagate, clip the gradient norm
 at 1, take an AdamW step and update an EMA of the weights. They run interleaved, round after
 round, on one thread; the table gives the median steps/s and flowpost's overhead relative to
-the bare loop (positive = slower).
+the bare loop (positive = slower). Rates use the process's CPU time (one thread), which
+other jobs on a shared machine disturb far less than wall-clock time.
 
     python benchmarks/bench_trainer_overhead.py [--rounds 3] [--steps-mlp 400] [--steps-unet 60]
 """
@@ -80,10 +81,10 @@ def bare_loop(net_cfg: dict, data_name: str, steps: int, batch: int, target: str
 
     for _ in range(5):
         one_step()
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(steps):
         one_step()
-    return steps / (time.perf_counter() - start)
+    return steps / (time.process_time() - start)
 
 
 def flowpost_loop(net_cfg: dict, data_name: str, steps: int, batch: int) -> float:
@@ -102,9 +103,9 @@ def flowpost_loop(net_cfg: dict, data_name: str, steps: int, batch: int) -> floa
         trainer.config.train.steps = 5
         trainer_fit_loop(trainer)
         trainer.config.train.steps = steps + 5
-        start = time.perf_counter()
+        start = time.process_time()
         trainer_fit_loop(trainer)
-        return steps / (time.perf_counter() - start)
+        return steps / (time.process_time() - start)
 
 
 def trainer_fit_loop(trainer: Trainer) -> None:
