@@ -27,6 +27,7 @@ typecheck: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	OMP_NUM_THREADS=2 $(BIN)/pytest
 

@@ -52,9 +52,18 @@ def data_sampler(name: str) -> Callable[[int], Tensor]:
     return lambda n: sample_toy(name, n)
 
 
-def train_af(cfg: AFConfig, net: NetConfig, spec: DataSpec, sample: Callable[[int], Tensor],
-             *, steps: int, batch: int, seed: int, ema_decay: float = 0.99,
-             log_every: int = 500) -> tuple[AdversarialFlow, torch.nn.Module, list[dict]]:
+def train_af(
+    cfg: AFConfig,
+    net: NetConfig,
+    spec: DataSpec,
+    sample: Callable[[int], Tensor],
+    *,
+    steps: int,
+    batch: int,
+    seed: int,
+    ema_decay: float = 0.99,
+    log_every: int = 500,
+) -> tuple[AdversarialFlow, torch.nn.Module, list[dict]]:
     """Train AF with the library's method + updater + EMA; returns (method, EMA G, logs)."""
     torch.manual_seed(seed)
     method = AdversarialFlow(cfg, spec, net)
@@ -80,8 +89,17 @@ def train_af(cfg: AFConfig, net: NetConfig, spec: DataSpec, sample: Callable[[in
     return method, ema.module, logs
 
 
-def train_fm(net: NetConfig, spec: DataSpec, sample: Callable[[int], Tensor], *, steps: int,
-             batch: int, seed: int, lr: float = 1e-3, ema_decay: float = 0.99) -> torch.nn.Module:
+def train_fm(
+    net: NetConfig,
+    spec: DataSpec,
+    sample: Callable[[int], Tensor],
+    *,
+    steps: int,
+    batch: int,
+    seed: int,
+    lr: float = 1e-3,
+    ema_decay: float = 0.99,
+) -> torch.nn.Module:
     """A plain flow-matching baseline of the same network (independent coupling)."""
     torch.manual_seed(seed)
     model = build_velocity_net(net, spec)
@@ -128,10 +146,12 @@ def mode_stats(x: Tensor, window: float = 0.25) -> dict[str, Any]:
     def std(mask: Tensor) -> float:
         return float(x[mask].std()) if int(mask.sum()) > 1 else float("nan")
 
-    return {"weights": weights,
-            "stds": [std((idx == k) & near) for k in range(4)],
-            "stds_all_assigned": [std(idx == k) for k in range(4)],
-            "off_mode_fraction": float((~near).float().mean())}
+    return {
+        "weights": weights,
+        "stds": [std((idx == k) & near) for k in range(4)],
+        "stds_all_assigned": [std(idx == k) for k in range(4)],
+        "off_mode_fraction": float((~near).float().mean()),
+    }
 
 
 def w2(a: Tensor, b: Tensor) -> float:
@@ -152,13 +172,21 @@ def ot_map_1d(z: Tensor, n_ref: int = 200_000) -> Tensor:
 
 
 def toy1d_setup(args: argparse.Namespace, lambda_ot: float) -> tuple[AFConfig, NetConfig]:
-    net = NetConfig(arch="mlp", hidden=args.width, depth=args.depth,
-                    input_encoding=args.encoding)
-    disc = DiscriminatorConfig(arch="mlp", hidden=args.width, depth=args.depth,
-                               input_encoding=args.encoding)
-    cfg = AFConfig(steps=1, lambda_ot=lambda_ot, lambda_gp=args.gp, lambda_cp=0.01,
-                   lr=args.lr, discriminator=disc, grad_norm=not args.no_grad_norm,
-                   real_noise=args.real_noise, d_updates=args.d_updates)
+    net = NetConfig(arch="mlp", hidden=args.width, depth=args.depth, input_encoding=args.encoding)
+    disc = DiscriminatorConfig(
+        arch="mlp", hidden=args.width, depth=args.depth, input_encoding=args.encoding
+    )
+    cfg = AFConfig(
+        steps=1,
+        lambda_ot=lambda_ot,
+        lambda_gp=args.gp,
+        lambda_cp=0.01,
+        lr=args.lr,
+        discriminator=disc,
+        grad_norm=not args.no_grad_norm,
+        real_noise=args.real_noise,
+        d_updates=args.d_updates,
+    )
     return cfg, net
 
 
@@ -170,10 +198,18 @@ def save(name: str, payload: dict) -> None:
 
 # ------------------------------------------------------------------------------ experiments
 
+
 def exp_toy1d(args: argparse.Namespace) -> None:
     cfg, net = toy1d_setup(args, args.lambda_ot)
-    method, gen, logs = train_af(cfg, net, DataSpec((1,)), data_sampler("mixture1d"),
-                                 steps=args.steps, batch=args.batch, seed=args.seed)
+    method, gen, logs = train_af(
+        cfg,
+        net,
+        DataSpec((1,)),
+        data_sampler("mixture1d"),
+        steps=args.steps,
+        batch=args.batch,
+        seed=args.seed,
+    )
     z = torch.randn(20000, 1, generator=torch.Generator().manual_seed(7))
     x = af_sample(method, gen, z, 1)
     stats = mode_stats(x)
@@ -181,21 +217,38 @@ def exp_toy1d(args: argparse.Namespace) -> None:
     ok_s = max(abs(s - 0.05) / 0.05 for s in stats["stds"]) <= 0.25
     print("mode  weight  std(|x-c|<0.25)  std(all assigned)")
     for k in range(4):
-        print(f"{float(CENTERS[k]):+.1f}  {stats['weights'][k]:.3f}   {stats['stds'][k]:.4f}"
-              f"           {stats['stds_all_assigned'][k]:.4f}")
-    print(f"off-mode fraction (farther than 0.25 from every mode): "
-          f"{stats['off_mode_fraction']:.4f}")
+        print(
+            f"{float(CENTERS[k]):+.1f}  {stats['weights'][k]:.3f}   {stats['stds'][k]:.4f}"
+            f"           {stats['stds_all_assigned'][k]:.4f}"
+        )
+    print(
+        f"off-mode fraction (farther than 0.25 from every mode): {stats['off_mode_fraction']:.4f}"
+    )
     print(f"weights within 0.03 of 0.25: {ok_w}; stds within 25% of 0.05: {ok_s}")
     live = mode_stats(af_sample(method, method.generator, z, 1))
-    print("live (non-EMA) generator: weights " + ", ".join(f"{w:.3f}" for w in live["weights"])
-          + "; stds " + ", ".join(f"{s:.4f}" for s in live["stds"]))
-    save("toy1d", {"config": vars(args), "stats": stats, "weights_ok": ok_w, "stds_ok": ok_s,
-                   "live_generator_stats": live, "logs": logs})
+    print(
+        "live (non-EMA) generator: weights "
+        + ", ".join(f"{w:.3f}" for w in live["weights"])
+        + "; stds "
+        + ", ".join(f"{s:.4f}" for s in live["stds"])
+    )
+    save(
+        "toy1d",
+        {
+            "config": vars(args),
+            "stats": stats,
+            "weights_ok": ok_w,
+            "stds_ok": ok_s,
+            "live_generator_stats": live,
+            "logs": logs,
+        },
+    )
     _plot_toy1d(x, ot_map_1d(z), z, method, gen)
 
 
-def _plot_toy1d(x: Tensor, ot_target: Tensor, z: Tensor, method: AdversarialFlow,
-                gen: torch.nn.Module) -> None:
+def _plot_toy1d(
+    x: Tensor, ot_target: Tensor, z: Tensor, method: AdversarialFlow, gen: torch.nn.Module
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,17 +282,32 @@ def exp_ot(args: argparse.Namespace) -> None:
         maps, runs = [], []
         for seed in (args.seed, args.seed + 1):
             cfg, net = toy1d_setup(args, lam)
-            method, gen, logs = train_af(cfg, net, DataSpec((1,)), data_sampler("mixture1d"),
-                                         steps=args.steps, batch=args.batch, seed=seed)
+            method, gen, logs = train_af(
+                cfg,
+                net,
+                DataSpec((1,)),
+                data_sampler("mixture1d"),
+                steps=args.steps,
+                batch=args.batch,
+                seed=seed,
+            )
             x = af_sample(method, gen, z, 1)
             maps.append(x)
             curves.setdefault(f"lambda_ot={lam}", []).append(af_sample(method, gen, zz, 1))
-            runs.append({"seed": seed, "dist_to_ot_map": float((x - target).abs().mean()),
-                         "stats": mode_stats(x), "final_log": logs[-1] if logs else {}})
+            runs.append(
+                {
+                    "seed": seed,
+                    "dist_to_ot_map": float((x - target).abs().mean()),
+                    "stats": mode_stats(x),
+                    "final_log": logs[-1] if logs else {},
+                }
+            )
         agree = float((maps[0] - maps[1]).abs().mean())
         results[f"lambda_ot={lam}"] = {"seed_disagreement": agree, "runs": runs}
-        print(f"lambda_ot={lam}: mean |G1(z) - G2(z)| = {agree:.4f}; distance to OT map: "
-              + ", ".join(f"{r['dist_to_ot_map']:.4f}" for r in runs))
+        print(
+            f"lambda_ot={lam}: mean |G1(z) - G2(z)| = {agree:.4f}; distance to OT map: "
+            + ", ".join(f"{r['dist_to_ot_map']:.4f}" for r in runs)
+        )
     save("ot", results)
     import matplotlib
 
@@ -274,20 +342,30 @@ def exp_nfe(args: argparse.Namespace) -> None:
     for nfe in (1, 2, 4, 8, 32):
         table["flow_matching"][nfe] = w2(euler(fm, z, nfe), ref)
     for k in (1, 2, 4):
-        cfg = AFConfig(steps=k, lambda_ot=args.lambda_ot, lambda_gp=args.gp, lr=args.lr,
-                       discriminator=disc, grad_norm=not args.no_grad_norm,
-                       d_updates=args.d_updates)
-        method, gen, _ = train_af(cfg, net, spec, sample, steps=args.steps, batch=args.batch,
-                                  seed=args.seed)
+        cfg = AFConfig(
+            steps=k,
+            lambda_ot=args.lambda_ot,
+            lambda_gp=args.gp,
+            lr=args.lr,
+            discriminator=disc,
+            grad_norm=not args.no_grad_norm,
+            d_updates=args.d_updates,
+        )
+        method, gen, _ = train_af(
+            cfg, net, spec, sample, steps=args.steps, batch=args.batch, seed=args.seed
+        )
         table["af"][k] = w2(af_sample(method, gen, z, k), ref)
-    table["data_vs_data"] = {0: w2(sample_toy(name, args.n_eval, torch.Generator()
-                                              .manual_seed(3)), ref)}
+    table["data_vs_data"] = {
+        0: w2(sample_toy(name, args.n_eval, torch.Generator().manual_seed(3)), ref)
+    }
     print(f"W2 to held-out {name} ({args.n_eval} samples)")
     print("NFE   flow matching (Euler)   AF (trained for k = NFE)")
     for nfe in (1, 2, 4, 8, 32):
         af = table["af"].get(nfe)
-        print(f"{nfe:>3}   {table['flow_matching'][nfe]:.4f}                  "
-              f"{'-' if af is None else f'{af:.4f}'}")
+        print(
+            f"{nfe:>3}   {table['flow_matching'][nfe]:.4f}                  "
+            f"{'-' if af is None else f'{af:.4f}'}"
+        )
     print(f"data vs data: {table['data_vs_data'][0]:.4f}")
     save(f"nfe_{name}", {"config": vars(args), "w2": table})
     plot_nfe(name)
@@ -303,8 +381,10 @@ def plot_nfe(name: str) -> None:
     table = json.loads((RESULTS / f"af_nfe_{name}.json").read_text())["w2"]
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for key, label, style in (("flow_matching", "flow matching, Euler", "o-"),
-                              ("af", "AF, trained for k = NFE", "s-")):
+    for key, label, style in (
+        ("flow_matching", "flow matching, Euler", "o-"),
+        ("af", "AF, trained for k = NFE", "s-"),
+    ):
         pts = sorted((int(k), v) for k, v in table[key].items())
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
     floor = next(iter(table["data_vs_data"].values()))
@@ -350,10 +430,17 @@ def exp_digits(args: argparse.Namespace) -> None:
         if nfe in (1, 32):
             grids[f"flow matching, {nfe} Euler step{'s' if nfe > 1 else ''}"] = x[:64]
     for k in (1, 2):
-        cfg = AFConfig(steps=k, lambda_ot=args.lambda_ot, lambda_gp=args.gp, lr=args.lr,
-                       discriminator=disc, d_updates=args.d_updates)
-        method, gen, _ = train_af(cfg, net, spec, sample, steps=args.steps, batch=args.batch,
-                                  seed=args.seed)
+        cfg = AFConfig(
+            steps=k,
+            lambda_ot=args.lambda_ot,
+            lambda_gp=args.gp,
+            lr=args.lr,
+            discriminator=disc,
+            d_updates=args.d_updates,
+        )
+        method, gen, _ = train_af(
+            cfg, net, spec, sample, steps=args.steps, batch=args.batch, seed=args.seed
+        )
         x = af_sample(method, gen, z, k)
         rows["af"][k] = score(x)
         grids[f"AF, {k} NFE"] = x[:64]
@@ -362,8 +449,10 @@ def exp_digits(args: argparse.Namespace) -> None:
     print("NFE   flow matching   AF")
     for nfe in (1, 2, 4, 8, 32):
         af = rows["af"].get(nfe)
-        print(f"{nfe:>3}   {rows['flow_matching'][nfe]['frechet']:>10.3f}   "
-              f"{'-' if af is None else format(af['frechet'], '.3f')}")
+        print(
+            f"{nfe:>3}   {rows['flow_matching'][nfe]['frechet']:>10.3f}   "
+            f"{'-' if af is None else format(af['frechet'], '.3f')}"
+        )
     print(f"train vs held-out: {rows['data_vs_data'][0]['frechet']:.3f}")
     save("nfe_digits", {"config": vars(args), "metrics": rows})
     grids["held-out data"] = ref[:64]
@@ -410,10 +499,20 @@ def exp_throughput(args: argparse.Namespace) -> None:
     raw_m = sorted(r[0] for r in rows)[len(rows) // 2]
     af_m = sorted(r[1] for r in rows)[len(rows) // 2]
     ratio = raw_m / af_m
-    print(f"raw forward: {raw_m:,.0f} samples/s; AF generate(nfe=1): {af_m:,.0f} samples/s; "
-          f"time ratio {ratio:.3f}")
-    save("throughput", {"config": vars(args), "raw_samples_per_s": raw_m,
-                        "af_samples_per_s": af_m, "time_ratio": ratio, "rounds": rows})
+    print(
+        f"raw forward: {raw_m:,.0f} samples/s; AF generate(nfe=1): {af_m:,.0f} samples/s; "
+        f"time ratio {ratio:.3f}"
+    )
+    save(
+        "throughput",
+        {
+            "config": vars(args),
+            "raw_samples_per_s": raw_m,
+            "af_samples_per_s": af_m,
+            "time_ratio": ratio,
+            "rounds": rows,
+        },
+    )
 
 
 def main() -> None:
@@ -441,8 +540,13 @@ def main() -> None:
     if args.plot_only and args.exp == "nfe":
         plot_nfe(args.dataset)
         return
-    experiments = {"toy1d": exp_toy1d, "ot": exp_ot, "nfe": exp_nfe, "digits": exp_digits,
-                   "throughput": exp_throughput}
+    experiments = {
+        "toy1d": exp_toy1d,
+        "ot": exp_ot,
+        "nfe": exp_nfe,
+        "digits": exp_digits,
+        "throughput": exp_throughput,
+    }
     experiments[args.exp](args)
 
 

@@ -52,8 +52,6 @@ RESULTS = Path(__file__).parent / "results" / "flows_backward_memory.json"
 MODES = ("flowpost-checkpoint", "flowpost-autograd", "torchdiffeq-adjoint")
 
 
-
-
 class TdqField(nn.Module):
     """torchdiffeq's interface f(t, x) with a scalar t."""
 
@@ -175,15 +173,21 @@ def main() -> None:
             row[k] = statistics.median(r[k] for r in rs)
         rows.append(row)
     rows.sort(key=lambda r: (int(r["steps"]), MODES.index(str(r["mode"]))))
-    print(f"RK4, MLP 2-D hidden {args.hidden}, batch {args.batch}, 1 thread; medians over "
-          f"{args.rounds} interleaved rounds x {args.repeats} repeats")
-    print("| steps | method | saved for backward (MB) | peak RSS added (MB) | forward ms "
-          "| backward ms | backward cpu ms |")
+    print(
+        f"RK4, MLP 2-D hidden {args.hidden}, batch {args.batch}, 1 thread; medians over "
+        f"{args.rounds} interleaved rounds x {args.repeats} repeats"
+    )
+    print(
+        "| steps | method | saved for backward (MB) | peak RSS added (MB) | forward ms "
+        "| backward ms | backward cpu ms |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['steps']} | {r['mode']} | {r['saved_for_backward_mb']:.2f} "
-              f"| {r['peak_rss_mb']:.1f} | {r['forward_ms']:.0f} "
-              f"| {r['backward_ms']:.0f} | {r['backward_cpu_ms']:.0f} |")
+        print(
+            f"| {r['steps']} | {r['mode']} | {r['saved_for_backward_mb']:.2f} "
+            f"| {r['peak_rss_mb']:.1f} | {r['forward_ms']:.0f} "
+            f"| {r['backward_ms']:.0f} | {r['backward_cpu_ms']:.0f} |"
+        )
     print("gradient relative L2 error vs plain autograd:")
     for s, a in agree.items():
         print(f"  {s} steps: " + ", ".join(f"{m} {v:.1e}" for m, v in a.items()))

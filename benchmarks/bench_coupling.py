@@ -101,16 +101,23 @@ def main() -> None:
                     "distinct_x1_fraction": quality[name][1],
                 })  # fmt: skip
     print(f"one thread, medians of {args.repeats} interleaved repeats, POT {ot.__version__}")
-    print("| batch | dim | method | wall ms | cpu ms | mean pair cost (indep.) "
-          "| distinct x1 kept |")
+    print(
+        "| batch | dim | method | wall ms | cpu ms | mean pair cost (indep.) | distinct x1 kept |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['dim']} | {r['method']} | {r['wall_ms']:.1f} | "
-              f"{r['cpu_ms']:.1f} | {r['pair_cost']:.3f} ({r['independent_pair_cost']:.3f}) | "
-              f"{r['distinct_x1_fraction']:.2f} |")
+        print(
+            f"| {r['batch']} | {r['dim']} | {r['method']} | {r['wall_ms']:.1f} | "
+            f"{r['cpu_ms']:.1f} | {r['pair_cost']:.3f} ({r['independent_pair_cost']:.3f}) | "
+            f"{r['distinct_x1_fraction']:.2f} |"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"config": vars(args), "pot": ot.__version__,
-                                   "torch": torch.__version__, "rows": rows}, indent=2))
+    RESULTS.write_text(
+        json.dumps(
+            {"config": vars(args), "pot": ot.__version__, "torch": torch.__version__, "rows": rows},
+            indent=2,
+        )
+    )
     print(f"wrote {RESULTS}")
 
 

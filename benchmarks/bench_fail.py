@@ -77,9 +77,16 @@ def pretrain(work: Path, steps: int) -> Path:
         "data": {"name": "8gaussians", "n_heldout": 2000},
         "model": MODEL,
         "method": {"name": "flow_matching"},
-        "train": {"steps": steps, "batch_size": 256, "lr": 2e-3, "schedule": "cosine",
-                  "warmup_steps": 100, "ema_decay": 0.995, "checkpoint_every": 0,
-                  "log_every": 500},  # fmt: skip
+        "train": {
+            "steps": steps,
+            "batch_size": 256,
+            "lr": 2e-3,
+            "schedule": "cosine",
+            "warmup_steps": 100,
+            "ema_decay": 0.995,
+            "checkpoint_every": 0,
+            "log_every": 500,
+        },  # fmt: skip
         "eval": {"nfe": 100, "n_samples": 2000, "extra_nfe": [4, 32]},
     }
     _run(config, out)
@@ -325,8 +332,15 @@ def cmd_estimators(args: argparse.Namespace) -> None:
         rows.append(row)
         print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in row.items()))  # fmt: skip
-    _write("fail_estimators.json", {"rows": rows, "batch": n, "draws": args.draws,
-                                    "note": "saved_mb: bytes autograd keeps during forward"})
+    _write(
+        "fail_estimators.json",
+        {
+            "rows": rows,
+            "batch": n,
+            "draws": args.draws,
+            "note": "saved_mb: bytes autograd keeps during forward",
+        },
+    )
 
 
 # --------------------------------------------------------------------------- (3) stability
@@ -353,8 +367,11 @@ def cmd_stability(args: argparse.Namespace) -> None:
                           "eval_every": args.eval_every},
                 "eval": {"nfe": 4, "n_samples": 1000, "plots": False},
             }  # fmt: skip
-            tag = "" if (args.lr, args.ppo_epochs) == (5e-4, 1) else (
-                f"_lr{args.lr:g}_epochs{args.ppo_epochs}")
+            tag = (
+                ""
+                if (args.lr, args.ppo_epochs) == (5e-4, 1)
+                else (f"_lr{args.lr:g}_epochs{args.ppo_epochs}")
+            )
             tasks.append((cfg, work / f"stability{tag}_{variant}_s{seed}"))
             keys.append((variant, seed))
     _map(args.jobs, tasks)
@@ -373,8 +390,11 @@ def cmd_stability(args: argparse.Namespace) -> None:
         curves[f"{variant}/s{seed}"] = {"w2": points, "disc_bce": disc, "lr": args.lr,
                                         "ppo_epochs": args.ppo_epochs}  # fmt: skip
         print(variant, seed, " ".join(f"{s}:{w:.3f}" for s, w in points))
-    name = "fail_stability.json" if (args.lr, args.ppo_epochs) == (5e-4, 1) else (
-        f"fail_stability_lr{args.lr:g}_epochs{args.ppo_epochs}.json")
+    name = (
+        "fail_stability.json"
+        if (args.lr, args.ppo_epochs) == (5e-4, 1)
+        else (f"fail_stability_lr{args.lr:g}_epochs{args.ppo_epochs}.json")
+    )
     _write(name, {"curves": curves, "steps": args.steps, "seeds": args.seeds, "lr": args.lr,
                   "ppo_epochs": args.ppo_epochs})  # fmt: skip
 
@@ -583,8 +603,11 @@ def cmd_plots(args: argparse.Namespace) -> None:
                      label="mean of draws")  # fmt: skip
         axes[0].set_ylabel("cos(local, pathwise)")
         axes[0].legend()
-        for key, label in (("pathwise_ckpt", "pathwise (checkpointed)"),
-                           ("pathwise_full", "pathwise (no checkpoint)"), ("local", "local")):
+        for key, label in (
+            ("pathwise_ckpt", "pathwise (checkpointed)"),
+            ("pathwise_full", "pathwise (no checkpoint)"),
+            ("local", "local"),
+        ):
             axes[1].plot(nfe, [r[f"time_{key}_s"] for r in rows], "o-", label=label)
             axes[2].plot(nfe, [r[f"saved_mb_{key}"] for r in rows], "o-", label=label)
         axes[1].set_ylabel("seconds per gradient")
@@ -617,8 +640,13 @@ def cmd_plots(args: argparse.Namespace) -> None:
         for r in res["runs"]:
             ax.scatter(r["w2"], r["reward"], color="tab:red" if r["fail_weight"] > 0 else "k")
             if r["seed"] == 0:
-                ax.annotate(f"fail_weight={r['fail_weight']:g}", (r["w2"], r["reward"]),
-                            fontsize=7, textcoords="offset points", xytext=(4, 4))
+                ax.annotate(
+                    f"fail_weight={r['fail_weight']:g}",
+                    (r["w2"], r["reward"]),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                )
         ax.scatter(res["pretrained"]["w2"], res["pretrained"]["reward"], marker="*", s=120,
                    color="tab:blue", label="pretrained")  # fmt: skip
         ax.set_xscale("log")

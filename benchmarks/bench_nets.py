@@ -51,47 +51,125 @@ def cases() -> list[tuple[str, str, str, Callable[[DataSpec], nn.Module], str]]:
     out: list[tuple[str, str, str, Callable[[DataSpec], nn.Module], str]] = []
     base = NetConfig()
     for data in SPECS:
-        out.append(("mlp", data, "velocity",
-                    lambda s: build_velocity_net(replace(base, arch="mlp"), s), "default"))
+        out.append(
+            (
+                "mlp",
+                data,
+                "velocity",
+                lambda s: build_velocity_net(replace(base, arch="mlp"), s),
+                "default",
+            )
+        )
     for data in ("8x8", "28x28"):
-        out.append(("unet", data, "velocity",
-                    lambda s: build_velocity_net(replace(base, arch="unet"), s), "default"))
-        out.append(("dit", data, "velocity",
-                    lambda s: build_velocity_net(replace(base, arch="dit"), s), "default"))
-    out.append(("unet [1,2,2] attn", "28x28", "velocity",
-                lambda s: build_velocity_net(
-                    replace(base, arch="unet", channel_mult=[1, 2, 2], attention=True), s),
-                "28 -> 14 -> 7"))
-    out.append(("dit patch 4", "28x28", "velocity",
-                lambda s: build_velocity_net(replace(base, arch="dit", patch_size=4), s),
-                "7x7 tokens"))
-    out.append(("dit hidden 128", "8x8", "velocity",
-                lambda s: build_velocity_net(replace(base, arch="dit", hidden=128), s),
-                "CPU-sized"))
-    out.append(("dit hidden 128 patch 4", "28x28", "velocity",
-                lambda s: build_velocity_net(
-                    replace(base, arch="dit", hidden=128, patch_size=4), s), "CPU-sized"))
-    out.append(("dit repeats 2", "8x8", "velocity",
-                lambda s: build_velocity_net(replace(base, arch="dit", repeats=2), s),
-                "deep one-step"))
-    out.append(("mlp end_time", "2-D", "velocity",
-                lambda s: build_velocity_net(replace(base, arch="mlp"), s, end_time=True),
-                "AF generator"))
+        out.append(
+            (
+                "unet",
+                data,
+                "velocity",
+                lambda s: build_velocity_net(replace(base, arch="unet"), s),
+                "default",
+            )
+        )
+        out.append(
+            (
+                "dit",
+                data,
+                "velocity",
+                lambda s: build_velocity_net(replace(base, arch="dit"), s),
+                "default",
+            )
+        )
+    out.append(
+        (
+            "unet [1,2,2] attn",
+            "28x28",
+            "velocity",
+            lambda s: build_velocity_net(
+                replace(base, arch="unet", channel_mult=[1, 2, 2], attention=True), s
+            ),
+            "28 -> 14 -> 7",
+        )
+    )
+    out.append(
+        (
+            "dit patch 4",
+            "28x28",
+            "velocity",
+            lambda s: build_velocity_net(replace(base, arch="dit", patch_size=4), s),
+            "7x7 tokens",
+        )
+    )
+    out.append(
+        (
+            "dit hidden 128",
+            "8x8",
+            "velocity",
+            lambda s: build_velocity_net(replace(base, arch="dit", hidden=128), s),
+            "CPU-sized",
+        )
+    )
+    out.append(
+        (
+            "dit hidden 128 patch 4",
+            "28x28",
+            "velocity",
+            lambda s: build_velocity_net(replace(base, arch="dit", hidden=128, patch_size=4), s),
+            "CPU-sized",
+        )
+    )
+    out.append(
+        (
+            "dit repeats 2",
+            "8x8",
+            "velocity",
+            lambda s: build_velocity_net(replace(base, arch="dit", repeats=2), s),
+            "deep one-step",
+        )
+    )
+    out.append(
+        (
+            "mlp end_time",
+            "2-D",
+            "velocity",
+            lambda s: build_velocity_net(replace(base, arch="mlp"), s, end_time=True),
+            "AF generator",
+        )
+    )
     dbase = DiscriminatorConfig()
     for data in SPECS:
-        out.append(("disc mlp", data, "disc",
-                    lambda s: build_discriminator(dbase, s, time_conditional=True),
-                    "default, time-cond."))
+        out.append(
+            (
+                "disc mlp",
+                data,
+                "disc",
+                lambda s: build_discriminator(dbase, s, time_conditional=True),
+                "default, time-cond.",
+            )
+        )
     for data in ("8x8", "28x28"):
-        out.append(("disc conv", data, "disc",
-                    lambda s: build_discriminator(replace(dbase, arch="conv"), s,
-                                                  time_conditional=True),
-                    "default, time-cond."))
+        out.append(
+            (
+                "disc conv",
+                data,
+                "disc",
+                lambda s: build_discriminator(
+                    replace(dbase, arch="conv"), s, time_conditional=True
+                ),
+                "default, time-cond.",
+            )
+        )
     for data in SPECS:
-        out.append(("contracting", data, "residual",
-                    lambda s: ContractingResidual(s.numel, hidden=128, mu=0.1,
-                                                  num_classes=s.num_classes),
-                    "hidden 128"))
+        out.append(
+            (
+                "contracting",
+                data,
+                "residual",
+                lambda s: ContractingResidual(
+                    s.numel, hidden=128, mu=0.1, num_classes=s.num_classes
+                ),
+                "hidden 128",
+            )
+        )
     return out
 
 
@@ -162,19 +240,27 @@ def main() -> None:
         if args.quick and data == "28x28":
             continue
         net = build(SPECS[data])
-        row = {"net": name, "data": data, "note": note, **measure(net, kind, SPECS[data],
-                                                                   args.repeats)}
+        row = {
+            "net": name,
+            "data": data,
+            "note": note,
+            **measure(net, kind, SPECS[data], args.repeats),
+        }
         rows.append(row)
         print(f"  measured {name} @ {data}", flush=True)
-    header = ("| network | data | note | parameters | forward, batch 256 (ms) | "
-              "train step, batch 128 (ms) | train steps/min |")
+    header = (
+        "| network | data | note | parameters | forward, batch 256 (ms) | "
+        "train step, batch 128 (ms) | train steps/min |"
+    )
     print()
     print(header)
     print("|" + "---|" * 7)
     for r in rows:
-        print(f"| {r['net']} | {r['data']} | {r['note']} | {r['params']:,} | "
-              f"{r['forward_ms_b256']:.1f} | {r['train_ms_b128']:.1f} | "
-              f"{r['steps_per_min_b128']:,} |")
+        print(
+            f"| {r['net']} | {r['data']} | {r['note']} | {r['params']:,} | "
+            f"{r['forward_ms_b256']:.1f} | {r['train_ms_b128']:.1f} | "
+            f"{r['steps_per_min_b128']:,} |"
+        )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "torch": torch.__version__,

@@ -52,8 +52,6 @@ METHODS = {"euler": ("euler", 1), "midpoint": ("midpoint", 2), "heun": ("heun2",
            "rk4": ("rk4", 4)}  # fmt: skip
 
 
-
-
 class FMWrapper(ModelWrapper):
     """flow_matching's model interface: forward(x, t, **extras) with a scalar t."""
 
@@ -162,17 +160,23 @@ def main() -> None:
     for batch in args.batches:
         r = measure(model, batch, args.steps, args.repeats)
         results.append(r)
-        print(f"\nMLP 2-D, hidden {args.hidden}, batch {batch}, {args.steps} steps, "
-              f"{args.repeats} interleaved repeats, 1 thread; one network evaluation: "
-              f"{r['net_eval_cpu_us']:.0f} us cpu / {r['net_eval_wall_us']:.0f} us wall")
-        print("| method | library | NFE/solve | cpu us/step | wall us/step "
-              "| cpu overhead us/step | max diff vs flowpost |")
+        print(
+            f"\nMLP 2-D, hidden {args.hidden}, batch {batch}, {args.steps} steps, "
+            f"{args.repeats} interleaved repeats, 1 thread; one network evaluation: "
+            f"{r['net_eval_cpu_us']:.0f} us cpu / {r['net_eval_wall_us']:.0f} us wall"
+        )
+        print(
+            "| method | library | NFE/solve | cpu us/step | wall us/step "
+            "| cpu overhead us/step | max diff vs flowpost |"
+        )
         print("|---|---|---|---|---|---|---|")
         for row in r["rows"]:  # type: ignore[attr-defined]
-            print(f"| {row['method']} | {row['library']} | {row['nfe_per_solve']} | "
-                  f"{row['cpu_us_per_step']:.0f} | {row['wall_us_per_step']:.0f} | "
-                  f"{row['cpu_overhead_us_per_step']:.0f} | "
-                  f"{row['max_abs_diff_vs_flowpost']:.1e} |")
+            print(
+                f"| {row['method']} | {row['library']} | {row['nfe_per_solve']} | "
+                f"{row['cpu_us_per_step']:.0f} | {row['wall_us_per_step']:.0f} | "
+                f"{row['cpu_overhead_us_per_step']:.0f} | "
+                f"{row['max_abs_diff_vs_flowpost']:.1e} |"
+            )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "config": vars(args), "torch": torch.__version__,

@@ -93,8 +93,15 @@ def flowpost_loop(net_cfg: dict, data_name: str, steps: int, batch: int) -> floa
         "data": {"name": data_name},
         "model": net_cfg,
         "method": {"name": "flow_matching", "label_dropout": 0.0},
-        "train": {"steps": steps + 5, "batch_size": batch, "lr": 1e-3, "grad_clip": 1.0,
-                  "ema_decay": 0.999, "checkpoint_every": 0, "log_every": 10**9},
+        "train": {
+            "steps": steps + 5,
+            "batch_size": batch,
+            "lr": 1e-3,
+            "grad_clip": 1.0,
+            "ema_decay": 0.999,
+            "checkpoint_every": 0,
+            "log_every": 10**9,
+        },
         "eval": {"plots": False},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,11 +127,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     tasks = {
-        "2-D MLP (moons, batch 256)": ({"arch": "mlp", "hidden": 256, "depth": 4}, "moons",
-                                       args.steps_mlp, 256),
-        "digits UNet (8x8, batch 128)": ({"arch": "unet", "channels": 32,
-                                          "channel_mult": [1, 2]}, "digits", args.steps_unet,
-                                         128),
+        "2-D MLP (moons, batch 256)": (
+            {"arch": "mlp", "hidden": 256, "depth": 4},
+            "moons",
+            args.steps_mlp,
+            256,
+        ),
+        "digits UNet (8x8, batch 128)": (
+            {"arch": "unet", "channels": 32, "channel_mult": [1, 2]},
+            "digits",
+            args.steps_unet,
+            128,
+        ),
     }
     contenders = ["bare", "flowpost", "meta", "torchcfm"]
     results: dict[str, dict[str, float]] = {}
@@ -138,10 +152,16 @@ def main() -> None:
                     rate = bare_loop(net_cfg, data_name, steps, batch, c)
                 samples[c].append(rate)
         med = {c: statistics.median(v) for c, v in samples.items()}
-        results[task] = {**{f"{c}_steps_per_s": med[c] for c in contenders},
-                         **{f"{c}_overhead_pct": 100 * (med["bare"] / med[c] - 1)
-                            for c in contenders if c != "bare"},
-                         "rounds": args.rounds, "steps": steps}
+        results[task] = {
+            **{f"{c}_steps_per_s": med[c] for c in contenders},
+            **{
+                f"{c}_overhead_pct": 100 * (med["bare"] / med[c] - 1)
+                for c in contenders
+                if c != "bare"
+            },
+            "rounds": args.rounds,
+            "steps": steps,
+        }
     print(f"{'task':32s} " + " ".join(f"{c:>10s}" for c in contenders) + "   overhead vs bare")
     for task, r in results.items():
         rates = " ".join(f"{r[f'{c}_steps_per_s']:10.1f}" for c in contenders)

@@ -62,9 +62,7 @@ class Batch:
         return self.x.shape[0]
 
 
-def _check_labels(
-    cond: Tensor, n: int, num_classes: int | None, name: str
-) -> tuple[Tensor, int]:
+def _check_labels(cond: Tensor, n: int, num_classes: int | None, name: str) -> tuple[Tensor, int]:
     """Labels as a LongTensor (n,) in ``[0, num_classes)``, and the number of classes.
 
     A label equal to ``num_classes`` would silently become the networks' null (unconditional)

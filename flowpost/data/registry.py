@@ -52,12 +52,15 @@ class DataConfig:
     toy_size: int = option(20000, "training samples drawn for a toy when n_train is None", min=1)
     seed: int = option(0, "seed of toy sampling and of the n_train subset", min=0)
     image_size: int | None = option(
-        None, "for name=folder: resize every image to this side (None: keep, sizes must match)",
+        None,
+        "for name=folder: resize every image to this side (None: keep, sizes must match)",
         min=1,
     )
     heldout_fraction: float = option(
-        0.2, "for name=file/folder: fraction of the samples held out (0: evaluate on train)",
-        min=0.0, max=0.9,
+        0.2,
+        "for name=file/folder: fraction of the samples held out (0: evaluate on train)",
+        min=0.0,
+        max=0.9,
     )
     labels: bool = option(
         True, "keep class labels as conditions (false: train an unconditional model)"

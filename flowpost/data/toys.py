@@ -108,9 +108,7 @@ def _check_transform(name: str, transform: str) -> tuple[str, float | None]:
     if kind == "rotate" and toy_dim(name) != 2:
         raise ValueError(f"transform 'rotate' needs a 2-D toy; {name!r} is 1-D (try 'shift')")
     if kind == "unbalanced" and name not in MIXTURES:
-        raise ValueError(
-            f"transform 'unbalanced' applies to the mixtures {MIXTURES}, not {name!r}"
-        )
+        raise ValueError(f"transform 'unbalanced' applies to the mixtures {MIXTURES}, not {name!r}")
     return kind, value
 
 

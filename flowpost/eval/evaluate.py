@@ -200,8 +200,8 @@ def plot_samples(
     x = x.reshape(x.shape[0], *shape)
     ref = None
     if reference is not None:
-        ref = reference if isinstance(reference, Tensor) else torch.from_numpy(
-            np.asarray(reference)
+        ref = (
+            reference if isinstance(reference, Tensor) else torch.from_numpy(np.asarray(reference))
         )
         ref = ref.detach().cpu().float().reshape(ref.shape[0], *shape)
     if len(shape) == 3:
@@ -219,7 +219,9 @@ def plot_samples(
     else:
         note = "" if flat.shape[1] == 2 else f" (first 2 of {flat.shape[1]} dims)"
         plot_scatter_2d(
-            flat[:, :2], p, reference=None if rflat is None else rflat[:, :2],
+            flat[:, :2],
+            p,
+            reference=None if rflat is None else rflat[:, :2],
             title=(title or "samples") + note,
         )
 

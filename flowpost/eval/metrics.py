@@ -111,8 +111,10 @@ def sliced_w2(
         # over the merged breakpoints of the two step functions
         na, nb = pa.shape[0], pb.shape[0]
         cuts = torch.cat(
-            [torch.arange(1, na + 1, dtype=torch.float64) / na,
-             torch.arange(1, nb + 1, dtype=torch.float64) / nb]
+            [
+                torch.arange(1, na + 1, dtype=torch.float64) / na,
+                torch.arange(1, nb + 1, dtype=torch.float64) / nb,
+            ]
         ).unique()
         widths = torch.diff(cuts, prepend=torch.zeros(1, dtype=torch.float64))
         mids = cuts - widths / 2
@@ -176,9 +178,7 @@ def energy_distance(x: ArrayLike, y: ArrayLike) -> float:
     return float(max(float(value), 0.0))
 
 
-def mode_weights(
-    samples: ArrayLike, centers: ArrayLike, radius: float
-) -> tuple[Tensor, float]:
+def mode_weights(samples: ArrayLike, centers: ArrayLike, radius: float) -> tuple[Tensor, float]:
     """Fraction of samples (K,) within ``radius`` of each center (nearest center wins), and
     the fraction assigned to no mode."""
     from flowpost.data.toys import assign_modes
@@ -211,9 +211,7 @@ def _sym_sqrt(m: np.ndarray) -> np.ndarray:
     return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
 
 
-def frechet_distance(
-    mu1: ArrayLike, s1: ArrayLike, mu2: ArrayLike, s2: ArrayLike
-) -> float:
+def frechet_distance(mu1: ArrayLike, s1: ArrayLike, mu2: ArrayLike, s2: ArrayLike) -> float:
     """``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2})``: squared W2 between two Gaussians.
 
     Computed stably through symmetric matrices: ``tr (S1 S2)^{1/2} = tr (A S2 A)^{1/2}``

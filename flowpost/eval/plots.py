@@ -56,8 +56,14 @@ def _hist_axes(ax: Any, samples: np.ndarray, reference: np.ndarray | None, title
         lo, hi = min(lo, float(ref.min())), max(hi, float(ref.max()))
     bins = np.linspace(lo - 1e-3, hi + 1e-3, 121)
     if reference is not None:
-        ax.hist(reference.reshape(-1), bins=bins, density=True, alpha=0.4, color="gray",
-                label="reference")
+        ax.hist(
+            reference.reshape(-1),
+            bins=bins,
+            density=True,
+            alpha=0.4,
+            color="gray",
+            label="reference",
+        )
     ax.hist(data, bins=bins, density=True, alpha=0.7, color="C0", label="samples")
     ax.set_title(title)
     ax.legend(fontsize=8)
@@ -93,16 +99,31 @@ def plot_hist_1d(
     both = s.reshape(-1) if ref is None else np.concatenate([s.reshape(-1), ref.reshape(-1)])
     bins = np.linspace(float(both.min()) - 1e-3, float(both.max()) + 1e-3, 121)
     if ref is not None:
-        ax1.hist(ref.reshape(-1), bins=bins, density=True, orientation="horizontal",
-                 alpha=0.4, color="gray", label="reference")
-    ax1.hist(s.reshape(-1), bins=bins, density=True, orientation="horizontal", alpha=0.7,
-             color="C0", label="samples")
+        ax1.hist(
+            ref.reshape(-1),
+            bins=bins,
+            density=True,
+            orientation="horizontal",
+            alpha=0.4,
+            color="gray",
+            label="reference",
+        )
+    ax1.hist(
+        s.reshape(-1),
+        bins=bins,
+        density=True,
+        orientation="horizontal",
+        alpha=0.7,
+        color="C0",
+        label="samples",
+    )
     ax1.legend(fontsize=8)
     _save(fig, path)
 
 
-def _scatter(ax: Any, x: np.ndarray, title: str, lims: tuple[float, float], density: bool,
-             color: str) -> None:
+def _scatter(
+    ax: Any, x: np.ndarray, title: str, lims: tuple[float, float], density: bool, color: str
+) -> None:
     if density:
         ax.hist2d(x[:, 0], x[:, 1], bins=80, range=[lims, lims], cmap="viridis")
     else:
@@ -154,8 +175,7 @@ def image_grid(images: ArrayLike, nrow: int | None = None, pad: int = 1) -> np.n
 
 def _show_grid(ax: Any, images: ArrayLike, title: str, max_images: int) -> None:
     g = image_grid(_np(images)[:max_images])
-    ax.imshow(g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1,
-              interpolation="nearest")
+    ax.imshow(g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
 
@@ -208,8 +228,11 @@ def plot_before_after(
     histograms for 1-D, scatter plots for 2-D, image grids for (n, C, H, W)."""
     sets = [_np(before), _np(after)] + ([] if reference is None else [_np(reference)])
     fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 4), squeeze=False)
-    kind = "image" if sets[0].ndim == 4 else ("1d" if sets[0].reshape(len(sets[0]), -1)
-                                               .shape[1] == 1 else "2d")
+    kind = (
+        "image"
+        if sets[0].ndim == 4
+        else ("1d" if sets[0].reshape(len(sets[0]), -1).shape[1] == 1 else "2d")
+    )
     if kind == "2d":
         both = np.concatenate([x.reshape(-1, 2)[:max_points] for x in sets])
         lim = float(np.percentile(np.abs(both), 99.5)) * 1.15 + 1e-3

@@ -127,9 +127,7 @@ class StochasticBridge:
         """Point and target velocity; ``noise`` is ``eps`` (drawn with ``generator`` if None)."""
         _check(x0, x1, t)
         if noise is None:
-            noise = torch.randn(
-                x1.shape, generator=generator, device=x1.device, dtype=x1.dtype
-            )
+            noise = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
         elif noise.shape != x1.shape:
             raise ValueError(
                 f"noise must have the shape of x1 {tuple(x1.shape)}, got {tuple(noise.shape)}"

@@ -133,8 +133,7 @@ _STEPS = {"euler": _euler, "midpoint": _midpoint, "heun": _heun, "rk4": _rk4}
 def _grid_values(grid: Tensor) -> list[float]:
     if not isinstance(grid, Tensor) or grid.dim() != 1 or grid.shape[0] < 2:
         raise ValueError(
-            "grid must be a 1-D tensor of at least two times, e.g. time_grid(nfe); got "
-            f"{grid!r}"
+            f"grid must be a 1-D tensor of at least two times, e.g. time_grid(nfe); got {grid!r}"
         )
     ts = grid.tolist()
     d = [b - a for a, b in zip(ts[:-1], ts[1:])]
@@ -566,9 +565,7 @@ def sample(
             raise ValueError("nfe is required unless an explicit grid tensor is given")
         if grid == "uniform" and shift != 1.0:
             raise ValueError(f"shift={shift} only applies to grid='shifted'")
-        g = time_grid(
-            steps_for_nfe(nfe, method), grid, shift, device=x0.device, dtype=x0.dtype
-        )
+        g = time_grid(steps_for_nfe(nfe, method), grid, shift, device=x0.device, dtype=x0.dtype)
     return odeint(
         field, x0, g, method=method, cond=cond, grad=grad, checkpoint=checkpoint,
         return_trajectory=return_trajectory,

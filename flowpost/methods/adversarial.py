@@ -87,47 +87,68 @@ class AFConfig(MethodConfig):
 
     name: str = option("adversarial", "method name")
     steps: int = option(
-        1, "k: train for fixed k-step sampling (a in {0, 1/k, ..}, b = a + 1/k); "
-        "0 = any-step training (a ~ U(0,1), b ~ U(a,1)), sampled at any nfe", min=0)
+        1,
+        "k: train for fixed k-step sampling (a in {0, 1/k, ..}, b = a + 1/k); "
+        "0 = any-step training (a ~ U(0,1), b ~ U(a,1)), sampled at any nfe",
+        min=0,
+    )
     parameterization: str = option(
-        "auto", "generator form: direct G = g(z) (one step only), residual "
+        "auto",
+        "generator form: direct G = g(z) (one step only), residual "
         "G = x_a + (b-a) g; auto = direct for k=1 from scratch, residual otherwise",
-        choices=["auto", "direct", "residual"])
+        choices=["auto", "direct", "residual"],
+    )
     real_noise: str = option(
-        "fresh", "noise of the real sample x_b = (1-b) z' + b x: fresh z' (paper) or the "
-        "generator's own z (shared, the authors' 1-D notebook)", choices=["fresh", "shared"])
+        "fresh",
+        "noise of the real sample x_b = (1-b) z' + b x: fresh z' (paper) or the "
+        "generator's own z (shared, the authors' 1-D notebook)",
+        choices=["fresh", "shared"],
+    )
     lambda_gp: float = option(0.01, "weight of the finite-difference R1 + R2 penalty", min=0.0)
     gp_eps: float = option(0.01, "finite-difference step eps of the R1/R2 penalty", min=1e-8)
     gp_fraction: float = option(
-        0.25, "fraction of the batch the R1/R2 penalty is computed on", min=0.0, max=1.0)
+        0.25, "fraction of the batch the R1/R2 penalty is computed on", min=0.0, max=1.0
+    )
     lambda_cp: float = option(0.01, "weight of the logit-centering penalty", min=0.0)
     lambda_ot: float = option(0.05, "optimal-transport weight at step 0", min=0.0)
     ot_schedule: str = option(
-        "constant", "lambda_ot over training: constant, cosine decay to ot_end over "
+        "constant",
+        "lambda_ot over training: constant, cosine decay to ot_end over "
         "ot_decay_steps, or a step drop to ot_end at ot_decay_steps",
-        choices=["constant", "cosine", "step"])
-    ot_end: float = option(0.005, "lambda_ot floor (cosine) / value after the drop (step)",
-                           min=0.0)
+        choices=["constant", "cosine", "step"],
+    )
+    ot_end: float = option(0.005, "lambda_ot floor (cosine) / value after the drop (step)", min=0.0)
     ot_decay_steps: int = option(100_000, "length of the cosine decay / step of the drop", min=1)
     grad_norm: bool = option(True, "normalise the adversarial gradient reaching G (phi)")
-    grad_norm_decay: float = option(0.9, "EMA decay of the gradient-norm statistic",
-                                    min=0.0, max=1.0)
+    grad_norm_decay: float = option(
+        0.9, "EMA decay of the gradient-norm statistic", min=0.0, max=1.0
+    )
     d_updates: int = option(1, "discriminator updates per generator update", min=1)
-    lr: float = option(1e-4, "learning rate of D (and of G, divided by model.repeats); "
-                       "AF uses this, not train.lr", min=0.0)
-    betas: list[float] = option(default_factory=lambda: [0.0, 0.9],
-                                help="Adam betas of the generator and discriminator")
+    lr: float = option(
+        1e-4,
+        "learning rate of D (and of G, divided by model.repeats); AF uses this, not train.lr",
+        min=0.0,
+    )
+    betas: list[float] = option(
+        default_factory=lambda: [0.0, 0.9], help="Adam betas of the generator and discriminator"
+    )
     augment_p: float = option(
-        0.0, "images: probability of a random translation and of a cutout, applied "
-        "identically to the real and fake inputs of D", min=0.0, max=1.0)
+        0.0,
+        "images: probability of a random translation and of a cutout, applied "
+        "identically to the real and fake inputs of D",
+        min=0.0,
+        max=1.0,
+    )
     lambda_cg: float = option(0.0, "classifier-guidance weight (needs class labels)", min=0.0)
     cg_t_min: float = option(0.9, "guidance time t' ~ U(cg_t_min, 1)", min=0.0, max=1.0)
     discriminator: DiscriminatorConfig = field(
         default_factory=DiscriminatorConfig,
-        metadata={"help": "the discriminator network (sees x_b, b and the label only)"})
+        metadata={"help": "the discriminator network (sees x_b, b and the label only)"},
+    )
 
 
 # ----------------------------------------------------------------------------- schedules, times
+
 
 def ot_weight(cfg: AFConfig, step: int) -> float:
     """``lambda_ot`` at optimiser ``step``: a pure function of the step, so resuming is exact."""
@@ -156,6 +177,7 @@ def any_step_times(n: int, device: Any = None) -> tuple[Tensor, Tensor]:
 
 # ----------------------------------------------------------------------------- loss terms
 
+
 def relativistic_loss(pos: Tensor, neg: Tensor) -> Tensor:
     """``mean softplus(-(pos - neg))``: small when ``pos`` logits exceed ``neg`` logits."""
     return F.softplus(neg - pos).mean()
@@ -177,6 +199,7 @@ def ot_loss(out: Tensor, source: Tensor, w: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- gradient norm
+
 
 class _NormalizeGrad(torch.autograd.Function):
     @staticmethod
@@ -229,6 +252,7 @@ class GradientNormalizer(nn.Module):
 
 # ----------------------------------------------------------------------------- augmentation
 
+
 def augment_pair(real: Tensor, fake: Tensor, p: float) -> tuple[Tensor, Tensor]:
     """Random translation (up to 1/8 of the size, zero fill) and cutout (a half-size square),
     each with probability ``p`` per sample, with the *same* draw for ``real[i]`` and
@@ -252,14 +276,16 @@ def augment_pair(real: Tensor, fake: Tensor, p: float) -> tuple[Tensor, Tensor]:
     cx = torch.randint(0, w, (b,), device=dev)
     yy = torch.arange(h, device=dev)[None, :, None]
     xx = torch.arange(w, device=dev)[None, None, :]
-    hole = ((yy - cy[:, None, None]).abs() < h // 4 + 1) & ((xx - cx[:, None, None]).abs()
-                                                             < w // 4 + 1)
+    hole = ((yy - cy[:, None, None]).abs() < h // 4 + 1) & (
+        (xx - cx[:, None, None]).abs() < w // 4 + 1
+    )
     keep = (~(hole & cut[:, None, None])).to(both.dtype)[:, None].repeat(2, 1, 1, 1)
     both = both * keep
     return both[:b], both[b:]
 
 
 # ----------------------------------------------------------------------------- the method
+
 
 @register_method("adversarial")
 class AdversarialFlow(Method):
@@ -297,12 +323,15 @@ class AdversarialFlow(Method):
         if config.parameterization == "direct" and config.steps != 1:
             raise ValueError(
                 f"parameterization 'direct' (G = g(z)) only fits one-step training (steps: 1), "
-                f"got steps: {config.steps}; use parameterization: residual")
+                f"got steps: {config.steps}; use parameterization: residual"
+            )
         if len(config.betas) != 2:
             raise ValueError(f"method.betas must be two numbers, got {config.betas}")
         if config.lambda_cg > 0 and spec.num_classes is None:
-            raise ValueError("lambda_cg > 0 (classifier guidance) needs labelled data; "
-                             "set method.lambda_cg: 0 or use a dataset with classes")
+            raise ValueError(
+                "lambda_cg > 0 (classifier guidance) needs labelled data; "
+                "set method.lambda_cg: 0 or use a dataset with classes"
+            )
         if generator is None or discriminator is None:
             from flowpost.nets.factory import build_discriminator, build_velocity_net
 
@@ -310,7 +339,8 @@ class AdversarialFlow(Method):
                 generator = build_velocity_net(net, spec, end_time=True)
             if discriminator is None:
                 discriminator = build_discriminator(
-                    config.discriminator, spec, time_conditional=True)
+                    config.discriminator, spec, time_conditional=True
+                )
         self.generator = generator
         self.discriminator = discriminator
         if config.lambda_cg > 0 and classifier is None:
@@ -320,7 +350,8 @@ class AdversarialFlow(Method):
         self.classifier = classifier if config.lambda_cg > 0 else None
         self.grad_norm = GradientNormalizer(config.grad_norm_decay)
         self.residual = config.parameterization == "residual" or (
-            config.parameterization == "auto" and config.steps != 1)
+            config.parameterization == "auto" and config.steps != 1
+        )
 
     # -- interface ---------------------------------------------------------------------------
     def optimizers(self) -> dict[str, OptimizerSpec]:
@@ -328,10 +359,14 @@ class AdversarialFlow(Method):
         lr = self.config.lr
         specs = {
             # deep (repeated-block) generators take smaller steps, as in the paper
-            "generator": OptimizerSpec(list(self.generator.parameters()),
-                                       lr=lr / max(self.net_config.repeats, 1), betas=betas),
-            "discriminator": OptimizerSpec(list(self.discriminator.parameters()), lr=lr,
-                                           betas=betas),
+            "generator": OptimizerSpec(
+                list(self.generator.parameters()),
+                lr=lr / max(self.net_config.repeats, 1),
+                betas=betas,
+            ),
+            "discriminator": OptimizerSpec(
+                list(self.discriminator.parameters()), lr=lr, betas=betas
+            ),
         }
         if self.classifier is not None:
             specs["classifier"] = OptimizerSpec(list(self.classifier.parameters()), lr=lr)
@@ -356,15 +391,18 @@ class AdversarialFlow(Method):
         if self.config.parameterization == "auto":
             self.residual = True
         elif not self.residual:
-            raise ValueError("a pretrained flow predicts a velocity; initialise from it with "
-                             "parameterization: residual (or auto), not direct")
+            raise ValueError(
+                "a pretrained flow predicts a velocity; initialise from it with "
+                "parameterization: residual (or auto), not direct"
+            )
 
     def phase(self, step: int) -> str:
         return f"af k={self.config.steps or 'any'}"
 
     # -- pieces --------------------------------------------------------------------------------
-    def jump(self, net: nn.Module, x_a: Tensor, a: Tensor, b: Tensor,
-             cond: Tensor | None = None) -> Tensor:
+    def jump(
+        self, net: nn.Module, x_a: Tensor, a: Tensor, b: Tensor, cond: Tensor | None = None
+    ) -> Tensor:
         """``G(x_a, a, b)``: one network evaluation from time ``a`` to time ``b``."""
         out = net(x_a, a, cond, b)
         if self.residual:
@@ -385,8 +423,9 @@ class AdversarialFlow(Method):
         x_b = (1 - expand_like(b, x)) * z_real + expand_like(b, x) * x
         return a, b, x_a, x_b
 
-    def discriminator_terms(self, real: Tensor, fake: Tensor, a: Tensor, b: Tensor,
-                            cond: Tensor | None) -> dict[str, Tensor]:
+    def discriminator_terms(
+        self, real: Tensor, fake: Tensor, a: Tensor, b: Tensor, cond: Tensor | None
+    ) -> dict[str, Tensor]:
         """``L_D``'s terms (adv, gp, cp) for real and (detached) fake samples at time ``b``."""
         cfg = self.config
         d = self.discriminator
@@ -401,13 +440,15 @@ class AdversarialFlow(Method):
             f_eps = d(fake[:m] + cfg.gp_eps * torch.randn_like(fake[:m]), c, b[:m])
             terms["gp"] = cfg.lambda_gp * (
                 finite_difference_penalty(r[:m], r_eps, w, cfg.gp_eps)
-                + finite_difference_penalty(f[:m], f_eps, w, cfg.gp_eps))
+                + finite_difference_penalty(f[:m], f_eps, w, cfg.gp_eps)
+            )
         if cfg.lambda_cp > 0:
             terms["cp"] = cfg.lambda_cp * centering_penalty(r, f)
         return terms
 
-    def generator_terms(self, x_a: Tensor, real: Tensor, a: Tensor, b: Tensor,
-                        cond: Tensor | None, step: int) -> tuple[dict[str, Tensor], Tensor]:
+    def generator_terms(
+        self, x_a: Tensor, real: Tensor, a: Tensor, b: Tensor, cond: Tensor | None, step: int
+    ) -> tuple[dict[str, Tensor], Tensor]:
         """``L_G``'s terms (adv, ot, cg) and the generated sample."""
         cfg = self.config
         out = self.generator(x_a, a, cond, b)
@@ -439,8 +480,9 @@ class AdversarialFlow(Method):
             a, b, x_a, x_b = self.draw(x)
             with torch.no_grad():
                 fake = self.jump(self.generator, x_a, a, b, cond)
-            logs.update(update.step("discriminator",
-                                    **self.discriminator_terms(x_b, fake, a, b, cond)))
+            logs.update(
+                update.step("discriminator", **self.discriminator_terms(x_b, fake, a, b, cond))
+            )
         if self.classifier is not None and cond is not None:
             t = torch.rand(x.shape[0], device=x.device)
             x_t = (1 - expand_like(t, x)) * torch.randn_like(x) + expand_like(t, x) * x
@@ -475,7 +517,8 @@ class AdversarialFlow(Method):
             raise ValueError(
                 f"this AF generator was trained for fixed {k}-step sampling, so it samples "
                 f"with nfe={k} only (got nfe={nfe}); pass eval.nfe={k}, or train with "
-                "method.steps: 0 (any-step) to sample at any nfe")
+                "method.steps: 0 (any-step) to sample at any nfe"
+            )
         net = self.role("generator", roles)
         x = noise
         grid = torch.linspace(0.0, 1.0, nfe + 1, device=noise.device)

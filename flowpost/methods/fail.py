@@ -695,27 +695,44 @@ class FAILMethod(Method):
                 # the regulariser's points: the straight line between the noise and the
                 # (detached) sample, at the grid times, as for the local estimator
                 pts = local_pd_points(
-                    self.policy, rollout.x0, x_hat.detach(), grid, rollout.cond,
-                    mc_timesteps=c.mc_timesteps, t_min=c.local_t_min,
+                    self.policy,
+                    rollout.x0,
+                    x_hat.detach(),
+                    grid,
+                    rollout.cond,
+                    mc_timesteps=c.mc_timesteps,
+                    t_min=c.local_t_min,
                 )
-                terms["reg"] = c.beta * velocity_regulariser(
-                    pts.v, self.reference, pts.x_t, pts.t, pts.cond
-                ).mean()
+                terms["reg"] = (
+                    c.beta
+                    * velocity_regulariser(pts.v, self.reference, pts.x_t, pts.t, pts.cond).mean()
+                )
         else:
             pts = local_pd_points(
-                self.policy, rollout.x0, rollout.x1, grid, rollout.cond,
-                mc_timesteps=c.mc_timesteps, t_min=c.local_t_min,
+                self.policy,
+                rollout.x0,
+                rollout.x1,
+                grid,
+                rollout.cond,
+                mc_timesteps=c.mc_timesteps,
+                t_min=c.local_t_min,
             )
             terms.update({k: v.mean() for k, v in self.score_terms(pts.x_hat, pts.cond).items()})
             if c.beta > 0:
-                terms["reg"] = c.beta * velocity_regulariser(
-                    pts.v, self.reference, pts.x_t, pts.t, pts.cond
-                ).mean()
+                terms["reg"] = (
+                    c.beta
+                    * velocity_regulariser(pts.v, self.reference, pts.x_t, pts.t, pts.cond).mean()
+                )
         if c.expert_in_policy_loss and self.discriminator is not None:
             noise = torch.randn_like(batch.x)
             pts = local_pd_points(
-                self.policy, noise, batch.x, grid, batch.cond,
-                mc_timesteps=c.mc_timesteps, t_min=c.local_t_min,
+                self.policy,
+                noise,
+                batch.x,
+                grid,
+                batch.cond,
+                mc_timesteps=c.mc_timesteps,
+                t_min=c.local_t_min,
             )
             logits = self._disc()(pts.x_hat, pts.cond)
             terms["adv_expert"] = self.fail_weight * adversarial_policy_loss(logits).mean()

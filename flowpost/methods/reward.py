@@ -51,8 +51,15 @@ from flowpost.methods.fail import (
 )
 from flowpost.nets.config import NetConfig
 
-__all__ = ["RewardConfig", "RewardMethod", "REWARDS", "make_reward", "linear_reward",
-           "tanh_linear_reward", "gaussian_reward"]
+__all__ = [
+    "RewardConfig",
+    "RewardMethod",
+    "REWARDS",
+    "make_reward",
+    "linear_reward",
+    "tanh_linear_reward",
+    "gaussian_reward",
+]
 
 RewardFn = Callable[[Tensor, Tensor | None], Tensor]
 
@@ -76,7 +83,10 @@ def _direction(x: Tensor, direction: list[float] | None) -> Tensor:
 
 
 def linear_reward(
-    x: Tensor, cond: Tensor | None = None, *, direction: list[float] | None = None,
+    x: Tensor,
+    cond: Tensor | None = None,
+    *,
+    direction: list[float] | None = None,
     scale: float = 1.0,
 ) -> Tensor:
     """``R(x) = scale * <x, d>`` with unit ``d``: grows without bound (a *hackable* reward:
@@ -89,7 +99,10 @@ def linear_reward(
 
 
 def tanh_linear_reward(
-    x: Tensor, cond: Tensor | None = None, *, direction: list[float] | None = None,
+    x: Tensor,
+    cond: Tensor | None = None,
+    *,
+    direction: list[float] | None = None,
     scale: float = 1.0,
 ) -> Tensor:
     """``R(x) = tanh(scale * <x, d>)``: the linear reward saturated to ``(-1, 1)`` (bounded).
@@ -101,7 +114,10 @@ def tanh_linear_reward(
 
 
 def gaussian_reward(
-    x: Tensor, cond: Tensor | None = None, *, center: list[float] | float = 0.0,
+    x: Tensor,
+    cond: Tensor | None = None,
+    *,
+    center: list[float] | float = 0.0,
     width: float = 1.0,
 ) -> Tensor:
     """``R(x) = exp(-||x - c||^2 / (2 w^2))`` (per-sample mean square): bounded in ``(0, 1]``,
@@ -155,7 +171,8 @@ class RewardConfig(FAILConfig):
         choices=["pd", "pg"],
     )
     pd_estimator: str = option(
-        "pathwise", "PD: 'pathwise' checkpointed solve or FAIL's 'local' one-step estimate",
+        "pathwise",
+        "PD: 'pathwise' checkpointed solve or FAIL's 'local' one-step estimate",
         choices=["local", "pathwise"],
     )
     fail_weight: float = option(
@@ -182,9 +199,7 @@ class RewardMethod(FAILMethod):
     config_class = RewardConfig
     config: RewardConfig
 
-    def __init__(
-        self, config: RewardConfig, spec: DataSpec, net: NetConfig, **kwargs: Any
-    ) -> None:
+    def __init__(self, config: RewardConfig, spec: DataSpec, net: NetConfig, **kwargs: Any) -> None:
         self._reward_fn = make_reward(config.reward, **config.reward_args)
         super().__init__(config, spec, net, **kwargs)
 

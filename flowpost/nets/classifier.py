@@ -61,9 +61,7 @@ class _ConvBackbone(nn.Module):
                 widths.append(c)
                 c_prev = c
         self.time_proj = (
-            nn.ModuleList(nn.Linear(time_dim, c) for c in widths)
-            if time_dim is not None
-            else None
+            nn.ModuleList(nn.Linear(time_dim, c) for c in widths) if time_dim is not None else None
         )
         self.pool = nn.AdaptiveAvgPool2d(2)
         self.fc = nn.Linear(c_prev * 4, feature_dim)

@@ -32,9 +32,7 @@ class NetConfig:
         1, "repeat the blocks r times with a learned repeat-index embedding", min=1
     )
     attention: bool = option(False, "UNet self-attention at the lowest resolution")
-    pos_embed: str = option(
-        "sincos", "DiT position embedding", choices=["sincos", "learned"]
-    )
+    pos_embed: str = option("sincos", "DiT position embedding", choices=["sincos", "learned"])
     input_encoding: int = option(
         0, "MLP: sinusoidal features per input coordinate (0: raw input only)", min=0
     )

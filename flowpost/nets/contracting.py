@@ -110,8 +110,10 @@ class ContractingResidual(nn.Module):
         b = x.shape[0]
         flat = x.reshape(b, -1)
         if flat.shape[1] != self.dim:
-            raise ValueError(f"ContractingResidual was built for {self.dim} features, got input "
-                             f"of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"ContractingResidual was built for {self.dim} features, got input "
+                f"of shape {tuple(x.shape)}"
+            )
         factor, centre = self.factor_and_centre(check_time(t, b).to(x.device), cond)
         d = flat - centre.to(flat.dtype)
         factor = factor.to(flat.dtype)

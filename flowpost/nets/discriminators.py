@@ -91,8 +91,10 @@ class _Conditioning(nn.Module):
                 raise ValueError("this discriminator is time-conditional: pass t (B,)")
             parts.append(sinusoidal_embedding(check_time(t, batch), self.time_embed_dim))
         elif t is not None:
-            raise ValueError("this discriminator was built without time input; build it "
-                             "with time_conditional=True to pass t")
+            raise ValueError(
+                "this discriminator was built without time input; build it "
+                "with time_conditional=True to pass t"
+            )
         return torch.cat(parts, dim=1) if parts else None
 
     def project(self, logit: Tensor, feats: Tensor, labels: Tensor | None) -> Tensor:
@@ -138,8 +140,9 @@ class MLPDiscriminator(nn.Module):
         self.input_encoding = input_encoding
         self.input_scale = input_scale
         self.slope = negative_slope
-        self.cond = _Conditioning(hidden, num_classes, conditional, time_conditional,
-                                  time_embed_dim)
+        self.cond = _Conditioning(
+            hidden, num_classes, conditional, time_conditional, time_embed_dim
+        )
         width = dim * (1 + input_encoding) + self.cond.extra_dim
         layers = []
         for _ in range(depth):
@@ -155,8 +158,9 @@ class MLPDiscriminator(nn.Module):
         b = x.shape[0]
         h = x.reshape(b, -1)
         if h.shape[1] != self.dim:
-            raise ValueError(f"discriminator built for {self.dim} features, got input of shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"discriminator built for {self.dim} features, got input of shape {tuple(x.shape)}"
+            )
         if self.input_encoding:
             h = torch.cat([h, fourier_features(h, self.input_encoding, self.input_scale)], 1)
         labels = self.cond.labels(cond, b, x.device)
@@ -205,8 +209,9 @@ class ConvDiscriminator(nn.Module):
             raise ValueError(f"channels and depth must be >= 1, got {channels}, {depth}")
         self.slope = negative_slope
         widths = [channels * min(2**i, 4) for i in range(depth + 1)]
-        self.cond = _Conditioning(widths[-1], num_classes, conditional, time_conditional,
-                                  time_embed_dim)
+        self.cond = _Conditioning(
+            widths[-1], num_classes, conditional, time_conditional, time_embed_dim
+        )
         self.stem = _maybe_sn(nn.Conv2d(in_channels, channels, 3, padding=1), spectral_norm)
         self.extra = (
             _maybe_sn(nn.Linear(self.cond.extra_dim, channels), spectral_norm)
@@ -221,8 +226,9 @@ class ConvDiscriminator(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor | None = None, t: Tensor | None = None) -> Tensor:
         if x.ndim != 4:
-            raise ValueError(f"ConvDiscriminator expects images (B, C, H, W), got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"ConvDiscriminator expects images (B, C, H, W), got shape {tuple(x.shape)}"
+            )
         b = x.shape[0]
         labels = self.cond.labels(cond, b, x.device)
         extra = self.cond.extra(labels, t, b)
@@ -270,9 +276,16 @@ class FeatureDiscriminator(nn.Module):
         self.backbone = backbone
         self.backbone.requires_grad_(False)
         self.backbone.eval()
-        self.head = MLPDiscriminator(head_dim, hidden, depth, num_classes, conditional,
-                                     spectral_norm, time_conditional,
-                                     time_embed_dim=time_embed_dim)
+        self.head = MLPDiscriminator(
+            head_dim,
+            hidden,
+            depth,
+            num_classes,
+            conditional,
+            spectral_norm,
+            time_conditional,
+            time_embed_dim=time_embed_dim,
+        )
 
     def train(self, mode: bool = True) -> FeatureDiscriminator:
         super().train(mode)

@@ -110,10 +110,13 @@ class DiT(nn.Module):
         super().__init__()
         width = image_width or image_size
         if image_size % patch_size or width % patch_size:
-            divisors = [p for p in range(1, image_size + 1)
-                        if image_size % p == 0 and width % p == 0]
-            raise ValueError(f"DiT: image size {image_size}x{width} is not divisible by "
-                             f"patch_size={patch_size}; choose one of {divisors}")
+            divisors = [
+                p for p in range(1, image_size + 1) if image_size % p == 0 and width % p == 0
+            ]
+            raise ValueError(
+                f"DiT: image size {image_size}x{width} is not divisible by "
+                f"patch_size={patch_size}; choose one of {divisors}"
+            )
         if hidden % heads:
             raise ValueError(f"DiT: hidden={hidden} must be divisible by heads={heads}")
         if repeats < 1:
@@ -130,14 +133,17 @@ class DiT(nn.Module):
             self.pos = nn.Parameter(torch.randn(1, n_tokens, hidden) * 0.02)
         else:
             if self.grid[0] != self.grid[1]:
-                raise ValueError("sin-cos position embedding needs a square image; use "
-                                 "pos_embed='learned'")
-            self.register_buffer("pos", sincos_pos_embed_2d(hidden, self.grid[0])[None],
-                                 persistent=False)
+                raise ValueError(
+                    "sin-cos position embedding needs a square image; use pos_embed='learned'"
+                )
+            self.register_buffer(
+                "pos", sincos_pos_embed_2d(hidden, self.grid[0])[None], persistent=False
+            )
         self.time_embed = TimeEmbedding(hidden, time_embed_dim, scale=time_scale)
         self.cond_embed = CondEmbedding(hidden, num_classes=num_classes)
-        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, dropout)
-                                    for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            DiTBlock(hidden, heads, mlp_ratio, dropout) for _ in range(depth)
+        )
         self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Linear(hidden, 2 * hidden)
         self.final = nn.Linear(hidden, patch_size * patch_size * in_channels)
@@ -160,8 +166,9 @@ class DiT(nn.Module):
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.zeros_(layer.bias)
         fan = self.patch.weight[0].numel()
-        nn.init.uniform_(self.patch.weight, -math.sqrt(6 / (fan + hidden)),
-                         math.sqrt(6 / (fan + hidden)))
+        nn.init.uniform_(
+            self.patch.weight, -math.sqrt(6 / (fan + hidden)), math.sqrt(6 / (fan + hidden))
+        )
 
     def forward(
         self, x: Tensor, t: Tensor, cond: Tensor | None = None, t_end: Tensor | None = None
@@ -175,8 +182,16 @@ class DiT(nn.Module):
                 f"DiT was built for images ({self.in_channels}, {self.grid[0] * p}, "
                 f"{self.grid[1] * p}), got {tuple(x.shape[1:])}"
             )
-        c = conditioning(self.time_embed, self.cond_embed, t, cond, b, x.device,
-                         end_time_embed=self.end_time_embed, t_end=t_end)
+        c = conditioning(
+            self.time_embed,
+            self.cond_embed,
+            t,
+            cond,
+            b,
+            x.device,
+            end_time_embed=self.end_time_embed,
+            t_end=t_end,
+        )
         tokens = self.patch(x).flatten(2).transpose(1, 2) + self.pos
         for i in range(self.repeats):
             ci = c if self.repeat_embed is None else c + self.repeat_embed.weight[i]

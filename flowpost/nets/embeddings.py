@@ -103,8 +103,9 @@ def check_time(t: Tensor, batch: int, name: str = "t") -> Tensor:
     if t.ndim == 2 and t.shape[1] == 1:
         t = t[:, 0]
     if t.shape != (batch,):
-        raise ValueError(f"{name} must have shape ({batch},) to match the batch, got "
-                         f"{tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape ({batch},) to match the batch, got {tuple(t.shape)}"
+        )
     return t.float()
 
 
@@ -174,8 +175,10 @@ class CondEmbedding(nn.Module):
             check_labels(cond, self.num_classes, batch)
             return self.embed(cond.long())
         if cond is None:
-            raise ValueError(f"this network needs a float condition of shape ({batch}, "
-                             f"{self.cond_dim}), got None")
+            raise ValueError(
+                f"this network needs a float condition of shape ({batch}, "
+                f"{self.cond_dim}), got None"
+            )
         if cond.shape != (batch, self.cond_dim):
             raise ValueError(
                 f"condition must have shape ({batch}, {self.cond_dim}), got {tuple(cond.shape)}"
@@ -212,8 +215,9 @@ def conditioning(
         emb = emb + c
     if t_end is not None:
         if end_time_embed is None:
-            raise ValueError("this network has no end-time input; build it with "
-                             "end_time=True to pass t_end")
+            raise ValueError(
+                "this network has no end-time input; build it with end_time=True to pass t_end"
+            )
         emb = emb + end_time_embed(check_time(t_end, batch, "t_end"))
     return emb
 

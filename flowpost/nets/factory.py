@@ -44,25 +44,51 @@ def build_velocity_net(cfg: NetConfig, spec: DataSpec, *, end_time: bool = False
     num_classes = spec.num_classes
     if cfg.arch == "mlp":
         return MLPVelocity(
-            spec.numel, cfg.hidden, cfg.depth, cfg.time_embed_dim, num_classes, end_time,
-            cfg.dropout, repeats=cfg.repeats, input_encoding=cfg.input_encoding,
+            spec.numel,
+            cfg.hidden,
+            cfg.depth,
+            cfg.time_embed_dim,
+            num_classes,
+            end_time,
+            cfg.dropout,
+            repeats=cfg.repeats,
+            input_encoding=cfg.input_encoding,
         )
     if cfg.arch == "unet":
         _need_image("unet", spec, "model")
         if cfg.repeats != 1:
-            raise ValueError(f"model.repeats={cfg.repeats} is supported by the mlp and dit "
-                             "archs only; set model.repeats: 1 or use arch: dit")
+            raise ValueError(
+                f"model.repeats={cfg.repeats} is supported by the mlp and dit "
+                "archs only; set model.repeats: 1 or use arch: dit"
+            )
         return UNet(
-            spec.shape[0], cfg.channels, cfg.channel_mult, cfg.time_embed_dim, num_classes,
-            end_time, cfg.dropout, attention=cfg.attention, heads=cfg.heads,
+            spec.shape[0],
+            cfg.channels,
+            cfg.channel_mult,
+            cfg.time_embed_dim,
+            num_classes,
+            end_time,
+            cfg.dropout,
+            attention=cfg.attention,
+            heads=cfg.heads,
         )
     if cfg.arch == "dit":
         _need_image("dit", spec, "model")
         c, h, w = spec.shape
         return DiT(
-            c, h, cfg.hidden, cfg.depth, cfg.heads, cfg.patch_size, cfg.time_embed_dim,
-            num_classes, end_time, cfg.dropout, repeats=cfg.repeats,
-            pos_embed=cfg.pos_embed, image_width=w,
+            c,
+            h,
+            cfg.hidden,
+            cfg.depth,
+            cfg.heads,
+            cfg.patch_size,
+            cfg.time_embed_dim,
+            num_classes,
+            end_time,
+            cfg.dropout,
+            repeats=cfg.repeats,
+            pos_embed=cfg.pos_embed,
+            image_width=w,
         )
     raise ValueError(f"unknown model arch {cfg.arch!r}; choose mlp, unet or dit")
 
@@ -77,15 +103,27 @@ def build_discriminator(
     """
     if cfg.arch == "mlp":
         return MLPDiscriminator(
-            spec.numel, cfg.hidden, cfg.depth, spec.num_classes, cfg.conditional,
-            cfg.spectral_norm, time_conditional, time_embed_dim=cfg.time_embed_dim,
+            spec.numel,
+            cfg.hidden,
+            cfg.depth,
+            spec.num_classes,
+            cfg.conditional,
+            cfg.spectral_norm,
+            time_conditional,
+            time_embed_dim=cfg.time_embed_dim,
             input_encoding=cfg.input_encoding,
         )
     if cfg.arch == "conv":
         _need_image("conv", spec, "discriminator")
         return ConvDiscriminator(
-            spec.shape[0], cfg.channels, cfg.depth, spec.num_classes, cfg.conditional,
-            cfg.spectral_norm, time_conditional, time_embed_dim=cfg.time_embed_dim,
+            spec.shape[0],
+            cfg.channels,
+            cfg.depth,
+            spec.num_classes,
+            cfg.conditional,
+            cfg.spectral_norm,
+            time_conditional,
+            time_embed_dim=cfg.time_embed_dim,
         )
     raise ValueError(f"unknown discriminator arch {cfg.arch!r}; choose mlp or conv")
 

@@ -122,12 +122,21 @@ class MLPVelocity(nn.Module):
                 f"MLPVelocity was built for {self.dim} features, got input of shape "
                 f"{tuple(x.shape)} ({flat.shape[1]} features)"
             )
-        emb = conditioning(self.time_embed, self.cond_embed, t, cond, b, x.device,
-                           end_time_embed=self.end_time_embed, t_end=t_end)
+        emb = conditioning(
+            self.time_embed,
+            self.cond_embed,
+            t,
+            cond,
+            b,
+            x.device,
+            end_time_embed=self.end_time_embed,
+            t_end=t_end,
+        )
         inp = flat
         if self.input_encoding:
-            inp = torch.cat([flat, fourier_features(flat, self.input_encoding,
-                                                    self.input_scale)], dim=1)
+            inp = torch.cat(
+                [flat, fourier_features(flat, self.input_encoding, self.input_scale)], dim=1
+            )
         h = self.inp(inp)
         for i in range(self.repeats):
             e = emb if self.repeat_embed is None else emb + self.repeat_embed.weight[i]

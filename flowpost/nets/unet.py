@@ -105,8 +105,9 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         if not channel_mult or any(m < 1 for m in channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty list of positive ints, "
-                             f"got {list(channel_mult)}")
+            raise ValueError(
+                f"channel_mult must be a non-empty list of positive ints, got {list(channel_mult)}"
+            )
         if num_res_blocks < 1:
             raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
         emb_dim = 4 * channels
@@ -155,8 +156,16 @@ class UNet(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"UNet expects images (B, C, H, W), got shape {tuple(x.shape)}")
         b = x.shape[0]
-        emb = conditioning(self.time_embed, self.cond_embed, t, cond, b, x.device,
-                           end_time_embed=self.end_time_embed, t_end=t_end)
+        emb = conditioning(
+            self.time_embed,
+            self.cond_embed,
+            t,
+            cond,
+            b,
+            x.device,
+            end_time_embed=self.end_time_embed,
+            t_end=t_end,
+        )
         h = self.inp(x)
         skips = []
         for i, level in enumerate(self.down):

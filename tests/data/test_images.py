@@ -14,9 +14,7 @@ from flowpost.data.images import (
 )
 
 
-@pytest.mark.parametrize(
-    ("name", "side", "total"), [("digits", 8, 1797), ("mnist5k", 28, 5000)]
-)
+@pytest.mark.parametrize(("name", "side", "total"), [("digits", 8, 1797), ("mnist5k", 28, 5000)])
 def test_shapes_ranges_labels_split(name, side, total):
     train, held = load_image_dataset(name)
     assert train.x.shape[1:] == (1, side, side) and held.x.shape[1:] == (1, side, side)
@@ -27,9 +25,12 @@ def test_shapes_ranges_labels_split(name, side, total):
         assert d.spec.num_classes == 10
         assert set(d.cond.tolist()) == set(range(10))
     # stratified: each class is held out in the same proportion
-    frac = torch.bincount(held.cond, minlength=10).float() / (
-        torch.bincount(held.cond, minlength=10) + torch.bincount(train.cond, minlength=10)
-    ).float()
+    frac = (
+        torch.bincount(held.cond, minlength=10).float()
+        / (
+            torch.bincount(held.cond, minlength=10) + torch.bincount(train.cond, minlength=10)
+        ).float()
+    )
     assert (frac - 0.2).abs().max() < 0.01
     # the split is fixed: the same images come back whatever the seed, and no image is in both
     train2, held2 = load_image_dataset(name, seed=123)

@@ -56,8 +56,9 @@ def test_mixture_mode_metrics_detect_dropped_mode():
     m = evaluate_samples(dropped, ref, dataset="mixture1d")
     assert m["mode_coverage"] == 0.75 and m["mode_weight_3"] == 0.0
     assert m["mode_tv"] > 0.2
-    blurred = evaluate_samples(x + 0.2 * torch.randn(1000, 1, generator=g(3)), ref,
-                               dataset="mixture1d")
+    blurred = evaluate_samples(
+        x + 0.2 * torch.randn(1000, 1, generator=g(3)), ref, dataset="mixture1d"
+    )
     assert blurred["mode_std_ratio"] > 2.5 and blurred["mode_coverage"] == 1.0
 
 
@@ -72,8 +73,9 @@ def test_transformed_mixture_uses_transformed_modes():
     # a reference that fits no candidate gets no mode metrics rather than wrong ones
     odd = sample_toy("moons", 1000, g(4))
     assert "mode_coverage" not in evaluate_samples(odd, odd, dataset="8gaussians")
-    assert "mode_coverage" not in evaluate_samples(x, sample_toy("rings", 1000, g(5)),
-                                                   dataset="8gaussians")
+    assert "mode_coverage" not in evaluate_samples(
+        x, sample_toy("rings", 1000, g(5)), dataset="8gaussians"
+    )
     unb = sample_toy("8gaussians", 1000, g(2), transform="unbalanced")
     m_unb = evaluate_samples(unb, sample_toy("8gaussians", 1000, g(3)), dataset="8gaussians")
     target = mode_info("8gaussians", "unbalanced").weights
@@ -107,9 +109,7 @@ def test_errors():
         evaluate_samples(bad, torch.zeros(4, 2))
 
 
-@pytest.mark.parametrize(
-    "shape", [(50, 1), (50, 2), (50, 5), (10, 1, 8, 8), (10, 3, 6, 6)]
-)
+@pytest.mark.parametrize("shape", [(50, 1), (50, 2), (50, 5), (10, 1, 8, 8), (10, 3, 6, 6)])
 def test_plot_samples_writes_png(tmp_path, shape):
     x = torch.rand(*shape) * 2 - 1
     plot_samples(x, tmp_path / "p", reference=x, title="t")

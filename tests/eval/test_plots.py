@@ -38,11 +38,14 @@ def test_all_plots_write_png(tmp_path):
     traj = torch.cumsum(torch.randn(11, 50, 1) * 0.1, dim=0)
     plot_hist_1d(x1, tmp_path / "h.png", reference=x1 + 1)
     plot_hist_1d(x1[:50], tmp_path / "ht.png", trajectories=traj, times=torch.linspace(0, 1, 11))
-    plot_scatter_2d(torch.randn(300, 2), tmp_path / "s.png", reference=torch.randn(300, 2),
-                    density=True)
+    plot_scatter_2d(
+        torch.randn(300, 2), tmp_path / "s.png", reference=torch.randn(300, 2), density=True
+    )
     plot_image_grid(torch.rand(20, 1, 8, 8) * 2 - 1, tmp_path / "sub" / "g.png")
-    plot_error_vs_nfe([NFECurve([1, 2, 4], [1.0, 0.5, 0.2], "euler"),
-                       ("rk4", [4, 8], [0.1, 0.01])], tmp_path / "e.png")
+    plot_error_vs_nfe(
+        [NFECurve([1, 2, 4], [1.0, 0.5, 0.2], "euler"), ("rk4", [4, 8], [0.1, 0.01])],
+        tmp_path / "e.png",
+    )
     for before in (torch.randn(100, 1), torch.randn(100, 2), torch.rand(9, 1, 8, 8)):
         plot_before_after(before, before * 0.5, tmp_path / "ba.png", reference=before)
         assert _is_png(tmp_path / "ba.png")

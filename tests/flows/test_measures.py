@@ -29,8 +29,13 @@ def test_quarter_circle_length_and_straightness() -> None:
     # Rotation field: x(t) moves on a circle of radius r through an angle pi/2.
     r = 2.0
     field = lambda x, t, c: (math.pi / 2) * torch.stack([-x[:, 1], x[:, 0]], 1)  # noqa: E731
-    traj = odeint(field, torch.tensor([[r, 0.0]], dtype=torch.float64),
-                  time_grid(200, dtype=torch.float64), method="rk4", return_trajectory=True)
+    traj = odeint(
+        field,
+        torch.tensor([[r, 0.0]], dtype=torch.float64),
+        time_grid(200, dtype=torch.float64),
+        method="rk4",
+        return_trajectory=True,
+    )
     assert isinstance(traj, Trajectory)
     # RMS norm of a 2-D vector is its length / sqrt(2).
     arc = (math.pi / 2) * r / math.sqrt(2)

@@ -21,7 +21,7 @@ def test_linear_path_interpolates_and_velocity_is_derivative() -> None:
     te = t.view(5, 1, 1, 1)
     assert torch.allclose(s.x_t, (1 - te) * x0 + te * x1)
     eps = 1e-3
-    fd = (LinearPath().sample(x0, x1, t + eps).x_t - LinearPath().sample(x0, x1, t - eps).x_t)
+    fd = LinearPath().sample(x0, x1, t + eps).x_t - LinearPath().sample(x0, x1, t - eps).x_t
     assert torch.allclose(s.velocity, fd / (2 * eps), atol=1e-3)
     ends = LinearPath().sample(x0, x1, torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0]))
     assert torch.equal(ends.x_t[0], x0[0]) and torch.allclose(ends.x_t[1], x1[1])
@@ -47,7 +47,7 @@ def test_bridge_velocity_is_time_derivative_with_fixed_noise() -> None:
     bridge = StochasticBridge(0.5)
     s = bridge.sample(x0, x1, t, noise=eps)
     h = 1e-6
-    fd = (bridge.sample(x0, x1, t + h, noise=eps).x_t - bridge.sample(x0, x1, t - h, noise=eps).x_t)
+    fd = bridge.sample(x0, x1, t + h, noise=eps).x_t - bridge.sample(x0, x1, t - h, noise=eps).x_t
     assert torch.allclose(s.velocity, fd / (2 * h), atol=1e-6)
     # Equivalent form mu' + s'/s (x_t - mu): the conditional Gaussian's transport field.
     te = t.unsqueeze(1)

@@ -45,8 +45,10 @@ def test_gaussian_log_prob_shapes_and_values() -> None:
     lp = gaussian_log_prob(x, m, std)
     expected = torch.distributions.Normal(m, std.view(4, 1, 1)).log_prob(x).flatten(1).sum(1)
     assert lp.shape == (4,) and torch.allclose(lp, expected)
-    assert torch.allclose(gaussian_log_prob(x, m, 0.7),
-                          torch.distributions.Normal(m, 0.7).log_prob(x).flatten(1).sum(1))
+    assert torch.allclose(
+        gaussian_log_prob(x, m, 0.7),
+        torch.distributions.Normal(m, 0.7).log_prob(x).flatten(1).sum(1),
+    )
     with pytest.raises(ValueError, match="same shape"):
         gaussian_log_prob(x, m[:, :1], 1.0)
 
@@ -78,8 +80,14 @@ def test_zero_noise_is_euler_and_generator_reproducible() -> None:
 
 def test_transition_log_prob_gives_drift_gradients() -> None:
     w = torch.tensor(1.0, requires_grad=True)
-    r = euler_maruyama(lambda x, t, c: -x, 0.4, torch.ones(5, 2), time_grid(4),
-                       generator=torch.Generator().manual_seed(2), return_trajectory=True)
+    r = euler_maruyama(
+        lambda x, t, c: -x,
+        0.4,
+        torch.ones(5, 2),
+        time_grid(4),
+        generator=torch.Generator().manual_seed(2),
+        return_trajectory=True,
+    )
     assert r.trajectory is not None and not r.log_prob.requires_grad
     lp = transition_log_prob(lambda x, t, c: -w * x, 0.4, r.trajectory)
     (g,) = torch.autograd.grad(lp.sum(), w)

@@ -207,9 +207,10 @@ def test_sample_counts_network_evaluations(method: str, nfe: int, calls: int) ->
 
     out = sample(field, torch.zeros(5, 3), nfe, method)
     assert n[0] == calls
-    assert steps_for_nfe(nfe, method) * {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[
-        method
-    ] == calls
+    assert (
+        steps_for_nfe(nfe, method) * {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[method]
+        == calls
+    )
     assert torch.allclose(out, torch.ones(5, 3), atol=1e-6)  # constant field, exact
     assert min(seen) >= 0.0 and max(seen) <= 1.0
 

@@ -41,8 +41,9 @@ class LinearG(nn.Module):
         self.u = nn.Parameter(torch.randn(dim))
         self.v = nn.Parameter(torch.randn(dim))
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None,
-                t_end: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Tensor | None = None, t_end: Tensor | None = None
+    ) -> Tensor:
         assert t_end is not None
         return self.lin(x) + t[:, None] * self.u + t_end[:, None] * self.v
 
@@ -74,10 +75,16 @@ class Recorder(nn.Module):
         return self.inner(x, *args, **kwargs)
 
 
-def make(cfg: AFConfig, dim: int = 3, g: nn.Module | None = None,
-         d: nn.Module | None = None) -> AdversarialFlow:
-    return AdversarialFlow(cfg, DataSpec((dim,)), NetConfig(), generator=g or LinearG(dim),
-                           discriminator=d or LinearD(dim))
+def make(
+    cfg: AFConfig, dim: int = 3, g: nn.Module | None = None, d: nn.Module | None = None
+) -> AdversarialFlow:
+    return AdversarialFlow(
+        cfg,
+        DataSpec((dim,)),
+        NetConfig(),
+        generator=g or LinearG(dim),
+        discriminator=d or LinearD(dim),
+    )
 
 
 def updater_for(m: AdversarialFlow) -> OptimizerUpdater:
@@ -90,16 +97,19 @@ def updater_for(m: AdversarialFlow) -> OptimizerUpdater:
 
 # --------------------------------------------------------------------------- loss terms
 
+
 def test_loss_terms_match_hand_values() -> None:
     pos, neg = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
     expected = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(2.0))) / 2
     assert relativistic_loss(pos, neg).item() == pytest.approx(expected, rel=1e-6)
     # w = (0.5, 0.001), differences (0.01, -0.02), eps = 0.01
-    fd = finite_difference_penalty(torch.tensor([1.0, 2.0]), torch.tensor([0.99, 2.02]),
-                                   torch.tensor([0.5, 0.001]), 0.01)
+    fd = finite_difference_penalty(
+        torch.tensor([1.0, 2.0]), torch.tensor([0.99, 2.02]), torch.tensor([0.5, 0.001]), 0.01
+    )
     assert fd.item() == pytest.approx((0.5 * 1e-4 + 0.001 * 4e-4) / 2 / 1e-4, rel=1e-4)
-    assert centering_penalty(torch.tensor([1.0, -1.0]), torch.tensor([2.0, 3.0])).item() == \
-        pytest.approx((9 + 4) / 2)
+    assert centering_penalty(
+        torch.tensor([1.0, -1.0]), torch.tensor([2.0, 3.0])
+    ).item() == pytest.approx((9 + 4) / 2)
     out, src = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[0.0, 0.0], [3.0, 1.0]])
     w = torch.tensor([0.5, 1.0])
     # per sample ||.||^2 / n / w = (5/2)/0.5 = 5 and (10/2)/1 = 5
@@ -149,6 +159,7 @@ def test_generator_terms_hand_computed() -> None:
 
 
 # --------------------------------------------------------------------------- the discriminator
+
 
 @pytest.mark.parametrize("real_noise", ["fresh", "shared"])
 def test_discriminator_never_sees_the_source(real_noise: str) -> None:
@@ -206,6 +217,7 @@ def test_gradient_normalisation_removes_discriminator_scale() -> None:
 
 # --------------------------------------------------------------------------- schedules, times
 
+
 def test_ot_schedules() -> None:
     const = AFConfig(lambda_ot=0.05)
     assert [ot_weight(const, s) for s in (0, 10**6)] == [0.05, 0.05]
@@ -240,6 +252,7 @@ def test_any_step_times() -> None:
 
 # --------------------------------------------------------------------------- sampling, setup
 
+
 def test_generate_checks_nfe() -> None:
     m = make(AFConfig(steps=2))
     with pytest.raises(ValueError, match="nfe=2"):
@@ -256,8 +269,9 @@ def test_generate_chain_times_and_ema_roles() -> None:
     times: list[tuple[float, float]] = []
 
     class Spy(nn.Module):
-        def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None,
-                    t_end: Tensor | None = None) -> Tensor:
+        def forward(
+            self, x: Tensor, t: Tensor, cond: Tensor | None = None, t_end: Tensor | None = None
+        ) -> Tensor:
             assert t_end is not None
             times.append((float(t[0]), float(t_end[0])))
             return torch.zeros_like(x)
@@ -278,8 +292,13 @@ def test_config_errors_and_registry() -> None:
 
 
 def test_optimizers_follow_repeats() -> None:
-    m = AdversarialFlow(AFConfig(lr=2e-4), DataSpec((3,)), NetConfig(repeats=4),
-                        generator=LinearG(3), discriminator=LinearD(3))
+    m = AdversarialFlow(
+        AFConfig(lr=2e-4),
+        DataSpec((3,)),
+        NetConfig(repeats=4),
+        generator=LinearG(3),
+        discriminator=LinearD(3),
+    )
     specs = m.optimizers()
     assert specs["generator"].lr == pytest.approx(5e-5)
     assert specs["discriminator"].lr == pytest.approx(2e-4)
@@ -322,8 +341,7 @@ def test_training_learns_a_shift_with_ot_map() -> None:
             super().__init__()
             self.net = d
 
-        def forward(self, x: Tensor, cond: Tensor | None = None,
-                    t: Tensor | None = None) -> Tensor:
+        def forward(self, x: Tensor, cond: Tensor | None = None, t: Tensor | None = None) -> Tensor:
             assert t is not None
             return self.net(x, t)[:, 0]
 
@@ -362,8 +380,14 @@ def test_classifier_guidance_term() -> None:
     spec = DataSpec((2,), num_classes=k)
     clf = SpyClassifier(k)
     g = LinearG(2)
-    m = AdversarialFlow(AFConfig(steps=1, lambda_cg=0.3, lambda_ot=0.0), spec, NetConfig(),
-                        generator=g, discriminator=LinearD(2), classifier=clf)
+    m = AdversarialFlow(
+        AFConfig(steps=1, lambda_cg=0.3, lambda_ot=0.0),
+        spec,
+        NetConfig(),
+        generator=g,
+        discriminator=LinearD(2),
+        classifier=clf,
+    )
     z, cond = torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2])
     a, b = torch.zeros(6), torch.ones(6)
     torch.manual_seed(3)
@@ -412,9 +436,14 @@ def test_trainer_resume_is_exact_with_grad_norm_state(tmp_path) -> None:  # type
     recipe = {
         "data": {"name": "mixture1d", "n_heldout": 100},
         "model": {"hidden": 16, "depth": 1},
-        "method": {"name": "adversarial", "steps": 2, "lambda_ot": 0.1,
-                   "ot_schedule": "cosine", "ot_decay_steps": 3,
-                   "discriminator": {"hidden": 16, "depth": 1}},
+        "method": {
+            "name": "adversarial",
+            "steps": 2,
+            "lambda_ot": 0.1,
+            "ot_schedule": "cosine",
+            "ot_decay_steps": 3,
+            "discriminator": {"hidden": 16, "depth": 1},
+        },
         "train": {"steps": 4, "batch_size": 32, "checkpoint_every": 2, "log_every": 1},
         "eval": {"nfe": 2, "n_samples": 100, "plots": False},
     }

@@ -32,8 +32,11 @@ def assert_all_params_get_grad(
         opt.step()
         opt.zero_grad()
     loss_fn().backward()
-    dead = [name for name, p in net.named_parameters()
-            if p.requires_grad and (p.grad is None or float(p.grad.abs().sum()) == 0.0)]
+    dead = [
+        name
+        for name, p in net.named_parameters()
+        if p.requires_grad and (p.grad is None or float(p.grad.abs().sum()) == 0.0)
+    ]
     assert not dead, f"parameters without gradient: {dead}"
 
 

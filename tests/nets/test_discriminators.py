@@ -25,8 +25,9 @@ def test_mlp_returns_one_logit_per_sample(shape, conditional):
 @pytest.mark.parametrize("size", [8, 28])
 @pytest.mark.parametrize("conditional", ["projection", "embedding", "none"])
 def test_conv_returns_one_logit_per_sample(size, conditional):
-    disc = ConvDiscriminator(1, channels=8, depth=3, num_classes=10, conditional=conditional,
-                             time_conditional=True)
+    disc = ConvDiscriminator(
+        1, channels=8, depth=3, num_classes=10, conditional=conditional, time_conditional=True
+    )
     out = disc(torch.randn(4, 1, size, size), torch.tensor([0, 3, 9, 10]), torch.rand(4))
     assert out.shape == (4,)
 
@@ -102,11 +103,25 @@ def test_conv_spectral_norm_normalises_every_layer():
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 def test_gradient_reaches_every_parameter(kind):
     if kind == "mlp":
-        disc = MLPDiscriminator(64, hidden=16, depth=2, num_classes=3, time_conditional=True,
-                                spectral_norm=True, input_encoding=2)
+        disc = MLPDiscriminator(
+            64,
+            hidden=16,
+            depth=2,
+            num_classes=3,
+            time_conditional=True,
+            spectral_norm=True,
+            input_encoding=2,
+        )
     else:
-        disc = ConvDiscriminator(1, channels=8, depth=2, num_classes=3, time_conditional=True,
-                                 spectral_norm=True, conditional="embedding")
+        disc = ConvDiscriminator(
+            1,
+            channels=8,
+            depth=2,
+            num_classes=3,
+            time_conditional=True,
+            spectral_norm=True,
+            conditional="embedding",
+        )
     x, t, c = torch.randn(8, 1, 8, 8), torch.rand(8), torch.arange(8) % 4
     assert_all_params_get_grad(disc, lambda: nn.functional.softplus(-disc(x, c, t)).mean())
 
@@ -148,8 +163,9 @@ def test_errors():
 def test_gradient_penalty_double_backward(kind):
     # R1 / gradient penalties differentiate ||dD/dx||^2 with respect to the parameters
     if kind == "mlp":
-        disc = MLPDiscriminator(64, hidden=16, depth=2, num_classes=3, spectral_norm=True,
-                                time_conditional=True)
+        disc = MLPDiscriminator(
+            64, hidden=16, depth=2, num_classes=3, spectral_norm=True, time_conditional=True
+        )
     else:
         disc = ConvDiscriminator(1, channels=8, depth=2, num_classes=3, time_conditional=True)
     x = torch.randn(6, 1, 8, 8, requires_grad=True)
@@ -158,6 +174,7 @@ def test_gradient_penalty_double_backward(kind):
     penalty = grad.pow(2).flatten(1).sum(1).mean()
     penalty.backward()
     # first-layer weights (biases get none: LeakyReLU has zero second derivative)
-    first = next(p for n, p in disc.named_parameters()
-                 if ("layers.0" in n or "stem" in n) and "weight" in n)
+    first = next(
+        p for n, p in disc.named_parameters() if ("layers.0" in n or "stem" in n) and "weight" in n
+    )
     assert first.grad is not None and float(first.grad.abs().sum()) > 0

@@ -109,8 +109,10 @@ def test_conditioning_sums_time_label_and_end_time():
     out = conditioning(time, labels, t, c, 4, cpu, end_time_embed=end, t_end=t_end)
     torch.testing.assert_close(out, time(t) + labels(c, 4) + end(t_end))
     # no labels on a conditional embedding: the null label; no t_end: no end-time term
-    torch.testing.assert_close(conditioning(time, labels, t, None, 4, cpu, end_time_embed=end),
-                               time(t) + labels(torch.full((4,), 3), 4))
+    torch.testing.assert_close(
+        conditioning(time, labels, t, None, 4, cpu, end_time_embed=end),
+        time(t) + labels(torch.full((4,), 3), 4),
+    )
     torch.testing.assert_close(conditioning(time, CondEmbedding(8), t, None, 4, cpu), time(t))
     with pytest.raises(ValueError, match="end_time=True"):
         conditioning(time, labels, t, c, 4, cpu, t_end=t_end)

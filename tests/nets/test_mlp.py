@@ -68,8 +68,16 @@ def test_repeats_share_weights_and_change_output():
 
 @pytest.mark.parametrize("residual", [True, False])
 def test_gradient_reaches_every_parameter(residual):
-    net = MLPVelocity(2, hidden=16, depth=2, num_classes=3, end_time=True, repeats=2,
-                      residual=residual, input_encoding=4)
+    net = MLPVelocity(
+        2,
+        hidden=16,
+        depth=2,
+        num_classes=3,
+        end_time=True,
+        repeats=2,
+        residual=residual,
+        input_encoding=4,
+    )
     x, t, t_end = torch.randn(16, 2), torch.rand(16), torch.rand(16)
     c = torch.arange(16) % 4  # includes the null label 3
     assert_all_params_get_grad(net, lambda: net(x, t, c, t_end).pow(2).mean())
