@@ -105,7 +105,7 @@ def flowpost_loop(net_cfg: dict, data_name: str, steps: int, batch: int) -> floa
         "eval": {"plots": False},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(build_run_config(recipe), tmp, progress=False)
+        trainer = Trainer.from_config(build_run_config(recipe), tmp, progress=False)
         # time the loop exactly as the trainer runs it, without the final evaluation
         trainer.config.train.steps = 5
         trainer_fit_loop(trainer)

@@ -71,7 +71,7 @@ def _load_run(run: Path):  # type: ignore[no-untyped-def]
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run}: not a run folder (no config.yaml)")
     cfg = build_run_config(load_yaml(run / "config.yaml"))
-    trainer = Trainer(cfg, run, progress=False, load_init=False)
+    trainer = Trainer.from_config(cfg, run, progress=False, load_init=False)
     found = latest_checkpoint(run / "checkpoints")
     if found is None:
         raise CheckpointError(f"{run}: no checkpoint to load")
@@ -95,7 +95,7 @@ def sample(
 
     try:
         trainer = _load_run(run)
-        samples, _ = trainer.generate(n, nfe, method, seed)
+        samples = trainer.evaluator().sample(n, nfe, solver=method, seed=seed)
     except _user_errors() as err:
         _fail(str(err))
     out.parent.mkdir(parents=True, exist_ok=True)

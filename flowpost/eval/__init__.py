@@ -8,5 +8,6 @@ Example:
 """
 
 from flowpost.eval.evaluate import evaluate_samples, plot_samples
+from flowpost.eval.evaluator import Evaluator
 
-__all__ = ["evaluate_samples", "plot_samples"]
+__all__ = ["Evaluator", "evaluate_samples", "plot_samples"]

@@ -2,6 +2,9 @@
 
 It owns devices (through Hugging Face Accelerate), optimisers and schedules, gradient
 clipping, EMAs, checkpoints and exact resume, logging, progress, evaluation and the NaN guard.
+It takes objects: a built method, the data and the run config (whose ``train`` and ``eval``
+sections it follows and which it records in the run folder); :meth:`Trainer.from_config`
+builds them from a recipe's config. :func:`flowpost.fit` is the user-facing layer over both.
 
 Example:
     >>> import tempfile
@@ -12,13 +15,14 @@ Example:
     ...     "train": {"steps": 5, "batch_size": 32, "checkpoint_every": 0},
     ...     "eval": {"nfe": 4, "n_samples": 200, "plots": False},
     ... })
-    >>> summary = Trainer(cfg, tempfile.mkdtemp(), progress=False).fit()
+    >>> summary = Trainer.from_config(cfg, tempfile.mkdtemp(), progress=False).fit()
     >>> summary["step"]
     5
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -33,9 +37,9 @@ import yaml
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch import Tensor, nn
 
-from flowpost.data import load_data
-from flowpost.data.base import ArrayData, Batch
-from flowpost.eval import evaluate_samples, plot_samples
+from flowpost.data import DataSplit, load_data
+from flowpost.data.base import Batch
+from flowpost.eval.evaluator import Evaluator
 from flowpost.methods.base import Method, get_method_class
 from flowpost.train.checkpoint import (
     CheckpointError,
@@ -83,34 +87,57 @@ def _restore_rng(tensors: Mapping[str, Tensor]) -> None:
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (before building the networks:
+    the seed then decides the initial weights too)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
 class Trainer:
-    """Trains ``config.method`` on ``config.data`` and writes a run folder ``out_dir``.
+    """Trains ``method`` on ``data`` and writes a run folder ``out_dir``.
+
+    ``config`` is the whole run config: the trainer follows its ``train`` and ``eval``
+    sections and records it (with the method's own config) in ``config.yaml`` and in every
+    checkpoint. ``meta`` holds extra JSON facts recorded in each checkpoint beside the data
+    spec (:func:`flowpost.fit` notes a user's own network there). The caller seeds the
+    global generators before building the method (:func:`seed_everything`); the trainer
+    continues that stream.
 
     The run folder holds ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
     ``checkpoints/``, ``plots/`` and, at the end, ``summary.json``.
+
+    Example:
+        >>> import tempfile
+        >>> from flowpost.data import DataConfig, load_data
+        >>> from flowpost.methods.flow_matching import FlowMatching, FlowMatchingConfig
+        >>> from flowpost.nets.config import NetConfig
+        >>> from flowpost.train.config import build_run_config
+        >>> cfg = build_run_config({"train": {"steps": 3, "batch_size": 16},
+        ...                         "eval": {"nfe": 2, "n_samples": 50, "plots": False}})
+        >>> data = load_data(DataConfig(name="moons", n_train=64, n_heldout=50))
+        >>> method = FlowMatching(FlowMatchingConfig(), data.spec, NetConfig(hidden=16))
+        >>> trainer = Trainer(method, data, cfg, tempfile.mkdtemp(), progress=False)
+        >>> trainer.fit()["step"], sorted(trainer.evaluate(nfe=2))[:2]
+        (3, ['energy', 'mmd'])
     """
 
     def __init__(
         self,
+        method: Method,
+        data: DataSplit,
         config: RunConfig,
         out_dir: str | Path,
         *,
         progress: bool = True,
-        load_init: bool = True,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
-        """``load_init=False`` skips loading ``init_from`` (a checkpoint of this run is about to
-        be restored, which holds every weight), so a moved pretrained folder is not needed."""
-        self.config = config
+        self.config = dataclasses.replace(config, method=method.config)
         self.out = Path(out_dir)
         self.progress_enabled = progress
+        self.meta = dict(meta or {})
         tc = config.train
-        _seed_everything(tc.seed)
         self.accelerator = Accelerator(
             mixed_precision="no" if tc.precision == "fp32" else tc.precision,
             cpu=(tc.device == "cpu"),
@@ -120,11 +147,14 @@ class Trainer:
         if tc.device == "cuda" and self.accelerator.device.type != "cuda":
             raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
         self.device = self.accelerator.device
-        self.data = load_data(config.data)
-        method_cls = get_method_class(config.method.name)
-        self.method: Method = method_cls(config.method, self.data.train.spec, config.model)
-        if config.init_from and load_init:
-            self.method.load_pretrained(load_policy_state(config.init_from))
+        if data.spec != method.spec:
+            raise ValueError(
+                f"the data (shape {data.spec.shape}, classes {data.spec.num_classes}) does not "
+                f"match the method's (shape {method.spec.shape}, classes "
+                f"{method.spec.num_classes}); build the method from the data's spec"
+            )
+        self.data = data
+        self.method = method
         self.method.to(self.device)
         self._build_optimisers()
         self.train_x = self.data.train.x.to(self.device)
@@ -134,6 +164,27 @@ class Trainer:
         self.step = 0
         self._wrapped: list[str] = []
         self._saved_step: int | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        config: RunConfig,
+        out_dir: str | Path,
+        *,
+        progress: bool = True,
+        load_init: bool = True,
+    ) -> Trainer:
+        """Seed, load the data, build the method (with the ``init_from`` weights) from a run
+        config. ``load_init=False`` skips loading ``init_from`` (a checkpoint of this run is
+        about to be restored, which holds every weight), so a moved pretrained folder is not
+        needed."""
+        seed_everything(config.train.seed)
+        data = load_data(config.data)
+        method_cls = get_method_class(config.method.name)
+        method = method_cls(config.method, data.spec, config.model)
+        if config.init_from and load_init:
+            method.load_pretrained(load_policy_state(config.init_from))
+        return cls(method, data, config, out_dir, progress=progress)
 
     # -- construction -------------------------------------------------------------------
     def _build_optimisers(self) -> None:
@@ -208,8 +259,16 @@ class Trainer:
             "method": self.method.extra_state(),
             "python_rng": list(random.getstate()[1]),
             "config": run_config_to_dict(self.config),
+            "run": self.run_info(),
         }
         return tensors, state
+
+    def run_info(self) -> dict[str, Any]:
+        """What a loaded run needs besides the config: the data spec and dataset name (so
+        sampling never loads the data) and the ``meta`` given at construction."""
+        spec = self.data.spec
+        data = {"shape": list(spec.shape), "num_classes": spec.num_classes, "name": self.data.name}
+        return {"data": data, **self.meta}
 
     def save(self) -> Path | None:
         if not self.accelerator.is_main_process:
@@ -333,44 +392,30 @@ class Trainer:
     def ema_roles(self) -> dict[str, nn.Module]:
         return {role: ema.module for role, ema in self.emas.items()}
 
-    @torch.no_grad()
-    def generate(self, n: int, nfe: int, solver: str, seed: int) -> tuple[Tensor, Tensor | None]:
-        """``n`` samples from the EMA roles with the evaluation's own noise stream."""
-        gen = torch.Generator().manual_seed(seed)
-        spec = self.data.train.spec
-        noise = torch.randn((n, *spec.shape), generator=gen).to(self.device)
-        cond = None
-        held: ArrayData = self.data.heldout
-        if spec.num_classes is not None:
-            labels = held.cond if held.cond is not None else torch.arange(n) % spec.num_classes
-            cond = labels[torch.arange(n) % labels.shape[0]].to(self.device)
-        self.method.eval()
-        samples = self.method.generate(noise, cond, nfe=nfe, solver=solver, roles=self.ema_roles())
-        return samples.float().cpu(), cond
+    def evaluator(self) -> Evaluator:
+        """Samples and metrics of the EMA roles against the held-out data."""
+        return Evaluator(
+            self.method,
+            roles=self.ema_roles(),
+            spec=self.data.spec,
+            reference=self.data.heldout,
+            dataset=self.data.name,
+            device=self.device,
+        )
 
     def evaluate(self, nfe: int | None = None, plot_name: str | None = None) -> dict[str, float]:
-        """Metrics of the EMA roles against held-out data; training's random stream is left
-        exactly as it was (a method's sampler may draw from the global generator)."""
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            return self._evaluate(nfe, plot_name)
-
-    def _evaluate(self, nfe: int | None, plot_name: str | None) -> dict[str, float]:
+        """Metrics of the EMA roles against held-out data (``eval`` section settings);
+        training's random stream is left exactly as it was."""
         ec = self.config.eval
-        nfe = nfe or ec.nfe
-        n = min(ec.n_samples, len(self.data.heldout))
-        samples, _ = self.generate(n, nfe, ec.solver, ec.seed)
-        reference = self.data.heldout.x[:n]
-        gen = torch.Generator().manual_seed(ec.seed + 1)
-        metrics = evaluate_samples(samples, reference, dataset=self.data.name, generator=gen)
-        if ec.plots and plot_name:
-            plot_samples(
-                samples,
-                self.out / "plots" / plot_name,
-                reference=reference,
-                spec=self.data.train.spec,
-                title=f"{self.config.method.name} step {self.step}",
-            )
-        return metrics
+        plot = self.out / "plots" / plot_name if ec.plots and plot_name else None
+        return self.evaluator().evaluate(
+            nfe or ec.nfe,
+            solver=ec.solver,
+            n_samples=ec.n_samples,
+            seed=ec.seed,
+            plot=plot,
+            title=f"{self.config.method.name} step {self.step}",
+        )
 
     def final_evaluation(self) -> dict[str, Any]:
         ec = self.config.eval
@@ -393,4 +438,5 @@ def run_training(
     from flowpost.train.config import build_run_config
 
     cfg = config if isinstance(config, RunConfig) else build_run_config(config)
-    return Trainer(cfg, out_dir, progress=progress, load_init=not resume).fit(resume=resume)
+    trainer = Trainer.from_config(cfg, out_dir, progress=progress, load_init=not resume)
+    return trainer.fit(resume=resume)

@@ -448,12 +448,14 @@ def test_trainer_resume_is_exact_with_grad_norm_state(tmp_path) -> None:  # type
         "eval": {"nfe": 2, "n_samples": 100, "plots": False},
     }
     cfg = build_run_config(recipe)
-    Trainer(cfg, tmp_path / "straight", progress=False).fit()
+    Trainer.from_config(cfg, tmp_path / "straight", progress=False).fit()
     ckpts = sorted((tmp_path / "straight" / "checkpoints").iterdir())
     assert len(ckpts) == 2
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     shutil.copytree(ckpts[0], tmp_path / "resumed" / "checkpoints" / ckpts[0].name)
-    Trainer(build_run_config(recipe), tmp_path / "resumed", progress=False).fit(resume=True)
+    Trainer.from_config(build_run_config(recipe), tmp_path / "resumed", progress=False).fit(
+        resume=True
+    )
     a_path = latest_checkpoint(tmp_path / "straight" / "checkpoints")
     b_path = latest_checkpoint(tmp_path / "resumed" / "checkpoints")
     assert a_path is not None and b_path is not None

@@ -149,7 +149,9 @@ def test_user_errors_have_clear_messages(tmp_path) -> None:
             tmp_path / "r3",
         )
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        Trainer(build_run_config(TINY), tmp_path / "fresh", progress=False).fit(resume=True)
+        Trainer.from_config(build_run_config(TINY), tmp_path / "fresh", progress=False).fit(
+            resume=True
+        )
 
 
 def test_resume_from_truncated_checkpoint_is_refused(tmp_path) -> None:
