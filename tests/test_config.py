@@ -95,3 +95,11 @@ def test_scientific_notation_strings_are_numbers() -> None:
     assert from_dict(Outer, {"lr": "1e-4"}).lr == 1e-4
     with pytest.raises(ConfigError, match="lr: expected a number"):
         from_dict(Outer, {"lr": "fast"})
+
+
+@pytest.mark.parametrize("raw", ["nan", ".nan", "inf", "-.inf", "1e999"])
+def test_non_finite_numbers_are_refused_naming_the_key(raw: str) -> None:
+    _, value = parse_override(f"lr={raw}")
+    for data, key in (({"lr": value}, "lr"), ({"maybe": value}, "maybe")):
+        with pytest.raises(ConfigError, match=rf"^{key}: expected a finite number, got"):
+            from_dict(Outer, data)

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,17 @@ def _np(x: ArrayLike) -> np.ndarray:
 
 
 def _save(fig: Any, path: str | Path) -> None:
+    """Save atomically: into a temporary file beside ``path``, then rename over it."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    tmp = p.with_name(f".{p.stem}.tmp-{os.getpid()}{p.suffix}")
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.replace(tmp, p)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _hist_axes(ax: Any, samples: np.ndarray, reference: np.ndarray | None, title: str) -> None:

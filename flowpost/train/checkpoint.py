@@ -5,11 +5,15 @@ A checkpoint is a folder ``checkpoints/step_XXXXXXXX/`` holding
 * ``tensors.safetensors``: the method's modules, the EMA copies, optimiser tensors and
   RNG states, under prefixed names;
 * ``state.json``: step, optimiser hyper-parameters (with each group's ``base_lr``), the
-  method's extra state and the SHA-256 of ``tensors.safetensors``.
+  method's extra state, the SHA-256 of ``tensors.safetensors`` and ``state_sha256``, the
+  SHA-256 of the rest of ``state.json`` itself (canonical JSON), so an edit of either file
+  is refused.
 
 It is written into a hidden temporary folder and renamed into place, so a run killed at any
-moment leaves either a complete checkpoint or none. Loading verifies the checksum before
-parsing and never unpickles anything, so a truncated or tampered file is a clear error.
+moment leaves either a complete checkpoint or none; old checkpoints are renamed away before
+they are deleted, for the same reason. Loading verifies both checksums before parsing and
+never unpickles anything, so a truncated or tampered file is a clear error. A checkpoint
+with a non-finite floating tensor is never written (:class:`NonFiniteCheckpointError`).
 
 Example:
     >>> import tempfile, torch
@@ -45,6 +49,40 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, tampered with or does not fit the run."""
 
 
+class NonFiniteCheckpointError(CheckpointError):
+    """Refused to write a checkpoint holding a NaN or Inf (the run diverged)."""
+
+    def __init__(self, step: int, name: str) -> None:
+        super().__init__(f"tensor '{name}' is not finite at step {step}")
+        self.step = step
+        self.name = name
+
+
+def state_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 of ``state`` (without its ``state_sha256``) as canonical JSON."""
+    body = {k: v for k, v in state.items() if k != "state_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def first_non_finite(tensors: Mapping[str, Tensor]) -> str | None:
+    """The name of the first floating tensor holding a NaN or Inf, or None."""
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
+def _remove_atomically(path: Path) -> None:
+    """Rename ``path`` to a hidden name, then delete it: never a half-deleted checkpoint."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    try:
+        os.replace(path, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -64,16 +102,34 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def checkpoint_dirs(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (temporary folders are ignored)."""
+def _step_of(path: Path) -> int | None:
+    try:
+        return int(path.name[len(PREFIX) :])
+    except ValueError:
+        return None
+
+
+def checkpoint_dirs(root: Path, *, strict: bool = False) -> list[Path]:
+    """Checkpoints under ``root``, oldest first (hidden temporary folders are ignored).
+
+    With ``strict``, a ``step_...`` folder without its state file is an error (it was
+    damaged: checkpoints are only ever renamed into place complete), not skipped.
+    """
     if not root.is_dir():
         return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith(PREFIX) and (p / STATE).exists()
-    ]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+    found = []
+    for p in root.iterdir():
+        if not (p.is_dir() and p.name.startswith(PREFIX)) or _step_of(p) is None:
+            continue
+        if not (p / STATE).exists():
+            if strict:
+                raise CheckpointError(
+                    f"{p}: checkpoint folder without its {STATE} (damaged); delete that "
+                    "folder to use the checkpoint before it"
+                )
+            continue
+        found.append(p)
+    return sorted(found, key=lambda p: _step_of(p) or 0)
 
 
 def save_checkpoint(
@@ -85,7 +141,12 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     """Write checkpoint ``step`` atomically under ``root`` and keep only the last ``keep``."""
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise NonFiniteCheckpointError(step, bad)
     root.mkdir(parents=True, exist_ok=True)
+    for trash in root.glob(".trash-*"):  # what a kill during a deletion left
+        shutil.rmtree(trash, ignore_errors=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".{PREFIX}{step:08d}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -97,6 +158,7 @@ def save_checkpoint(
     meta = dict(state)
     meta["step"] = step
     meta["sha256"] = _sha256(tmp / TENSORS)
+    meta["state_sha256"] = state_digest(meta)
     with (tmp / STATE).open("w") as fh:
         json.dump(meta, fh, indent=1, sort_keys=True)
         fh.flush()
@@ -104,11 +166,11 @@ def save_checkpoint(
     with (tmp / TENSORS).open("rb") as fh:
         os.fsync(fh.fileno())
     if final.exists():
-        shutil.rmtree(final)
+        _remove_atomically(final)
     os.replace(tmp, final)
     _fsync_dir(root)
     for old in checkpoint_dirs(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_atomically(old)
     return final
 
 
@@ -122,6 +184,11 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         state = json.loads(state_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{state_file}: corrupted ({err}); delete this checkpoint") from None
+    if not isinstance(state, dict) or state.get("state_sha256") != state_digest(state):
+        raise CheckpointError(
+            f"{state_file}: checksum mismatch (modified or damaged); delete this checkpoint "
+            "folder to resume from the one before it"
+        )
     expected = state.get("sha256")
     if expected is None or _sha256(tensor_file) != expected:
         raise CheckpointError(
@@ -136,8 +203,9 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint under ``root``, or None."""
-    found = checkpoint_dirs(root)
+    """The newest checkpoint under ``root``, or None; a damaged one (no state file) is an
+    error rather than silently skipped."""
+    found = checkpoint_dirs(root, strict=True)
     return found[-1] if found else None
 
 

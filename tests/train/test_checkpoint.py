@@ -7,6 +7,7 @@ import torch
 
 from flowpost.train.checkpoint import (
     CheckpointError,
+    NonFiniteCheckpointError,
     checkpoint_dirs,
     latest_checkpoint,
     load_checkpoint,
@@ -81,3 +82,52 @@ def test_load_policy_state_prefers_ema(tmp_path) -> None:
     assert load_policy_state(tmp_path)["w"].item() == 1.0
     with pytest.raises(CheckpointError, match="pretrained run not found"):
         load_policy_state(tmp_path / "nope")
+
+
+def test_one_byte_edit_of_the_state_file_is_refused(tmp_path) -> None:
+    path = save_checkpoint(tmp_path, 4, {"a": torch.ones(2)}, {"base_lr": 0.002}, keep=1)
+    text = (path / "state.json").read_text()
+    assert "0.002" in text
+    (path / "state.json").write_text(text.replace("0.002", "0.009", 1))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert "state.json: checksum mismatch" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_non_finite_tensors_are_never_written(tmp_path) -> None:
+    save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, {}, keep=3)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(NonFiniteCheckpointError, match="tensor 'w' is not finite at step 2"):
+            save_checkpoint(tmp_path, 2, {"w": torch.tensor([1.0, bad])}, {}, keep=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000001"]
+    # integer tensors (RNG states) are not checked
+    save_checkpoint(tmp_path, 3, {"rng": torch.zeros(3, dtype=torch.uint8)}, {}, keep=3)
+
+
+def test_checkpoint_folder_without_its_state_file_is_an_error(tmp_path) -> None:
+    save_checkpoint(tmp_path, 1, {"w": torch.ones(2)}, {}, keep=3)
+    damaged = save_checkpoint(tmp_path, 2, {"w": torch.ones(2)}, {}, keep=3)
+    (damaged / "state.json").unlink()
+    with pytest.raises(CheckpointError, match=r"step_00000002: checkpoint folder without its"):
+        latest_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+        load_checkpoint(damaged)
+
+
+def test_pruning_and_rewriting_never_leave_half_deleted_checkpoints(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, {"w": torch.ones(2)}, {}, keep=2)
+
+    def killed(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt  # a kill while the old checkpoint is being deleted
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 3, {"w": torch.ones(2)}, {}, keep=2)
+    monkeypatch.undo()
+    assert [p.name for p in checkpoint_dirs(tmp_path, strict=True)] == [
+        "step_00000002",
+        "step_00000003",
+    ]
