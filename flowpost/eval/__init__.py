@@ -4,7 +4,7 @@ Example:
     >>> import torch
     >>> x = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
     >>> sorted(evaluate_samples(x, x))
-    ['energy', 'mmd', 'sliced_w2', 'w2']
+    ['coverage', 'density', 'energy', 'mmd', 'precision', 'recall', 'sliced_w2', 'w2']
 """
 
 from flowpost.eval.evaluate import evaluate_samples, plot_samples

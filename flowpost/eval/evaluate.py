@@ -9,8 +9,16 @@
   :func:`_fit_modes`) add ``mode_coverage`` (fraction of modes holding at least a quarter
   of their target weight), ``mode_tv`` (total variation between the sample and target
   mode weights, the unassigned mass counted as error), ``unassigned`` (fraction between modes),
-  ``mode_std_ratio`` (mean over covered modes of the within-mode std divided by the
-  target's) and ``mode_weight_<k>``;
+  ``between_modes`` (fraction farther than 3 target standard deviations from every mode),
+  ``mode_spread`` (median over the covered modes of the robust within-mode std,
+  :func:`~flowpost.eval.metrics.robust_mode_spread`), ``mode_spread_ratio`` (median over
+  the covered modes of that spread divided by the reference's, 1 when the spread is kept,
+  well below 1 for collapsed modes even when bridges join them), ``mode_spread_min`` and
+  ``mode_weight_<k>``;
+* every data type adds ``density``, ``coverage``, ``precision`` and ``recall``
+  (:func:`~flowpost.eval.metrics.knn_precision_recall`, k = 5, on at most 2000 samples per
+  side; for images in the shipped classifier's features when there is one, else in pixels):
+  a fidelity/diversity pair that needs no modes;
 * images (n, C, H, W): ``sliced_w2`` on pixels, and for ``digits`` / ``mnist5k`` (and their
   variants) ``frechet`` in the shipped classifier's features, ``confidence`` (fraction
   classified with probability > 0.9), ``class_tv`` (total variation between the predicted
@@ -41,21 +49,27 @@ from flowpost.eval.features import (
     SHIPPED,
     base_dataset,
     classifier_confidence,
+    classifier_features,
     frechet_in_features,
     load_feature_classifier,
 )
 from flowpost.eval.metrics import (
+    between_modes,
     energy_distance,
+    knn_precision_recall,
     mmd,
     mode_weights,
+    robust_mode_spread,
     sliced_w2,
     w2,
-    within_mode_std,
 )
 from flowpost.eval.plots import plot_hist_1d, plot_image_grid, plot_scatter_2d
 
 MAX_W2_SAMPLES = 2000
 MAX_KERNEL_SAMPLES = 2000
+KNN_K = 5
+# the core of a mode: within this many target standard deviations of its center
+CORE_STDS = 3.0
 # a reference with more mass than this between a candidate's modes is not that candidate
 _REFERENCE_UNASSIGNED_LIMIT = 0.05
 _DEFAULT_GEOMETRIC = ("rotate", "shift", "scale")
@@ -108,16 +122,32 @@ def _mode_metrics(x: Tensor, ref: Tensor, dataset: str) -> dict[str, float]:
     info, target = fitted
     weights, unassigned = mode_weights(x, info.centers, info.radius)
     covered = weights >= 0.25 * target
-    stds = within_mode_std(x, info.centers, info.radius)
-    ok = covered & ~torch.isnan(stds)
+    spread = robust_mode_spread(x, info.centers, info.radius)
+    ref_spread = robust_mode_spread(ref, info.centers, info.radius)
+    ok = covered & ~torch.isnan(spread) & (ref_spread > 0)
+    ratio = spread[ok] / ref_spread[ok]
     out = {
         "mode_coverage": float(covered.double().mean()),
         "mode_tv": 0.5 * (float((weights - target).abs().sum()) + unassigned),
         "unassigned": unassigned,
-        "mode_std_ratio": float((stds[ok] / info.std).mean()) if bool(ok.any()) else 0.0,
+        "between_modes": between_modes(x, info.centers, CORE_STDS * info.std),
+        "mode_spread": float(spread[ok].median()) if bool(ok.any()) else 0.0,
+        "mode_spread_ratio": float(_median(ratio)) if bool(ok.any()) else 0.0,
+        "mode_spread_min": float(ratio.min()) if bool(ok.any()) else 0.0,
     }
     out.update({f"mode_weight_{k}": float(w) for k, w in enumerate(weights)})
     return out
+
+
+def _median(v: Tensor) -> Tensor:
+    s = v.sort().values
+    return 0.5 * (s[(s.numel() - 1) // 2] + s[s.numel() // 2])
+
+
+def _knn_metrics(x: Tensor, ref: Tensor) -> dict[str, float]:
+    if min(x.shape[0], ref.shape[0]) <= KNN_K:
+        return {}
+    return knn_precision_recall(x[:MAX_KERNEL_SAMPLES], ref[:MAX_KERNEL_SAMPLES], k=KNN_K)
 
 
 def _image_metrics(x: Tensor, ref: Tensor, dataset: str) -> dict[str, float]:
@@ -128,6 +158,7 @@ def _image_metrics(x: Tensor, ref: Tensor, dataset: str) -> dict[str, float]:
     if tuple(x.shape[1:]) != net.spec.shape:
         return {}
     out = {"frechet": frechet_in_features(x, ref, key)} if min(len(x), len(ref)) >= 2 else {}
+    out.update(_knn_metrics(classifier_features(x, key), classifier_features(ref, key)))
     conf = classifier_confidence(x, key)
     ref_hist = classifier_confidence(ref, key).histogram
     k = conf.histogram.shape[0]
@@ -164,8 +195,11 @@ def evaluate_samples(
     out: dict[str, float] = {}
     if x.ndim == 4:
         out["sliced_w2"] = sliced_w2(x, ref)
-        if dataset is not None:
-            out.update(_image_metrics(x, ref, dataset))
+        image = _image_metrics(x, ref, dataset) if dataset is not None else {}
+        if "density" not in image:  # no shipped feature classifier: k-NN in pixels
+            xs = _subsample(x, MAX_KERNEL_SAMPLES, generator).flatten(1)
+            out.update(_knn_metrics(xs, _subsample(ref, MAX_KERNEL_SAMPLES, generator).flatten(1)))
+        out.update(image)
         return out
     xs = _subsample(x, MAX_W2_SAMPLES, generator)
     rs = _subsample(ref, MAX_W2_SAMPLES, generator)
@@ -174,6 +208,7 @@ def evaluate_samples(
     xk, rk = xs[:MAX_KERNEL_SAMPLES], rs[:MAX_KERNEL_SAMPLES]
     out["mmd"] = mmd(xk, rk)
     out["energy"] = energy_distance(xk, rk)
+    out.update(_knn_metrics(xk.reshape(xk.shape[0], -1), rk.reshape(rk.shape[0], -1)))
     if dataset is not None and base_dataset(dataset) in MIXTURES:
         if x.reshape(x.shape[0], -1).shape[1] == mode_info(base_dataset(dataset)).centers.shape[1]:
             out.update(_mode_metrics(x, ref, dataset))

@@ -20,9 +20,16 @@ def test_vectors_keys_and_ranking():
     bad = good + 0.5
     m_good = evaluate_samples(good, ref, generator=g(2))
     m_bad = evaluate_samples(bad, ref, generator=g(2))
-    assert set(m_good) == {"w2", "sliced_w2", "mmd", "energy"}
-    for k in m_good:
+    assert set(m_good) == {"w2", "sliced_w2", "mmd", "energy"} | {
+        "density",
+        "coverage",
+        "precision",
+        "recall",
+    }
+    for k in ("w2", "sliced_w2", "mmd", "energy"):  # distances: lower is better
         assert m_bad[k] > 3 * m_good[k], k
+    for k in ("density", "coverage", "precision", "recall"):  # higher is better
+        assert m_good[k] > 0.9 and m_bad[k] < 0.5, k
     # the exact W2 of a pure shift of the same samples is the shift norm
     assert evaluate_samples(good + 0.5, good)["w2"] == pytest.approx(0.5 * np.sqrt(2), rel=1e-4)
 
@@ -51,7 +58,7 @@ def test_mixture_mode_metrics_detect_dropped_mode():
     x = sample_toy("mixture1d", 1000, g(1))
     full = evaluate_samples(x, ref, dataset="mixture1d")
     assert full["mode_coverage"] == 1.0 and full["unassigned"] == 0.0
-    assert full["mode_tv"] < 0.05 and abs(full["mode_std_ratio"] - 1) < 0.1
+    assert full["mode_tv"] < 0.05 and abs(full["mode_spread_ratio"] - 1) < 0.1
     dropped = x[x[:, 0] < 1.0]  # lose the mode at 1.5
     m = evaluate_samples(dropped, ref, dataset="mixture1d")
     assert m["mode_coverage"] == 0.75 and m["mode_weight_3"] == 0.0
@@ -59,7 +66,7 @@ def test_mixture_mode_metrics_detect_dropped_mode():
     blurred = evaluate_samples(
         x + 0.2 * torch.randn(1000, 1, generator=g(3)), ref, dataset="mixture1d"
     )
-    assert blurred["mode_std_ratio"] > 2.5 and blurred["mode_coverage"] == 1.0
+    assert blurred["mode_spread_ratio"] > 2.5 and blurred["mode_coverage"] == 1.0
 
 
 def test_transformed_mixture_uses_transformed_modes():
@@ -86,6 +93,29 @@ def test_transformed_mixture_uses_transformed_modes():
     assert evaluate_samples(unb, unb_ref, dataset="8gaussians")["mode_tv"] < 0.1
 
 
+def test_collapsed_clumps_with_bridges_are_caught_where_w2_is_fooled():
+    """The failure the old within-mode std missed: FAIL-PD's 2-step demo samples were tight
+    clumps (std ~0.03 against the target's 0.10) joined by bridges, with W2 at the floor."""
+    info = mode_info("8gaussians", "rotate")
+    ref = sample_toy("8gaussians", 2000, g(0), transform="rotate")
+    fresh = evaluate_samples(sample_toy("8gaussians", 2000, g(1), transform="rotate"), ref,
+                             dataset="8gaussians@rotate")  # fmt: skip
+    n, nb = 2000, 240  # 12% of the mass on bridges between neighbouring modes
+    clumps = info.centers[torch.randint(0, 8, (n - nb,), generator=g(2))]
+    clumps = clumps + 0.03 * torch.randn(n - nb, 2, generator=g(3))
+    j, u = torch.randint(0, 8, (nb,), generator=g(4)), torch.rand(nb, 1, generator=g(5))
+    bridges = info.centers[j] * (1 - u) + info.centers[(j + 1) % 8] * u
+    collapsed = evaluate_samples(torch.cat([clumps, bridges]), ref, dataset="8gaussians@rotate")
+    # the distances cannot tell: W2 is no worse than that of a fresh target sample set
+    assert collapsed["w2"] < fresh["w2"] + 0.02 and collapsed["mode_coverage"] == 1.0
+    # the diversity metrics can
+    assert fresh["mode_spread_ratio"] == pytest.approx(1.0, abs=0.1)
+    assert collapsed["mode_spread_ratio"] < 0.45 and collapsed["mode_spread"] < 0.045
+    assert fresh["between_modes"] < 0.02 and collapsed["between_modes"] > 0.04
+    assert fresh["coverage"] > 0.93 and collapsed["coverage"] < 0.6
+    assert collapsed["recall"] < 0.8 < fresh["recall"]
+
+
 def test_images_metrics():
     train, held = load_image_dataset("digits")
     real = evaluate_samples(held.x, train.x[:500], dataset="digits")
@@ -97,7 +127,10 @@ def test_images_metrics():
     ones = evaluate_samples(held.x[held.cond == 1], train.x[:500], dataset="digits")
     assert ones["classes_covered"] < 0.2 and ones["class_tv"] > 0.8
     # without a dataset name only pixel metrics are reported
-    assert set(evaluate_samples(held.x, train.x[:500])) == {"sliced_w2"}
+    assert set(evaluate_samples(held.x, train.x[:500])) == {
+        "sliced_w2", "density", "coverage", "precision", "recall"
+    }  # fmt: skip
+    assert real["coverage"] > 0.8 and ones["coverage"] < 0.3
 
 
 def test_errors():

@@ -8,12 +8,15 @@ import scipy.linalg
 import torch
 
 from flowpost.eval.metrics import (
+    between_modes,
     energy_distance,
     frechet_distance,
     gaussian_w2,
+    knn_precision_recall,
     mean_cov,
     mmd,
     mode_weights,
+    robust_mode_spread,
     sliced_w2,
     w2,
     within_mode_std,
@@ -114,6 +117,45 @@ def test_mode_weights_and_std():
     s = within_mode_std(pts, centers, 0.9)
     assert s.tolist() == pytest.approx([0.1, 0.2], rel=0.1)
     assert torch.isnan(within_mode_std(pts[:500], centers, 0.9)[1])
+
+
+def test_robust_mode_spread_estimates_std_and_ignores_bridges():
+    centers = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
+    pts = torch.cat([centers[0] + 0.1 * randn(2000, 2), centers[1] + 0.2 * randn(2000, 2, seed=1)])
+    assert robust_mode_spread(pts, centers, 0.99).tolist() == pytest.approx([0.1, 0.2], rel=0.08)
+    # tight clumps (std 0.02) plus 20% of the mass on the bridge between them: the plain std
+    # over the assignment radius is inflated several-fold, the robust spread stays near 0.02
+    clumps = torch.cat([centers[0] + 0.02 * randn(800, 2), centers[1] + 0.02 * randn(800, 2)])
+    u = torch.rand(400, 1, generator=torch.Generator().manual_seed(3))
+    bridge = torch.cat([2 * u - 1, 0.02 * randn(400, 1, seed=4)], dim=1)
+    x = torch.cat([clumps, bridge])
+    assert within_mode_std(x, centers, 0.99).min() > 0.1
+    assert robust_mode_spread(x, centers, 0.99).max() < 0.035
+    assert torch.isnan(robust_mode_spread(centers[:1], centers, 0.5)).all()
+
+
+def test_between_modes_counts_mass_outside_the_cores():
+    centers = torch.tensor([[0.0], [2.0]])
+    x = torch.tensor([[0.0], [0.29], [0.31], [1.0], [2.2]])
+    assert between_modes(x, centers, 0.3) == pytest.approx(0.4)
+
+
+def test_knn_precision_recall_detects_collapse_and_spread():
+    ref, same = randn(1500, 2), randn(1500, 2, seed=1)
+    m = knn_precision_recall(same, ref)
+    assert 0.9 < m["density"] < 1.1 and m["coverage"] > 0.93
+    assert m["precision"] > 0.95 and m["recall"] > 0.95
+    # collapse to a third of the spread: high fidelity, low diversity
+    tight = knn_precision_recall(0.33 * same, ref)
+    assert tight["precision"] > 0.95 and tight["density"] > 0.9
+    assert tight["coverage"] < 0.5 and tight["recall"] < 0.7
+    # over-dispersed: the fidelity drops; recall, unlike coverage, is inflated by the wide
+    # sample balls (the reason to read coverage)
+    wide = knn_precision_recall(3.0 * same, ref)
+    assert wide["density"] < 0.6 and wide["precision"] < 0.75 and wide["coverage"] < 0.75
+    assert wide["recall"] > 0.95
+    with pytest.raises(ValueError, match="more than 5 samples"):
+        knn_precision_recall(ref[:5], ref)
 
 
 def test_frechet_distance_properties():
