@@ -46,7 +46,7 @@ class Evaluator:
         >>> x.shape, torch.equal(x, ev.sample(10, nfe=4, seed=3))
         (torch.Size([10, 2]), True)
         >>> sorted(ev.evaluate(nfe=4, n_samples=50))
-        ['energy', 'mmd', 'sliced_w2', 'w2']
+        ['coverage', 'density', 'energy', 'mmd', 'precision', 'recall', 'sliced_w2', 'w2']
     """
 
     def __init__(

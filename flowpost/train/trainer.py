@@ -119,8 +119,8 @@ class Trainer:
         >>> data = load_data(DataConfig(name="moons", n_train=64, n_heldout=50))
         >>> method = FlowMatching(FlowMatchingConfig(), data.spec, NetConfig(hidden=16))
         >>> trainer = Trainer(method, data, cfg, tempfile.mkdtemp(), progress=False)
-        >>> trainer.fit()["step"], sorted(trainer.evaluate(nfe=2))[:2]
-        (3, ['energy', 'mmd'])
+        >>> trainer.fit()["step"], "w2" in trainer.evaluate(nfe=2)
+        (3, True)
     """
 
     def __init__(
