@@ -150,11 +150,27 @@ def load_data(cfg: DataConfig) -> DataSplit:
             full = load_array_file(cfg.path)
         else:
             full = load_image_folder(cfg.path, image_size=cfg.image_size)
-        train, heldout = _split_file(full, cfg.heldout_fraction, cfg.seed)
+        return split_arrays(full, cfg)
     train = _subset(train, cfg.n_train, cfg.seed)
     if not cfg.labels:
         train, heldout = _drop_labels(train), _drop_labels(heldout)
     return DataSplit(train, heldout, key)
 
 
-__all__ = ["DATASETS", "DataConfig", "DataSplit", "load_data"]
+def split_arrays(full: ArrayData, cfg: DataConfig) -> DataSplit:
+    """The train / held-out split of in-memory samples, exactly as :func:`load_data` splits a
+    file or folder of them (``heldout_fraction``, ``seed``, ``n_train``, ``labels``).
+
+    Example:
+        >>> split = split_arrays(ArrayData(torch.randn(10, 2)), DataConfig(name="file"))
+        >>> len(split.train), len(split.heldout)
+        (8, 2)
+    """
+    train, heldout = _split_file(full, cfg.heldout_fraction, cfg.seed)
+    train = _subset(train, cfg.n_train, cfg.seed)
+    if not cfg.labels:
+        train, heldout = _drop_labels(train), _drop_labels(heldout)
+    return DataSplit(train, heldout, cfg.name)
+
+
+__all__ = ["DATASETS", "DataConfig", "DataSplit", "load_data", "split_arrays"]

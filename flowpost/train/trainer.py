@@ -54,6 +54,7 @@ from flowpost.train.checkpoint import (
 from flowpost.train.config import RunConfig, run_config_to_dict
 from flowpost.train.ema import EMA
 from flowpost.train.logger import ProgressBar, RunLogger
+from flowpost.train.runfolder import atomic_write_bytes
 from flowpost.train.updater import NonFiniteLossError, OptimizerUpdater
 
 
@@ -101,7 +102,9 @@ class Trainer:
     ``config`` is the whole run config: the trainer follows its ``train`` and ``eval``
     sections and records it (with the method's own config) in ``config.yaml`` and in every
     checkpoint. ``meta`` holds extra JSON facts recorded in each checkpoint beside the data
-    spec (:func:`flowpost.fit` notes a user's own network there). The caller seeds the
+    spec (:func:`flowpost.fit` notes a user's own network there); ``files`` (name -> bytes)
+    are written into the run folder when a run starts (``fit`` stores a user's tensor data
+    there, which the recorded config points to). The caller seeds the
     global generators before building the method (:func:`seed_everything`); the trainer
     continues that stream.
 
@@ -132,11 +135,13 @@ class Trainer:
         *,
         progress: bool = True,
         meta: Mapping[str, Any] | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> None:
         self.config = dataclasses.replace(config, method=method.config)
         self.out = Path(out_dir)
         self.progress_enabled = progress
         self.meta = dict(meta or {})
+        self.files = dict(files or {})
         tc = config.train
         self.accelerator = Accelerator(
             mixed_precision="no" if tc.precision == "fp32" else tc.precision,
@@ -361,8 +366,13 @@ class Trainer:
             self.restore(found)
         self._distribute()
         if self.accelerator.is_main_process:
+            if not resume:
+                for name, blob in self.files.items():
+                    atomic_write_bytes(self.out / name, blob)
+            # what the config cannot say (a user's own network) is noted as comments
+            notes = "".join(f"# {key}: {json.dumps(value)}\n" for key, value in self.meta.items())
             (self.out / "config.yaml").write_text(
-                yaml.safe_dump(run_config_to_dict(self.config), sort_keys=False)
+                notes + yaml.safe_dump(run_config_to_dict(self.config), sort_keys=False)
             )
         main = self.accelerator.is_main_process
         logger = RunLogger(self.out, resume_step=self.step if resume else 0) if main else None

@@ -86,3 +86,17 @@ def test_package_doctest():
 
     result = doctest.testmod(package)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_split_arrays_equals_loading_the_same_samples_from_a_file(tmp_path):
+    from flowpost.data.base import ArrayData
+    from flowpost.data.registry import split_arrays
+
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(50) % 4
+    np.savez(tmp_path / "d.npz", x=x.numpy(), labels=labels.numpy())
+    cfg = DataConfig(name="file", path=str(tmp_path / "d.npz"), n_train=30, seed=3)
+    loaded, direct = load_data(cfg), split_arrays(ArrayData(x, labels), cfg)
+    for a, b in ((loaded.train, direct.train), (loaded.heldout, direct.heldout)):
+        assert torch.equal(a.x, b.x) and torch.equal(a.cond, b.cond)
+    assert len(direct.train) == 30 and len(direct.heldout) == 10 and direct.name == "file"

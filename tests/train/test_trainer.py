@@ -193,3 +193,25 @@ def test_sft_from_pretrained_run_moves_toward_target(tmp_path) -> None:
     )
     assert before["w2"] > 0.6  # the pretrained model sits a whole shift away
     assert after["w2"] < 0.5 * before["w2"]
+
+
+def test_trainer_from_objects_records_spec_meta_and_files(tmp_path) -> None:
+    from flowpost.data import DataConfig, load_data
+    from flowpost.methods.base import get_method_class
+
+    cfg = build_run_config({**TINY, "train": {"steps": 2, "batch_size": 16}})
+    data = load_data(DataConfig(name="moons", n_train=64, n_heldout=50))
+    method = get_method_class("flow_matching")(cfg.method, data.spec, cfg.model)
+    meta = {"model": {"user": "mine.Net"}}
+    trainer = Trainer(method, data, cfg, tmp_path, progress=False, meta=meta, files={"a.bin": b"x"})
+    trainer.fit()
+    assert (tmp_path / "a.bin").read_bytes() == b"x"
+    assert (tmp_path / "config.yaml").read_text().startswith('# model: {"user": "mine.Net"}')
+    _, state = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
+    assert state["run"] == {
+        "data": {"shape": [2], "num_classes": None, "name": "moons"},
+        "model": {"user": "mine.Net"},
+    }
+    wrong = load_data(DataConfig(name="mixture1d", n_train=8, n_heldout=8))
+    with pytest.raises(ValueError, match="does not match the method's"):
+        Trainer(method, wrong, cfg, tmp_path / "x", progress=False)
