@@ -177,15 +177,15 @@ def toy1d_setup(args: argparse.Namespace, lambda_ot: float) -> tuple[AFConfig, N
         arch="mlp", hidden=args.width, depth=args.depth, input_encoding=args.encoding
     )
     cfg = AFConfig(
-        steps=1,
-        lambda_ot=lambda_ot,
-        lambda_gp=args.gp,
-        lambda_cp=0.01,
+        nfe=1,
+        ot_weight=lambda_ot,
+        gp_weight=args.gp,
+        cp_weight=0.01,
         lr=args.lr,
         discriminator=disc,
         grad_norm=not args.no_grad_norm,
         real_noise=args.real_noise,
-        d_updates=args.d_updates,
+        disc_steps=args.d_updates,
     )
     return cfg, net
 
@@ -343,13 +343,13 @@ def exp_nfe(args: argparse.Namespace) -> None:
         table["flow_matching"][nfe] = w2(euler(fm, z, nfe), ref)
     for k in (1, 2, 4):
         cfg = AFConfig(
-            steps=k,
-            lambda_ot=args.lambda_ot,
-            lambda_gp=args.gp,
+            nfe=k,
+            ot_weight=args.lambda_ot,
+            gp_weight=args.gp,
             lr=args.lr,
             discriminator=disc,
             grad_norm=not args.no_grad_norm,
-            d_updates=args.d_updates,
+            disc_steps=args.d_updates,
         )
         method, gen, _ = train_af(
             cfg, net, spec, sample, steps=args.steps, batch=args.batch, seed=args.seed
@@ -431,12 +431,12 @@ def exp_digits(args: argparse.Namespace) -> None:
             grids[f"flow matching, {nfe} Euler step{'s' if nfe > 1 else ''}"] = x[:64]
     for k in (1, 2):
         cfg = AFConfig(
-            steps=k,
-            lambda_ot=args.lambda_ot,
-            lambda_gp=args.gp,
+            nfe=k,
+            ot_weight=args.lambda_ot,
+            gp_weight=args.gp,
             lr=args.lr,
             discriminator=disc,
-            d_updates=args.d_updates,
+            disc_steps=args.d_updates,
         )
         method, gen, _ = train_af(
             cfg, net, spec, sample, steps=args.steps, batch=args.batch, seed=args.seed
@@ -477,7 +477,7 @@ def exp_throughput(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     spec = DataSpec((2,))
     net = NetConfig(arch="mlp", hidden=args.width, depth=args.depth)
-    method = AdversarialFlow(AFConfig(steps=1), spec, net).eval()
+    method = AdversarialFlow(AFConfig(nfe=1), spec, net).eval()
     gen = method.generator
     z = torch.randn(args.batch, 2)
     t0, t1 = torch.zeros(args.batch), torch.ones(args.batch)

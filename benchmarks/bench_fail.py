@@ -97,7 +97,7 @@ def fail_method(**overrides: Any) -> dict[str, Any]:
     """FAIL-PD settings used for the toys (larger learning rates than the FLUX-scale defaults)."""
     method: dict[str, Any] = {
         "name": "fail", "nfe": 4, "pd_estimator": "local", "disc_lr": 1e-3,
-        "disc_betas": [0.5, 0.9], "r1_weight": 1.0, "disc_warmup_steps": 50,
+        "disc_betas": [0.5, 0.9], "gp_weight": 1.0, "disc_warmup_steps": 50,
         "discriminator": DISC,
     }  # fmt: skip
     method.update(overrides)
@@ -232,7 +232,7 @@ def _trained_pair(work: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
     from flowpost.data.base import DataSpec
     from flowpost.data.toys import sample_toy
     from flowpost.flows.solvers import sample
-    from flowpost.methods.fail import discriminator_loss
+    from flowpost.methods.components.adversarial import discriminator_loss
     from flowpost.nets.config import DiscriminatorConfig, NetConfig
     from flowpost.nets.factory import build_discriminator, build_velocity_net
     from flowpost.train.checkpoint import load_policy_state
@@ -270,12 +270,9 @@ class _SavedBytes:
 
 
 def cmd_estimators(args: argparse.Namespace) -> None:
-    from flowpost.methods.fail import (
-        adversarial_policy_loss,
-        local_pd_points,
-        pathwise_sample,
-        solver_grid,
-    )
+    from flowpost.methods.components.adversarial import adversarial_policy_loss
+    from flowpost.methods.components.common import solver_grid
+    from flowpost.methods.components.pathwise import local_pd_points, pathwise_sample
 
     torch.set_num_threads(1)
     work = Path(args.workdir)
@@ -355,8 +352,8 @@ def cmd_stability(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             extra: dict[str, Any] = {"variant": variant}
             if variant == "pg":
-                extra.update({"group_size": 8, "mc_draws": 8, "clip_eps": 0.2, "beta": 0.05,
-                              "ppo_epochs": args.ppo_epochs})  # fmt: skip
+                extra.update({"pg_group_size": 8, "pg_draws": 8, "pg_clip": 0.2, "ref_weight": 0.05,
+                              "pg_epochs": args.ppo_epochs})  # fmt: skip
             cfg = {
                 "init_from": str(pre),
                 "data": {**TARGET, "n_train": 256, "n_heldout": 2000, "seed": seed},

@@ -150,6 +150,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
     unknown = [k for k in data if k not in fields]
     if unknown:
         where = f"{prefix}." if prefix else ""
+        renamed: Mapping[str, str] = getattr(cls, "renamed_keys", {})
+        if unknown[0] in renamed:
+            raise ConfigError(
+                f"'{where}{unknown[0]}' was renamed to '{where}{renamed[unknown[0]]}' "
+                "(see docs/methods/config.md)"
+            )
         raise ConfigError(f"unknown key '{where}{unknown[0]}' (known: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, value in data.items():

@@ -36,7 +36,7 @@ def _finetune_methods() -> dict[str, dict[str, Any]]:
         "pd_estimator": "local",
         "disc_lr": 1e-3,  # the published 2e-6 is for FLUX at 512 px
         "disc_betas": [0.5, 0.9],
-        "r1_weight": 1.0,
+        "gp_weight": 1.0,
         "discriminator": {"hidden": 128, "depth": 2},
         "cold_start_steps": 0,
         "disc_warmup_steps": 50,

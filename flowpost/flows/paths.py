@@ -3,6 +3,11 @@
 A path gives, for a pair ``(x0, x1)`` and a time ``t``, the point ``x_t`` and the conditional
 target velocity ``u_t(x_t | x0, x1)`` that flow matching regresses ``v(x_t, t)`` onto.
 
+Every path implements the small :class:`ProbabilityPath` interface: :meth:`~ProbabilityPath.sample`
+(point and target velocity), :meth:`~ProbabilityPath.interpolate` (the mean point
+``(1 - t) x0 + t x1``) and :meth:`~ProbabilityPath.recover_x1` (its inverse in ``x1``). Methods
+interpolate through these, never by writing the formula out.
+
 * :class:`LinearPath`: ``x_t = (1 - t) x0 + t x1``, ``u = x1 - x0``.
 * :class:`StochasticBridge`: the Brownian-bridge path
   ``x_t = (1 - t) x0 + t x1 + sigma sqrt(t (1 - t)) eps`` with ``eps ~ N(0, I)`` and
@@ -21,12 +26,21 @@ target velocity ``u_t(x_t | x0, x1)`` that flow matching regresses ``v(x_t, t)``
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["PathSample", "LinearPath", "StochasticBridge", "expand_like"]
+__all__ = [
+    "PathSample",
+    "ProbabilityPath",
+    "LinearPath",
+    "StochasticBridge",
+    "expand_like",
+    "interpolate",
+    "recover_x1",
+]
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,49 @@ def expand_like(t: Tensor, x: Tensor) -> Tensor:
     return t.reshape(t.shape[0], *([1] * (x.dim() - 1)))
 
 
+def interpolate(x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+    """The straight line ``(1 - t) x0 + t x1`` at per-sample times ``t`` ``(B,)``.
+
+    Written with both weights, so ``t = 0`` gives ``x0`` and ``t = 1`` gives ``x1`` exactly.
+
+    >>> interpolate(torch.zeros(2, 2), torch.ones(2, 2), torch.tensor([0.25, 1.0])).tolist()
+    [[0.25, 0.25], [1.0, 1.0]]
+    """
+    te = expand_like(t, x1).to(x1.dtype)
+    return (1 - te) * x0 + te * x1
+
+
+def recover_x1(x_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+    """The end point ``x1 = (x_t - (1 - t) x0) / t`` of the straight line through ``x0`` and
+    ``x_t``; ``t`` ``(B,)`` must be away from 0 (clamp it first).
+
+    >>> recover_x1(torch.full((1, 2), 0.5), torch.zeros(1, 2), torch.tensor([0.25])).tolist()
+    [[2.0, 2.0]]
+    """
+    te = expand_like(t, x0).to(x0.dtype)
+    return (x_t - (1 - te) * x0) / te
+
+
+class ProbabilityPath(ABC):
+    """A path from ``x0`` (t = 0) to ``x1`` (t = 1): the interface methods program against.
+
+    Subclasses implement :meth:`sample`; the mean point and its inverse are the straight line
+    ``(1 - t) x0 + t x1`` of every path here (a stochastic path adds zero-mean noise to it).
+    """
+
+    @abstractmethod
+    def sample(self, x0: Tensor, x1: Tensor, t: Tensor) -> PathSample:
+        """Point ``x_t`` and target velocity ``u_t(x_t | x0, x1)`` at times ``t`` ``(B,)``."""
+
+    def interpolate(self, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
+        """The mean point of the path at ``t``: ``(1 - t) x0 + t x1``."""
+        return interpolate(x0, x1, t)
+
+    def recover_x1(self, x_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+        """Invert :meth:`interpolate` for ``x1`` (``t`` away from 0)."""
+        return recover_x1(x_t, x0, t)
+
+
 def _check(x0: Tensor, x1: Tensor, t: Tensor) -> None:
     if x0.shape != x1.shape:
         raise ValueError(
@@ -67,7 +124,7 @@ def _check(x0: Tensor, x1: Tensor, t: Tensor) -> None:
         )
 
 
-class LinearPath:
+class LinearPath(ProbabilityPath):
     """The straight (rectified / conditional-OT) path ``x_t = (1 - t) x0 + t x1``, ``u = x1 - x0``.
 
     >>> path = LinearPath()
@@ -80,12 +137,10 @@ class LinearPath:
     def sample(self, x0: Tensor, x1: Tensor, t: Tensor) -> PathSample:
         """Point and target velocity at times ``t`` ``(B,)`` for the pairs ``(x0, x1)``."""
         _check(x0, x1, t)
-        te = expand_like(t, x1).to(x1.dtype)
-        x_t = x0 + te * (x1 - x0)
-        return PathSample(x0=x0, x1=x1, t=t, x_t=x_t, velocity=x1 - x0)
+        return PathSample(x0=x0, x1=x1, t=t, x_t=interpolate(x0, x1, t), velocity=x1 - x0)
 
 
-class StochasticBridge:
+class StochasticBridge(ProbabilityPath):
     """Brownian bridge ``x_t = (1-t) x0 + t x1 + sigma sqrt(t(1-t)) eps`` (see the module doc).
 
     Its target velocity is ``u = x1 - x0 + sigma (1 - 2t) / (2 sqrt(t (1 - t))) eps`` with the
@@ -133,7 +188,7 @@ class StochasticBridge:
                 f"noise must have the shape of x1 {tuple(x1.shape)}, got {tuple(noise.shape)}"
             )
         te = expand_like(t, x1).to(x1.dtype)
-        x_t = x0 + te * (x1 - x0) + self.std(te) * noise
+        x_t = interpolate(x0, x1, t) + self.std(te) * noise
         tc = te.clamp(self.t_min, 1 - self.t_min)
         coef = self.sigma * (1 - 2 * tc) / (2 * (tc * (1 - tc)).sqrt())
         velocity = x1 - x0 + coef * noise

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from flowpost.flows import random
 from flowpost.flows.paths import expand_like
-from flowpost.flows.solvers import Trajectory, VelocityField, _check_state, _grid_values
+from flowpost.flows.solvers import Trajectory, VelocityField, check_state, grid_values
 
 __all__ = ["SDEResult", "euler_maruyama", "gaussian_log_prob", "transition_log_prob"]
 
@@ -96,8 +97,8 @@ def euler_maruyama(
     >>> r.x.tolist(), r.log_prob.tolist()
     ([[1.0], [1.0]], [[0.0, 0.0], [0.0, 0.0]])
     """
-    _check_state(x)
-    ts = _grid_values(grid)
+    check_state(x)
+    ts = grid_values(grid)
     sig: Callable[[float], float] = sigma if callable(sigma) else (lambda _t: float(sigma))
     b = x.shape[0]
     n = x[0].numel()
@@ -117,7 +118,10 @@ def euler_maruyama(
                 log_probs.append(x.new_zeros(b))
             else:
                 std = s * math.sqrt(abs(dt))
-                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                if generator is None:  # per-sample draws, shard-invariant (flows.random)
+                    z = random.randn_like(x)
+                else:
+                    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 x = mean + std * z
                 # (x - mean) / std is exactly z: use it rather than re-deriving it from x.
                 log_std = torch.as_tensor(std, dtype=x.dtype, device=x.device).log()
@@ -150,7 +154,7 @@ def transition_log_prob(
     >>> torch.allclose(lp, r.log_prob, atol=1e-5)
     True
     """
-    ts = _grid_values(trajectory.times)
+    ts = grid_values(trajectory.times)
     sig: Callable[[float], float] = sigma if callable(sigma) else (lambda _t: float(sigma))
     states = trajectory.states
     b = states.shape[1]

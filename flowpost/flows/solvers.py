@@ -130,7 +130,12 @@ def _rk4(f: VelocityField, x: Tensor, c: Tensor | None, h: float,
 _STEPS = {"euler": _euler, "midpoint": _midpoint, "heun": _heun, "rk4": _rk4}
 
 
-def _grid_values(grid: Tensor) -> list[float]:
+def grid_values(grid: Tensor) -> list[float]:
+    """The times of a 1-D, strictly monotone, finite ``grid`` as floats (checked).
+
+    >>> grid_values(torch.tensor([0.0, 0.5, 1.0]))
+    [0.0, 0.5, 1.0]
+    """
     if not isinstance(grid, Tensor) or grid.dim() != 1 or grid.shape[0] < 2:
         raise ValueError(
             f"grid must be a 1-D tensor of at least two times, e.g. time_grid(nfe); got {grid!r}"
@@ -147,7 +152,8 @@ def _grid_values(grid: Tensor) -> list[float]:
     return ts
 
 
-def _check_state(x: Tensor) -> None:
+def check_state(x: Tensor) -> None:
+    """Refuse anything but a floating-point tensor ``(B, ...)`` as a solver state."""
     if not isinstance(x, Tensor) or x.dim() < 1 or not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor (B, ...), got {type(x).__name__}")
 
@@ -205,8 +211,8 @@ def odeint(
     >>> round(float(x1), 6) == round(math.exp(-1.0), 6)
     True
     """
-    _check_state(x)
-    ts = _grid_values(grid)
+    check_state(x)
+    ts = grid_values(grid)
     if method not in SOLVERS:
         raise ValueError(f"unknown solver {method!r}; choose one of {SOLVERS}")
     if checkpoint and not grad:
@@ -418,7 +424,7 @@ def dopri5(
     >>> abs(float(y) - math.exp(-1.0)) < 1e-7, n > 6
     (True, True)
     """
-    _check_state(x)
+    check_state(x)
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     if rtol < 0 or atol < 0 or rtol + atol == 0:
@@ -549,7 +555,7 @@ def sample(
     >>> x.tolist()[0]
     [1.0, 1.0]
     """
-    _check_state(x0)
+    check_state(x0)
     field = _resolve_field(model, guidance, num_classes)
     if isinstance(grid, Tensor):
         g = grid
@@ -592,6 +598,6 @@ def encode(
     >>> z.abs().max().item() < 1e-6
     True
     """
-    _check_state(x1)
+    check_state(x1)
     g = time_grid(steps_for_nfe(nfe, method), grid, shift, device=x1.device, dtype=x1.dtype)
     return odeint(model, x1, g.flip(0), method=method, cond=cond, grad=grad)

@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from flowpost.flows import random
+
 __all__ = [
     "TimeSampler",
     "UniformTime",
@@ -72,6 +74,8 @@ class UniformTime(TimeSampler):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         _check_n(n)
+        if generator is None:  # per-sample draws, shard-invariant (flows.random)
+            return random.rand(n, device=device)
         return torch.rand(n, device=device, generator=generator)
 
 
@@ -100,7 +104,10 @@ class LogitNormalTime(TimeSampler):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         _check_n(n)
-        z = torch.randn(n, device=device, generator=generator)
+        if generator is None:
+            z = random.randn(n, device=device)
+        else:
+            z = torch.randn(n, device=device, generator=generator)
         return torch.sigmoid(self.mean + self.std * z)
 
 

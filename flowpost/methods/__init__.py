@@ -1,3 +1,2 @@
-"""Post-training methods; importing this package registers the built-in ones."""
-
-from flowpost.methods import adversarial, fail, flow_matching, reward  # noqa: F401
+"""Post-training methods, one module each; every module here is discovered and registers its
+method (see :func:`flowpost.methods.base.method_registry`). Nothing is listed in this file."""

@@ -12,10 +12,13 @@ the authors' code runs the other way, ``t_theirs = 1 - t``):
   ``w = max(|b - a|, 0.001)`` and ``n`` the number of dimensions of a sample::
 
       L_D = f(D(real) - D(fake))
-            + lambda_gp * mean_i w_i [(D(real_i) - D(real_i + eps n_i))^2
+            + gp_weight * mean_i w_i [(D(real_i) - D(real_i + eps n_i))^2
                                      + (D(fake_i) - D(fake_i + eps n_i))^2] / eps^2
-            + lambda_cp * mean (D(real) + D(fake))^2
-      L_G = f(D(phi(fake)) - D(real)) + lambda_ot(step) * mean_i ||G_i - x_a,i||^2 / (n w_i)
+            + cp_weight * mean (D(real) + D(fake))^2
+      L_G = f(D(phi(fake)) - D(real)) + ot_weight(step) * mean_i ||G_i - x_a,i||^2 / (n w_i)
+
+  (the paper's ``lambda_gp, lambda_cp, lambda_ot, lambda_cg`` are ``gp_weight, cp_weight,
+  ot_weight, cg_weight`` here).
 
   The finite-difference R1/R2 term is averaged over the first ``gp_fraction`` of the batch
   and ``w`` multiplies it per sample, inside that average (as METHODS.md writes it and the
@@ -25,16 +28,22 @@ the authors' code runs the other way, ``t_theirs = 1 - t``):
   incoming gradient ``g`` by ``sqrt(EMA_0.9(||g||^2 * numel(g))) + 1e-8``. Multiplying by
   ``numel`` equals the paper's division by ``sqrt(n)`` while keeping the statistic
   independent of the batch size; it puts the adversarial gradient on the scale of the
-  OT term's, so ``lambda_ot`` transfers across models.
+  OT term's, so ``ot_weight`` transfers across models.
 
 Initialised from a pretrained flow (:meth:`AdversarialFlow.load_pretrained`), the generator
 holds the flow's weights with a zero end-time embedding and the residual form, so the
 1-NFE generator starts as the flow's one-Euler-step map ``z + v(z, 0)`` (and the k-step
 chain as the flow's k-step Euler sampler).
 
+Your own generator: ``model=`` any ``nn.Module``. With ``forward(x, t, cond=None, t_end=None)``
+it gets the end time ``b``; with ``forward(x, t, cond=None)`` it trains fixed ``k``-step
+generators (``nfe: k``), whose end time ``b = a + 1/k`` follows from ``a``; any-step training
+(``nfe: 0``) needs the ``t_end`` input. Learning rates: the generator's is ``lr`` (null:
+``train.lr``) divided by ``model.repeats``; the discriminator's ``disc_lr`` (null: ``lr``).
+
 Example:
-    >>> cfg = AFConfig(lambda_ot=0.2, ot_schedule="cosine", ot_end=0.005, ot_decay_steps=100)
-    >>> [round(ot_weight(cfg, s), 4) for s in (0, 50, 100, 1000)]
+    >>> cfg = AFConfig(ot_weight=0.2, ot_schedule="cosine", ot_end=0.005, ot_decay_steps=100)
+    >>> [round(ot_weight_at(cfg, s), 4) for s in (0, 50, 100, 1000)]
     [0.2, 0.1025, 0.005, 0.005]
     >>> a, b = fixed_k_times(6, k=4)
     >>> set((4 * a).round().int().tolist()) <= {0, 1, 2, 3}, bool(((b - a) == 0.25).all())
@@ -43,9 +52,10 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,30 +64,34 @@ from torch import Tensor, nn
 
 from flowpost.config import option
 from flowpost.data.base import Batch, DataSpec
-from flowpost.flows.paths import expand_like
+from flowpost.flows import random
+from flowpost.flows.paths import expand_like, interpolate
 from flowpost.methods.base import (
     Method,
     MethodConfig,
     OptimizerSpec,
     Updater,
-    _load_matching,
     frozen,
+    load_matching,
     register_method,
 )
+from flowpost.methods.components.adversarial import (
+    GradientNormalizer,
+    augment_pair,
+    centering_penalty,
+    fd_gradient_penalty,
+    relativistic_loss,
+)
+from flowpost.methods.components.imitation import check_betas
 from flowpost.nets.config import DiscriminatorConfig, NetConfig
 
 __all__ = [
     "AFConfig",
     "AdversarialFlow",
-    "GradientNormalizer",
-    "ot_weight",
+    "ot_weight_at",
     "fixed_k_times",
     "any_step_times",
-    "relativistic_loss",
-    "finite_difference_penalty",
-    "centering_penalty",
     "ot_loss",
-    "augment_pair",
 ]
 
 
@@ -85,8 +99,16 @@ __all__ = [
 class AFConfig(MethodConfig):
     """The ``method`` section for Adversarial Flow Models (``name: adversarial``)."""
 
-    name: str = option("adversarial", "method name")
-    steps: int = option(
+    renamed_keys = {
+        "steps": "nfe",
+        "lambda_gp": "gp_weight",
+        "lambda_cp": "cp_weight",
+        "lambda_ot": "ot_weight",
+        "lambda_cg": "cg_weight",
+        "d_updates": "disc_steps",
+    }
+
+    nfe: int = option(
         1,
         "k: train for fixed k-step sampling (a in {0, 1/k, ..}, b = a + 1/k); "
         "0 = any-step training (a ~ U(0,1), b ~ U(a,1)), sampled at any nfe",
@@ -104,33 +126,33 @@ class AFConfig(MethodConfig):
         "generator's own z (shared, the authors' 1-D notebook)",
         choices=["fresh", "shared"],
     )
-    lambda_gp: float = option(0.01, "weight of the finite-difference R1 + R2 penalty", min=0.0)
+    lr: float | None = option(
+        None, "generator learning rate (null: train.lr), divided by model.repeats", min=0.0
+    )
+    betas: list[float] = option(
+        default_factory=lambda: [0.0, 0.9], help="Adam betas of the generator"
+    )
+    disc_lr: float | None = option(None, "discriminator learning rate (null: lr)", min=0.0)
+    disc_betas: list[float] | None = option(None, "discriminator Adam betas (null: betas)")
+    disc_steps: int = option(1, "discriminator updates per generator update", min=1)
+    gp_weight: float = option(0.01, "weight of the finite-difference R1 + R2 penalty", min=0.0)
     gp_eps: float = option(0.01, "finite-difference step eps of the R1/R2 penalty", min=1e-8)
     gp_fraction: float = option(
         0.25, "fraction of the batch the R1/R2 penalty is computed on", min=0.0, max=1.0
     )
-    lambda_cp: float = option(0.01, "weight of the logit-centering penalty", min=0.0)
-    lambda_ot: float = option(0.05, "optimal-transport weight at step 0", min=0.0)
+    cp_weight: float = option(0.01, "weight of the logit-centering penalty", min=0.0)
+    ot_weight: float = option(0.05, "optimal-transport weight at step 0", min=0.0)
     ot_schedule: str = option(
         "constant",
-        "lambda_ot over training: constant, cosine decay to ot_end over "
+        "ot_weight over training: constant, cosine decay to ot_end over "
         "ot_decay_steps, or a step drop to ot_end at ot_decay_steps",
         choices=["constant", "cosine", "step"],
     )
-    ot_end: float = option(0.005, "lambda_ot floor (cosine) / value after the drop (step)", min=0.0)
+    ot_end: float = option(0.005, "ot_weight floor (cosine) / value after the drop (step)", min=0.0)
     ot_decay_steps: int = option(100_000, "length of the cosine decay / step of the drop", min=1)
     grad_norm: bool = option(True, "normalise the adversarial gradient reaching G (phi)")
     grad_norm_decay: float = option(
         0.9, "EMA decay of the gradient-norm statistic", min=0.0, max=1.0
-    )
-    d_updates: int = option(1, "discriminator updates per generator update", min=1)
-    lr: float = option(
-        1e-4,
-        "learning rate of D (and of G, divided by model.repeats); AF uses this, not train.lr",
-        min=0.0,
-    )
-    betas: list[float] = option(
-        default_factory=lambda: [0.0, 0.9], help="Adam betas of the generator and discriminator"
     )
     augment_p: float = option(
         0.0,
@@ -139,58 +161,44 @@ class AFConfig(MethodConfig):
         min=0.0,
         max=1.0,
     )
-    lambda_cg: float = option(0.0, "classifier-guidance weight (needs class labels)", min=0.0)
+    cg_weight: float = option(0.0, "classifier-guidance weight (needs class labels)", min=0.0)
     cg_t_min: float = option(0.9, "guidance time t' ~ U(cg_t_min, 1)", min=0.0, max=1.0)
-    discriminator: DiscriminatorConfig = field(
+    discriminator: DiscriminatorConfig = option(
         default_factory=DiscriminatorConfig,
-        metadata={"help": "the discriminator network (sees x_b, b and the label only)"},
+        help="the discriminator network (sees x_b, b and the label only)",
     )
+
+    def __post_init__(self) -> None:
+        check_betas(self.betas, "betas")
+        check_betas(self.disc_betas)
 
 
 # ----------------------------------------------------------------------------- schedules, times
 
 
-def ot_weight(cfg: AFConfig, step: int) -> float:
-    """``lambda_ot`` at optimiser ``step``: a pure function of the step, so resuming is exact."""
+def ot_weight_at(cfg: AFConfig, step: int) -> float:
+    """``ot_weight`` at optimiser ``step``: a pure function of the step, so resuming is exact."""
     if cfg.ot_schedule == "constant":
-        return cfg.lambda_ot
+        return cfg.ot_weight
     progress = min(max(step, 0) / cfg.ot_decay_steps, 1.0)
     if cfg.ot_schedule == "cosine":
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return cfg.ot_end + (cfg.lambda_ot - cfg.ot_end) * cosine
+        return cfg.ot_end + (cfg.ot_weight - cfg.ot_end) * cosine
     if cfg.ot_schedule == "step":
-        return cfg.lambda_ot if step < cfg.ot_decay_steps else cfg.ot_end
+        return cfg.ot_weight if step < cfg.ot_decay_steps else cfg.ot_end
     raise ValueError(f"unknown ot_schedule {cfg.ot_schedule!r}; use constant, cosine or step")
 
 
 def fixed_k_times(n: int, k: int, device: Any = None) -> tuple[Tensor, Tensor]:
     """``a`` uniform on ``{0, 1/k, ..., 1 - 1/k}`` and ``b = a + 1/k`` (each (n,))."""
-    a = torch.randint(0, k, (n,), device=device).float() / k
+    a = random.randint(0, k, n, device=device).float() / k
     return a, a + 1.0 / k
 
 
 def any_step_times(n: int, device: Any = None) -> tuple[Tensor, Tensor]:
     """``a ~ U(0, 1)``, ``b ~ U(a, 1)`` (each (n,))."""
-    a = torch.rand(n, device=device)
-    return a, a + (1.0 - a) * torch.rand(n, device=device)
-
-
-# ----------------------------------------------------------------------------- loss terms
-
-
-def relativistic_loss(pos: Tensor, neg: Tensor) -> Tensor:
-    """``mean softplus(-(pos - neg))``: small when ``pos`` logits exceed ``neg`` logits."""
-    return F.softplus(neg - pos).mean()
-
-
-def finite_difference_penalty(logits: Tensor, perturbed: Tensor, w: Tensor, eps: float) -> Tensor:
-    """``mean_i w_i (D(x_i) - D(x_i + eps n_i))^2 / eps^2``, an R1/R2 gradient-norm estimate."""
-    return (w * (logits - perturbed).square()).mean() / eps**2
-
-
-def centering_penalty(real: Tensor, fake: Tensor) -> Tensor:
-    """``mean (D(real) + D(fake))^2``: keeps the logits centred at zero."""
-    return (real + fake).square().mean()
+    a = random.rand(n, device=device)
+    return a, a + (1.0 - a) * random.rand(n, device=device)
 
 
 def ot_loss(out: Tensor, source: Tensor, w: Tensor) -> Tensor:
@@ -198,90 +206,17 @@ def ot_loss(out: Tensor, source: Tensor, w: Tensor) -> Tensor:
     return ((out - source).square().flatten(1).mean(1) / w).mean()
 
 
-# ----------------------------------------------------------------------------- gradient norm
-
-
-class _NormalizeGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, square_avg: Tensor, decay: float, eps: float) -> Tensor:  # type: ignore[override]
-        ctx.square_avg = square_avg
-        ctx.decay = decay
-        ctx.eps = eps
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        # ||g||^2 * numel: equals dividing by sqrt(n) afterwards, but does not depend on the
-        # (local) batch size, since g itself carries the 1/B of the batch mean
-        stat = grad.detach().float().square().sum() * grad.numel()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # the mean of the local statistics (gloo has no AVG, so SUM / world size)
-            torch.distributed.all_reduce(stat)
-            stat = stat / torch.distributed.get_world_size()
-        square_avg: Tensor = ctx.square_avg
-        square_avg.lerp_(stat.to(square_avg.dtype), 1.0 - ctx.decay)
-        return grad / (square_avg.sqrt() + ctx.eps).to(grad.dtype), None, None, None
-
-
-class GradientNormalizer(nn.Module):
-    """``phi``: identity forward; backward divides the gradient by
-    ``sqrt(EMA(||g||^2 * numel)) + eps``. The EMA is a buffer, so it is checkpointed.
-
-    >>> phi = GradientNormalizer(decay=0.0)
-    >>> x = torch.ones(4, 3, requires_grad=True)
-    >>> (1000 * phi(x)).sum().backward()
-    >>> round(float(x.grad.norm() * x.numel() ** 0.5), 4)  # scale-free: ||g'|| = 1/sqrt(numel)
-    1.0
-    """
-
-    square_avg: Tensor
-
-    def __init__(self, decay: float = 0.9, eps: float = 1e-8) -> None:
-        super().__init__()
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"gradient-norm EMA decay must be in [0, 1], got {decay}")
-        self.decay = decay
-        self.eps = eps
-        self.register_buffer("square_avg", torch.zeros(()))
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled() or not x.requires_grad:
-            return x
-        return _NormalizeGrad.apply(x, self.square_avg, self.decay, self.eps)
-
-
-# ----------------------------------------------------------------------------- augmentation
-
-
-def augment_pair(real: Tensor, fake: Tensor, p: float) -> tuple[Tensor, Tensor]:
-    """Random translation (up to 1/8 of the size, zero fill) and cutout (a half-size square),
-    each with probability ``p`` per sample, with the *same* draw for ``real[i]`` and
-    ``fake[i]`` so the discriminator cannot tell them apart by their augmentation."""
-    if p <= 0 or real.ndim != 4:
-        return real, fake
-    b, _, h, w = real.shape
-    dev = real.device
-    both = torch.cat([real, fake], 0)
-    s = max(1, h // 8)
-    on = (torch.rand(b, device=dev) < p).long()
-    dy = torch.randint(-s, s + 1, (b,), device=dev) * on
-    dx = torch.randint(-s, s + 1, (b,), device=dev) * on
-    padded = F.pad(both, (s, s, s, s))
-    ys = (torch.arange(h, device=dev)[None] + s - dy[:, None]).repeat(2, 1)  # (2B, H)
-    xs = (torch.arange(w, device=dev)[None] + s - dx[:, None]).repeat(2, 1)
-    idx = torch.arange(2 * b, device=dev)[:, None, None]
-    both = padded.permute(0, 2, 3, 1)[idx, ys[:, :, None], xs[:, None, :]].permute(0, 3, 1, 2)
-    cut = torch.rand(b, device=dev) < p
-    cy = torch.randint(0, h, (b,), device=dev)
-    cx = torch.randint(0, w, (b,), device=dev)
-    yy = torch.arange(h, device=dev)[None, :, None]
-    xx = torch.arange(w, device=dev)[None, None, :]
-    hole = ((yy - cy[:, None, None]).abs() < h // 4 + 1) & (
-        (xx - cx[:, None, None]).abs() < w // 4 + 1
-    )
-    keep = (~(hole & cut[:, None, None])).to(both.dtype)[:, None].repeat(2, 1, 1, 1)
-    both = both * keep
-    return both[:b], both[b:]
+def _takes_end_time(module: nn.Module) -> bool:
+    """Whether ``module.forward`` accepts the end time (``t_end``, a 4th or ``*args``)."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if "t_end" in {p.name for p in params}:
+        return True
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return True
+    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 4
 
 
 # ----------------------------------------------------------------------------- the method
@@ -290,24 +225,30 @@ def augment_pair(real: Tensor, fake: Tensor, p: float) -> tuple[Tensor, Tensor]:
 @register_method("adversarial")
 class AdversarialFlow(Method):
     """Adversarial Flow Models: roles ``generator``, ``discriminator`` (and ``classifier``
-    when ``lambda_cg > 0``), buffer ``grad_norm.square_avg``.
+    when ``cg_weight > 0``), buffer ``grad_norm.square_avg``.
 
-    ``generator`` / ``discriminator`` may be given (tests, custom networks); otherwise they
-    are built with :func:`flowpost.nets.factory.build_velocity_net` (``end_time=True``) and
-    ``build_discriminator`` (``time_conditional=True``).
+    ``model`` (the generator), ``discriminator`` and ``classifier`` may be given (your own
+    networks); otherwise they are built with :func:`flowpost.nets.factory.build_velocity_net`
+    (``end_time=True``), ``build_discriminator`` (``time_conditional=True``) and
+    :class:`~flowpost.nets.classifier.TimeClassifier`.
 
     >>> class G(nn.Module):
     ...     def forward(self, x, t, cond=None, t_end=None): return 2 * x
     >>> class D(nn.Module):
     ...     def forward(self, x, cond=None, t=None): return x.sum(1)
-    >>> m = AdversarialFlow(AFConfig(steps=2), DataSpec((3,)), NetConfig(),
-    ...                     generator=G(), discriminator=D())
+    >>> m = AdversarialFlow(AFConfig(nfe=2), DataSpec((3,)), NetConfig(),
+    ...                     model=G(), discriminator=D())
     >>> m.generate(torch.ones(2, 3), nfe=2).tolist()  # residual: x + (1/2) 2x, twice
     [[4.0, 4.0, 4.0], [4.0, 4.0, 4.0]]
     """
 
     config_class = AFConfig
     config: AFConfig
+    toy_settings = {
+        "nfe": 2,
+        "lr": 1e-3,
+        "discriminator": {"hidden": 16, "depth": 1},
+    }
 
     def __init__(
         self,
@@ -315,61 +256,65 @@ class AdversarialFlow(Method):
         spec: DataSpec,
         net: NetConfig,
         *,
-        generator: nn.Module | None = None,
+        model: nn.Module | None = None,
         discriminator: nn.Module | None = None,
         classifier: nn.Module | None = None,
     ) -> None:
-        super().__init__(config, spec, net)
-        if config.parameterization == "direct" and config.steps != 1:
+        super().__init__(config, spec, net, model=model)
+        if config.parameterization == "direct" and config.nfe != 1:
             raise ValueError(
-                f"parameterization 'direct' (G = g(z)) only fits one-step training (steps: 1), "
-                f"got steps: {config.steps}; use parameterization: residual"
+                f"parameterization 'direct' (G = g(z)) only fits one-step training (nfe: 1), "
+                f"got nfe: {config.nfe}; use parameterization: residual"
             )
-        if len(config.betas) != 2:
-            raise ValueError(f"method.betas must be two numbers, got {config.betas}")
-        if config.lambda_cg > 0 and spec.num_classes is None:
+        if config.cg_weight > 0 and spec.num_classes is None:
             raise ValueError(
-                "lambda_cg > 0 (classifier guidance) needs labelled data; "
-                "set method.lambda_cg: 0 or use a dataset with classes"
+                "cg_weight > 0 (classifier guidance) needs labelled data; "
+                "set method.cg_weight: 0 or use a dataset with classes"
             )
-        if generator is None or discriminator is None:
-            from flowpost.nets.factory import build_discriminator, build_velocity_net
+        self.generator = self.velocity_net(end_time=True)
+        self.end_time = _takes_end_time(self.generator)
+        if not self.end_time and config.nfe == 0:
+            raise ValueError(
+                "AF any-step training (method.nfe: 0) needs a generator that takes the end "
+                "time, forward(x, t, cond=None, t_end=None); train fixed k-step (nfe: k) "
+                "instead, where the end time follows from the start time"
+            )
+        if discriminator is None:
+            from flowpost.nets.factory import build_discriminator
 
-            if generator is None:
-                generator = build_velocity_net(net, spec, end_time=True)
-            if discriminator is None:
-                discriminator = build_discriminator(
-                    config.discriminator, spec, time_conditional=True
-                )
-        self.generator = generator
+            discriminator = build_discriminator(config.discriminator, spec, time_conditional=True)
         self.discriminator = discriminator
-        if config.lambda_cg > 0 and classifier is None:
+        if config.cg_weight > 0 and classifier is None:
             from flowpost.nets.classifier import TimeClassifier
 
             classifier = TimeClassifier(spec)
-        self.classifier = classifier if config.lambda_cg > 0 else None
+        self.classifier = classifier if config.cg_weight > 0 else None
         self.grad_norm = GradientNormalizer(config.grad_norm_decay)
         self.residual = config.parameterization == "residual" or (
-            config.parameterization == "auto" and config.steps != 1
+            config.parameterization == "auto" and config.nfe != 1
         )
 
     # -- interface ---------------------------------------------------------------------------
     def optimizers(self) -> dict[str, OptimizerSpec]:
-        betas = (float(self.config.betas[0]), float(self.config.betas[1]))
-        lr = self.config.lr
+        c = self.config
+        betas = check_betas(c.betas, "betas")
+        disc_lr = c.disc_lr if c.disc_lr is not None else c.lr
         specs = {
             # deep (repeated-block) generators take smaller steps, as in the paper
             "generator": OptimizerSpec(
                 list(self.generator.parameters()),
-                lr=lr / max(self.net_config.repeats, 1),
+                lr=c.lr,
                 betas=betas,
+                lr_scale=1.0 / max(self.net_config.repeats, 1),
             ),
             "discriminator": OptimizerSpec(
-                list(self.discriminator.parameters()), lr=lr, betas=betas
+                list(self.discriminator.parameters()),
+                lr=disc_lr,
+                betas=check_betas(c.disc_betas) or betas,
             ),
         }
         if self.classifier is not None:
-            specs["classifier"] = OptimizerSpec(list(self.classifier.parameters()), lr=lr)
+            specs["classifier"] = OptimizerSpec(list(self.classifier.parameters()), lr=c.lr)
         return specs
 
     def ema_roles(self) -> tuple[str, ...]:
@@ -387,7 +332,7 @@ class AdversarialFlow(Method):
         With ``parameterization: auto`` the generator switches to the residual form, so the
         one-step generator starts exactly as the flow's one Euler step ``z + v(z, 0)``.
         """
-        _load_matching(self.generator, state, "AdversarialFlow")
+        load_matching(self.generator, state, "AdversarialFlow")
         if self.config.parameterization == "auto":
             self.residual = True
         elif not self.residual:
@@ -397,30 +342,38 @@ class AdversarialFlow(Method):
             )
 
     def phase(self, step: int) -> str:
-        return f"af k={self.config.steps or 'any'}"
+        return f"af k={self.config.nfe or 'any'}"
 
     # -- pieces --------------------------------------------------------------------------------
+    def network(
+        self, net: nn.Module, x_a: Tensor, a: Tensor, b: Tensor, cond: Tensor | None
+    ) -> Tensor:
+        """The generator network's raw output ``g(x_a, a, b)`` (``b`` dropped for a network
+        without an end-time input)."""
+        out: Tensor = net(x_a, a, cond, b) if self.end_time else net(x_a, a, cond)
+        return out
+
     def jump(
         self, net: nn.Module, x_a: Tensor, a: Tensor, b: Tensor, cond: Tensor | None = None
     ) -> Tensor:
         """``G(x_a, a, b)``: one network evaluation from time ``a`` to time ``b``."""
-        out = net(x_a, a, cond, b)
+        out = self.network(net, x_a, a, b, cond)
         if self.residual:
             return x_a + expand_like(b - a, x_a) * out
         return out
 
     def sample_times(self, n: int, device: Any) -> tuple[Tensor, Tensor]:
-        if self.config.steps == 0:
+        if self.config.nfe == 0:
             return any_step_times(n, device)
-        return fixed_k_times(n, self.config.steps, device)
+        return fixed_k_times(n, self.config.nfe, device)
 
     def draw(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Times ``a, b``, the source ``x_a`` and the real sample ``x_b`` for data ``x``."""
         a, b = self.sample_times(x.shape[0], x.device)
-        z = torch.randn_like(x)
-        x_a = (1 - expand_like(a, x)) * z + expand_like(a, x) * x
-        z_real = z if self.config.real_noise == "shared" else torch.randn_like(x)
-        x_b = (1 - expand_like(b, x)) * z_real + expand_like(b, x) * x
+        z = random.randn_like(x)
+        x_a = interpolate(z, x, a)
+        z_real = z if self.config.real_noise == "shared" else random.randn_like(x)
+        x_b = interpolate(z_real, x, b)
         return a, b, x_a, x_b
 
     def discriminator_terms(
@@ -433,17 +386,20 @@ class AdversarialFlow(Method):
         r, f = d(real, cond, b), d(fake, cond, b)
         terms = {"adv": relativistic_loss(r, f)}
         m = int(math.ceil(cfg.gp_fraction * real.shape[0]))
-        if cfg.lambda_gp > 0 and m > 0:
+        if cfg.gp_weight > 0 and m > 0:
             w = (b[:m] - a[:m]).abs().clamp_min(1e-3)
             c = None if cond is None else cond[:m]
-            r_eps = d(real[:m] + cfg.gp_eps * torch.randn_like(real[:m]), c, b[:m])
-            f_eps = d(fake[:m] + cfg.gp_eps * torch.randn_like(fake[:m]), c, b[:m])
-            terms["gp"] = cfg.lambda_gp * (
-                finite_difference_penalty(r[:m], r_eps, w, cfg.gp_eps)
-                + finite_difference_penalty(f[:m], f_eps, w, cfg.gp_eps)
+
+            def d_m(y: Tensor) -> Tensor:
+                out: Tensor = d(y, c, b[:m])
+                return out
+
+            terms["gp"] = cfg.gp_weight * (
+                fd_gradient_penalty(d_m, real[:m], r[:m], w, cfg.gp_eps)
+                + fd_gradient_penalty(d_m, fake[:m], f[:m], w, cfg.gp_eps)
             )
-        if cfg.lambda_cp > 0:
-            terms["cp"] = cfg.lambda_cp * centering_penalty(r, f)
+        if cfg.cp_weight > 0:
+            terms["cp"] = cfg.cp_weight * centering_penalty(r, f)
         return terms
 
     def generator_terms(
@@ -451,7 +407,7 @@ class AdversarialFlow(Method):
     ) -> tuple[dict[str, Tensor], Tensor]:
         """``L_G``'s terms (adv, ot, cg) and the generated sample."""
         cfg = self.config
-        out = self.generator(x_a, a, cond, b)
+        out = self.network(self.generator, x_a, a, b, cond)
         fake = x_a + expand_like(b - a, x_a) * out if self.residual else out
         adv_in = self.grad_norm(fake) if cfg.grad_norm else fake
         real_in, adv_in = augment_pair(real, adv_in, cfg.augment_p if self.spec.is_image else 0.0)
@@ -459,24 +415,23 @@ class AdversarialFlow(Method):
             r = self.discriminator(real_in, cond, b).detach()
             f = self.discriminator(adv_in, cond, b)
         terms = {"adv": relativistic_loss(f, r)}
-        lam = ot_weight(cfg, step)
+        lam = ot_weight_at(cfg, step)
         if lam > 0:
             terms["ot"] = lam * ot_loss(fake, x_a, (b - a).abs().clamp_min(1e-3))
         if self.classifier is not None and cond is not None:
             # data estimate: the direct output, or the velocity extrapolated to t = 1
             x_hat = x_a + expand_like(1 - a, x_a) * out if self.residual else out
-            t = cfg.cg_t_min + (1 - cfg.cg_t_min) * torch.rand(x_a.shape[0], device=x_a.device)
-            te = expand_like(t, x_hat)
-            x_t = (1 - te) * torch.randn_like(x_hat) + te * x_hat
+            t = cfg.cg_t_min + (1 - cfg.cg_t_min) * random.rand(x_a.shape[0], device=x_a.device)
+            x_t = interpolate(random.randn_like(x_hat), x_hat, t)
             with frozen(self.classifier):
-                terms["cg"] = cfg.lambda_cg * F.cross_entropy(self.classifier(x_t, t), cond)
+                terms["cg"] = cfg.cg_weight * F.cross_entropy(self.classifier(x_t, t), cond)
         return terms, fake
 
     # -- training ------------------------------------------------------------------------------
     def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
         x, cond = batch.x, batch.cond
         logs: dict[str, float] = {}
-        for _ in range(self.config.d_updates):
+        for _ in range(self.config.disc_steps):
             a, b, x_a, x_b = self.draw(x)
             with torch.no_grad():
                 fake = self.jump(self.generator, x_a, a, b, cond)
@@ -484,18 +439,19 @@ class AdversarialFlow(Method):
                 update.step("discriminator", **self.discriminator_terms(x_b, fake, a, b, cond))
             )
         if self.classifier is not None and cond is not None:
-            t = torch.rand(x.shape[0], device=x.device)
-            x_t = (1 - expand_like(t, x)) * torch.randn_like(x) + expand_like(t, x) * x
+            t = random.rand(x.shape[0], device=x.device)
+            x_t = interpolate(random.randn_like(x), x, t)
             ce = F.cross_entropy(self.classifier(x_t, t), cond)
             logs.update(update.step("classifier", ce=ce))
         a, b, x_a, x_b = self.draw(x)
         terms, _ = self.generator_terms(x_a, x_b, a, b, cond, step)
         logs.update(update.step("generator", **terms))
-        logs["lambda_ot"] = ot_weight(self.config, step)
+        logs["ot_weight"] = ot_weight_at(self.config, step)
         logs["grad_norm_ema"] = float(self.grad_norm.square_avg.sqrt())
         return logs
 
     # -- sampling ------------------------------------------------------------------------------
+    @torch.no_grad()
     def generate(
         self,
         noise: Tensor,
@@ -507,17 +463,17 @@ class AdversarialFlow(Method):
     ) -> Tensor:
         """The ``nfe``-step chain ``x <- G(x, t_i, t_{i+1})`` on a uniform grid from noise.
 
-        A fixed-``k`` model samples with ``nfe = k`` only; an any-step model (``steps: 0``)
+        A fixed-``k`` model samples with ``nfe = k`` only; an any-step model (``nfe: 0``)
         with any ``nfe``. ``solver`` is ignored: each step is one generator evaluation.
         """
-        k = self.config.steps
+        k = self.config.nfe
         if nfe < 1:
             raise ValueError(f"nfe must be >= 1, got {nfe}")
         if k > 0 and nfe != k:
             raise ValueError(
                 f"this AF generator was trained for fixed {k}-step sampling, so it samples "
                 f"with nfe={k} only (got nfe={nfe}); pass eval.nfe={k}, or train with "
-                "method.steps: 0 (any-step) to sample at any nfe"
+                "method.nfe: 0 (any-step) to sample at any nfe"
             )
         net = self.role("generator", roles)
         x = noise

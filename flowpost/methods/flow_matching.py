@@ -18,28 +18,26 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from flowpost.config import option
 from flowpost.data.base import Batch, DataSpec
-from flowpost.flows.couplings import Coupling, make_coupling
-from flowpost.flows.paths import LinearPath, StochasticBridge
-from flowpost.flows.solvers import sample
+from flowpost.flows.couplings import make_coupling
+from flowpost.flows.paths import LinearPath, ProbabilityPath, StochasticBridge
 from flowpost.flows.timesteps import TimeSampler, make_time_sampler
 from flowpost.methods.base import Method, MethodConfig, OptimizerSpec, Updater, register_method
+from flowpost.methods.components.common import drop_labels, flow_matching_loss
 from flowpost.nets.config import NetConfig
-from flowpost.nets.factory import build_velocity_net
+
+__all__ = ["FlowMatchingConfig", "FlowMatching", "flow_matching_loss", "drop_labels"]
 
 
 @dataclass
 class FlowMatchingConfig(MethodConfig):
     """Flow matching / SFT settings."""
 
-    name: str = option("flow_matching", "method name")
     coupling: str = option(
         "independent", "pairing of noise and data", choices=["independent", "ot", "sinkhorn"]
     )
@@ -62,46 +60,29 @@ class FlowMatchingConfig(MethodConfig):
     lr: float | None = option(None, "learning rate (None: train.lr)", min=0.0)
 
 
-def drop_labels(cond: Tensor | None, p: float, num_classes: int | None) -> Tensor | None:
-    """Replace each label by the null label ``num_classes`` with probability ``p``."""
-    if cond is None or p <= 0 or num_classes is None:
-        return cond
-    drop = torch.rand(cond.shape, device=cond.device) < p
-    return torch.where(drop, torch.full_like(cond, num_classes), cond)
-
-
-def flow_matching_loss(
-    model: nn.Module,
-    x1: Tensor,
-    cond: Tensor | None,
-    *,
-    coupling: Coupling,
-    time_sampler: TimeSampler,
-    path: LinearPath | StochasticBridge,
-) -> Tensor:
-    """Mean over the batch of the per-sample ``||v(x_t, t) - u_t||^2 / n``."""
-    x0 = torch.randn_like(x1)
-    x0, x1, cond = coupling(x0, x1, cond)
-    t = time_sampler.sample(x1.shape[0], device=x1.device)
-    point = path.sample(x0, x1, t)
-    pred = model(point.x_t, point.t, cond)
-    return (pred - point.velocity).pow(2).mean()
-
-
 @register_method("flow_matching")
 class FlowMatching(Method):
-    """Flow-matching pretraining and SFT; the role ``policy`` is the velocity network."""
+    """Flow-matching pretraining and SFT; the role ``policy`` is the velocity network (the
+    user's ``model`` if given)."""
 
     config_class = FlowMatchingConfig
     config: FlowMatchingConfig
+    toy_settings = {}
 
-    def __init__(self, config: FlowMatchingConfig, spec: DataSpec, net: NetConfig) -> None:
-        super().__init__(config, spec, net)
-        self.policy = build_velocity_net(net, spec)
+    def __init__(
+        self,
+        config: FlowMatchingConfig,
+        spec: DataSpec,
+        net: NetConfig,
+        *,
+        model: nn.Module | None = None,
+    ) -> None:
+        super().__init__(config, spec, net, model=model)
+        self.policy = self.velocity_net()
         kwargs = {"reg": config.sinkhorn_reg} if config.coupling == "sinkhorn" else {}
         self.coupling = make_coupling(config.coupling, **kwargs)
         self.time_sampler = _time_sampler(config)
-        self.path: LinearPath | StochasticBridge = (
+        self.path: ProbabilityPath = (
             StochasticBridge(config.bridge_sigma) if config.bridge_sigma > 0 else LinearPath()
         )
 
@@ -120,27 +101,8 @@ class FlowMatching(Method):
         )
         return update.step("policy", fm=loss)
 
-    def generate(
-        self,
-        noise: Tensor,
-        cond: Tensor | None = None,
-        *,
-        nfe: int,
-        solver: str = "euler",
-        roles: Mapping[str, nn.Module] | None = None,
-    ) -> Tensor:
-        guidance = self.config.guidance if cond is not None else 1.0
-        out = sample(
-            self.role("policy", roles),
-            noise,
-            nfe,
-            solver,
-            cond=cond,
-            guidance=guidance,
-            num_classes=self.spec.num_classes,
-        )
-        assert isinstance(out, Tensor)
-        return out
+    def guidance(self, cond: Tensor | None) -> float:
+        return self.config.guidance if cond is not None else 1.0
 
 
 def _time_sampler(config: FlowMatchingConfig) -> TimeSampler:

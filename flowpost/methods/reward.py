@@ -15,11 +15,13 @@ policy samples = label 0) and its term is added: ``fail_weight * softplus(-D(x_h
 PD loss, or ``fail_weight * softplus(D(x))`` to the PG reward. It keeps the policy on the
 expert distribution while it gains reward, where the reward alone would be hacked.
 
-The reward is named by ``reward``: a built-in (:data:`REWARDS`) or ``"package.module:function"``,
-a function called as ``f(x, cond, **reward_args)`` returning one value per sample ``(B,)``.
+The reward is a Python callable given to the constructor (``RewardMethod(..., reward=fn)``,
+or ``flowpost.fit("reward", reward=fn)``), called as ``fn(x)`` or ``fn(x, cond)`` and
+returning one value per sample ``(B,)``; or, from a recipe, ``method.reward`` names a built-in
+(:data:`REWARDS`) or ``"package.module:function"``, called as ``f(x, cond, **reward_args)``.
 
-All of the machinery comes from :mod:`flowpost.methods.fail` (this module subclasses its
-method and only changes what a sample is scored by).
+The machinery is shared with FAIL through :mod:`flowpost.methods.components`: the policy
+update of the deployed sampler (``policy``) and the discriminator side (``imitation``).
 
 Example:
     >>> import torch
@@ -31,24 +33,29 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from flowpost.config import option
 from flowpost.data.base import Batch, DataSpec
-from flowpost.methods.base import Updater, register_method
-from flowpost.methods.fail import (
-    FAILConfig,
-    FAILMethod,
-    adversarial_policy_loss,
-    fail_reward,
-    load_object,
-    per_sample_mse,
+from flowpost.methods.base import Method, OptimizerSpec, Updater, frozen_copy, register_method
+from flowpost.methods.components.adversarial import adversarial_policy_loss, fail_reward
+from flowpost.methods.components.common import Rollout, load_object, per_sample_mse
+from flowpost.methods.components.imitation import (
+    ImitationConfig,
+    adversarial_step,
+    build_imitation_discriminator,
+    discriminator_optimizer,
+    expert_pd_terms,
+    imitation_phase,
 )
+from flowpost.methods.components.policy import PolicyConfig, policy_update
+from flowpost.methods.fail import IMITATION_RENAMES, POLICY_RENAMES
 from flowpost.nets.config import NetConfig
 
 __all__ = [
@@ -56,6 +63,7 @@ __all__ = [
     "RewardMethod",
     "REWARDS",
     "make_reward",
+    "as_reward_fn",
     "linear_reward",
     "tanh_linear_reward",
     "gaussian_reward",
@@ -155,20 +163,39 @@ def make_reward(name: str, **kwargs: Any) -> RewardFn:
     return functools.partial(fn, **kwargs)
 
 
-@dataclass
-class RewardConfig(FAILConfig):
-    """Reward fine-tuning settings; FAIL's fields apply to the FAIL term and the estimators."""
+def as_reward_fn(fn: Callable[..., Tensor]) -> RewardFn:
+    """A user's callable as ``R(x, cond)``: one taking a single positional argument is called
+    as ``fn(x)``, one taking two (or ``*args``) as ``fn(x, cond)``.
 
-    name: str = option("reward", "method name")
-    reward: str = option("linear", "built-in reward name or 'package.module:function'")
-    reward_args: dict[str, Any] = option(
-        default_factory=dict, help="keyword arguments passed to the reward on every call"
+    >>> as_reward_fn(lambda x: x.sum(1))(torch.ones(2, 3), None).tolist()
+    [3.0, 3.0]
+    """
+    if not callable(fn):
+        raise ValueError(f"reward must be callable (tensor -> per-sample tensor), got {fn!r}")
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: pass cond
+        return fn
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in params) or len(positional) >= 2:
+        return fn
+    return lambda x, cond: fn(x)
+
+
+@dataclass
+class RewardConfig(PolicyConfig, ImitationConfig):
+    """Reward fine-tuning: the reward, the policy estimator (:class:`PolicyConfig`) and,
+    with ``fail_weight > 0``, FAIL's discriminator (:class:`ImitationConfig`)."""
+
+    renamed_keys = {**POLICY_RENAMES, **IMITATION_RENAMES}
+
+    reward: str | None = option(
+        None,
+        "built-in reward name or 'package.module:function' (null: the callable passed as "
+        "reward= to flowpost.fit)",
     )
-    variant: str = option(
-        "pd",
-        "'pd': differentiable reward, back-propagated through the sampler; "
-        "'pg': black-box reward, policy gradient",
-        choices=["pd", "pg"],
+    reward_args: dict[str, Any] = option(
+        default_factory=dict, help="keyword arguments passed to a named reward on every call"
     )
     pd_estimator: str = option(
         "pathwise",
@@ -178,70 +205,134 @@ class RewardConfig(FAILConfig):
     fail_weight: float = option(
         0.0, "weight of the FAIL term against the expert data (0: reward only)", min=0.0
     )
-    disc_warmup_steps: int = option(
-        25, "discriminator-only steps before the policy moves (only with fail_weight > 0)", min=0
-    )
 
 
 @register_method("reward")
-class RewardMethod(FAILMethod):
+class RewardMethod(Method):
     """Maximise ``R(x)`` (+ FAIL regulariser). Roles: ``policy``, ``reference`` and, with
     ``fail_weight > 0``, ``discriminator``.
 
     Example:
         >>> from flowpost.data.base import DataSpec
         >>> from flowpost.nets.config import NetConfig
-        >>> m = RewardMethod(RewardConfig(), DataSpec((2,)), NetConfig(hidden=16, depth=1))
+        >>> m = RewardMethod(RewardConfig(), DataSpec((2,)), NetConfig(hidden=16, depth=1),
+        ...                  reward=lambda x: -x.norm(dim=1))
         >>> sorted(m.optimizers()), m.phase(0)
         (['policy'], 'reward')
+        >>> m.reward(torch.tensor([[3.0, 4.0]]), None).tolist()
+        [-5.0]
     """
 
     config_class = RewardConfig
     config: RewardConfig
+    toy_settings = {
+        "reward": "gaussian",
+        "nfe": 2,
+        "fail_weight": 1.0,
+        "disc_warmup_steps": 1,
+        "disc_lr": 1e-3,
+        "discriminator": {"hidden": 16, "depth": 1},
+    }
 
-    def __init__(self, config: RewardConfig, spec: DataSpec, net: NetConfig, **kwargs: Any) -> None:
-        self._reward_fn = make_reward(config.reward, **config.reward_args)
-        super().__init__(config, spec, net, **kwargs)
+    def __init__(
+        self,
+        config: RewardConfig,
+        spec: DataSpec,
+        net: NetConfig,
+        *,
+        model: nn.Module | None = None,
+        reward: Callable[..., Tensor] | None = None,
+        discriminator: nn.Module | None = None,
+    ) -> None:
+        super().__init__(config, spec, net, model=model)
+        self._reward_fn: RewardFn | None = None
+        if reward is not None:
+            self._reward_fn = as_reward_fn(reward)
+        elif config.reward is not None:
+            self._reward_fn = make_reward(config.reward, **config.reward_args)
+        self.policy = self.velocity_net()
+        self.reference = frozen_copy(self.policy)
+        self.discriminator: nn.Module | None = (
+            build_imitation_discriminator(config, spec, discriminator)
+            if config.fail_weight > 0
+            else None
+        )
 
-    @property
-    def uses_discriminator(self) -> bool:
-        return self.config.fail_weight > 0
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        specs = {"policy": OptimizerSpec(list(self.policy.parameters()), lr=self.config.lr)}
+        if self.discriminator is not None:
+            specs["discriminator"] = discriminator_optimizer(self.discriminator, self.config)
+        return specs
 
-    @property
-    def fail_weight(self) -> float:
-        return self.config.fail_weight
+    def phase(self, step: int) -> str:
+        c = self.config
+        if self.discriminator is None:
+            return "cold_start" if step < c.cold_start_steps else "reward"
+        return imitation_phase(
+            step, cold_start_steps=c.cold_start_steps, warmup_steps=c.disc_warmup_steps
+        )
 
     def reward(self, x: Tensor, cond: Tensor | None) -> Tensor:
         """The user's reward, checked to give one value per sample."""
-        r = self._reward_fn(x, cond)
-        if r.shape != (x.shape[0],):
+        if self._reward_fn is None:
             raise ValueError(
-                f"reward {self.config.reward!r} returned shape {tuple(r.shape)}; it must "
+                "the reward method has no reward: pass reward=callable (flowpost.fit) or set "
+                "method.reward to a built-in name or 'package.module:function'"
+            )
+        r = self._reward_fn(x, cond)
+        if not isinstance(r, Tensor) or r.shape != (x.shape[0],):
+            shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
+            raise ValueError(
+                f"reward {self.config.reward or 'callable'!r} returned {shape}; it must "
                 f"return one value per sample, shape ({x.shape[0]},)"
             )
         return r
 
-    def phase(self, step: int) -> str:
-        if self.discriminator is None:
-            return "cold_start" if step < self.config.cold_start_steps else "reward"
-        return super().phase(step)
-
-    def score_terms(self, x: Tensor, cond: Tensor | None) -> dict[str, Tensor]:
+    def score(self, x: Tensor, cond: Tensor | None) -> dict[str, Tensor]:
+        """Per-sample PD loss terms: ``-R(x)`` and ``fail_weight * softplus(-D(x))``."""
         terms = {"reward": -self.reward(x, cond)}
         if self.discriminator is not None:
-            terms["fail"] = self.fail_weight * adversarial_policy_loss(self.discriminator(x, cond))
+            terms["fail"] = self.config.fail_weight * adversarial_policy_loss(
+                self.discriminator(x, cond)
+            )
         return terms
 
     def sample_reward(self, x: Tensor, cond: Tensor | None) -> Tensor:
+        """PG reward: ``R(x) + fail_weight * softplus(D(x))``, no grad."""
         with torch.no_grad():
             r = self.reward(x, cond)
             if self.discriminator is not None:
-                r = r + self.fail_weight * fail_reward(self.discriminator(x, cond))
+                r = r + self.config.fail_weight * fail_reward(self.discriminator(x, cond))
             return r
 
+    def _policy_step(
+        self, batch: Batch, update: Updater, first: Rollout | None
+    ) -> dict[str, float]:
+        c, disc = self.config, self.discriminator
+        expert = None
+        if c.pd_expert and disc is not None:
+            expert = lambda: expert_pd_terms(self.policy, disc, batch, c, c.fail_weight)  # noqa: E731
+        return policy_update(
+            self.policy,
+            self.reference,
+            batch,
+            c,
+            update,
+            score=self.score,
+            reward=self.sample_reward,
+            pd_rollout=first,
+            extra_pd_terms=expert,
+        )
+
     def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
-        if self.phase(step) == "reward":
-            logs = self._policy_update(batch, update)
-        else:
-            logs = super().train_step(batch, step, update)
-        return logs
+        return adversarial_step(
+            self.phase(step),
+            batch,
+            update,
+            policy=self.policy,
+            discriminator=self.discriminator,
+            cfg=self.config,
+            nfe=self.config.nfe,
+            solver=self.config.solver,
+            policy_step=lambda first: self._policy_step(batch, update, first),
+        )

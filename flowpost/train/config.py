@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,9 @@ def build_run_config(data: Mapping[str, Any]) -> RunConfig:
         method_cls = get_method_class(str(name))
     except ValueError as err:
         raise ConfigError(f"method.name: {err}") from None
+    # the name picks the class; it is not a field of most method configs
+    if "name" not in {f.name for f in dataclasses.fields(method_cls.config_class)}:
+        method_data.pop("name", None)
     init_from = data.get("init_from")
     if init_from is not None and not isinstance(init_from, str):
         raise ConfigError(f"init_from: expected a run folder path, got {init_from!r}")
@@ -123,4 +127,5 @@ def build_run_config(data: Mapping[str, Any]) -> RunConfig:
 def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """A plain dict of the run config (what ``config.yaml`` in a run folder holds)."""
     out: dict[str, Any] = to_dict(cfg)
+    out["method"] = {"name": cfg.method.name, **out["method"]}
     return out

@@ -207,7 +207,7 @@ class Trainer:
             betas = spec.betas or (tc.betas[0], tc.betas[1])
             opt = torch.optim.AdamW(
                 params,
-                lr=spec.lr if spec.lr is not None else tc.lr,
+                lr=(spec.lr if spec.lr is not None else tc.lr) * spec.lr_scale,
                 betas=betas,
                 weight_decay=spec.weight_decay
                 if spec.weight_decay is not None

@@ -80,7 +80,6 @@ class OptimizerUpdater:
             name: [p for g in opt.param_groups for p in g["params"]]
             for name, opt in optimizers.items()
         }
-        self.last_grad_norm: dict[str, float] = {}
 
     def step(self, name: str, **terms: Tensor) -> dict[str, float]:
         if name not in self.optimizers:
@@ -96,8 +95,9 @@ class OptimizerUpdater:
         self.backward(total)
         clip = self.grad_clip.get(name)
         if clip is not None and clip > 0:
+            # the norm before clipping, logged beside the loss terms
             norm = torch.nn.utils.clip_grad_norm_(self._params[name], clip)
-            self.last_grad_norm[name] = float(norm)
+            values["grad_norm"] = float(norm)
         optimizer = self.optimizers[name]
         if self.lr_factor is not None and name in self.scheduled:
             factor = self.lr_factor(self.global_step)

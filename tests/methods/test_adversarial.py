@@ -1,6 +1,6 @@
 """Tests of Adversarial Flow Models (flowpost/methods/adversarial.py): every loss term against
 hand-computed values, the discriminator's blindness to the source, gradient normalisation,
-the lambda_ot schedules, the timesteps and sampling."""
+the ot_weight schedules, the timesteps and sampling."""
 
 from __future__ import annotations
 
@@ -14,17 +14,19 @@ from flowpost.data.base import Batch, DataSpec
 from flowpost.methods.adversarial import (
     AdversarialFlow,
     AFConfig,
-    GradientNormalizer,
     any_step_times,
+    fixed_k_times,
+    ot_loss,
+    ot_weight_at,
+)
+from flowpost.methods.base import get_method_class
+from flowpost.methods.components.adversarial import (
+    GradientNormalizer,
     augment_pair,
     centering_penalty,
     finite_difference_penalty,
-    fixed_k_times,
-    ot_loss,
-    ot_weight,
     relativistic_loss,
 )
-from flowpost.methods.base import get_method_class
 from flowpost.nets.config import NetConfig
 from flowpost.nets.mlp import MLPVelocity
 from flowpost.train.updater import OptimizerUpdater
@@ -82,7 +84,7 @@ def make(
         cfg,
         DataSpec((dim,)),
         NetConfig(),
-        generator=g or LinearG(dim),
+        model=g or LinearG(dim),
         discriminator=d or LinearD(dim),
     )
 
@@ -118,7 +120,7 @@ def test_loss_terms_match_hand_values() -> None:
 
 def test_discriminator_terms_hand_computed() -> None:
     torch.manual_seed(0)
-    cfg = AFConfig(steps=2, lambda_gp=0.3, lambda_cp=0.2, gp_fraction=0.5, gp_eps=0.01)
+    cfg = AFConfig(nfe=2, gp_weight=0.3, cp_weight=0.2, gp_fraction=0.5, gp_eps=0.01)
     d = LinearD(3)
     m = make(cfg, d=d)
     real, fake = torch.randn(4, 3), torch.randn(4, 3)
@@ -141,7 +143,7 @@ def test_discriminator_terms_hand_computed() -> None:
 
 def test_generator_terms_hand_computed() -> None:
     torch.manual_seed(0)
-    cfg = AFConfig(steps=4, lambda_ot=0.7, grad_norm=False)
+    cfg = AFConfig(nfe=4, ot_weight=0.7, grad_norm=False)
     g, d = LinearG(3), LinearD(3)
     m = make(cfg, 3, g, d)
     x_a, real = torch.randn(5, 3), torch.randn(5, 3)
@@ -165,7 +167,7 @@ def test_generator_terms_hand_computed() -> None:
 def test_discriminator_never_sees_the_source(real_noise: str) -> None:
     torch.manual_seed(0)
     g, d = Recorder(LinearG(3)), Recorder(LinearD(3))
-    m = make(AFConfig(steps=2, real_noise=real_noise, lambda_gp=0.1, gp_fraction=1.0), 3, g, d)
+    m = make(AFConfig(nfe=2, real_noise=real_noise, gp_weight=0.1, gp_fraction=1.0), 3, g, d)
     up = updater_for(m)
     for step in range(3):
         m.train_step(Batch(torch.randn(16, 3)), step, up)
@@ -194,7 +196,7 @@ def test_gradient_normalizer_formula_and_buffer() -> None:
 def _adv_grad(scale: float, grad_norm: bool) -> Tensor:
     torch.manual_seed(0)
     g, d = LinearG(3), LinearD(3, scale=scale)
-    m = make(AFConfig(steps=1, grad_norm=grad_norm, grad_norm_decay=0.0, lambda_ot=0.0), 3, g, d)
+    m = make(AFConfig(nfe=1, grad_norm=grad_norm, grad_norm_decay=0.0, ot_weight=0.0), 3, g, d)
     torch.manual_seed(1)
     x_a = torch.randn(8, 3)
     a, b = torch.zeros(8), torch.ones(8)
@@ -219,16 +221,16 @@ def test_gradient_normalisation_removes_discriminator_scale() -> None:
 
 
 def test_ot_schedules() -> None:
-    const = AFConfig(lambda_ot=0.05)
-    assert [ot_weight(const, s) for s in (0, 10**6)] == [0.05, 0.05]
-    cos = AFConfig(lambda_ot=0.2, ot_schedule="cosine", ot_end=0.01, ot_decay_steps=1000)
-    assert ot_weight(cos, 0) == pytest.approx(0.2)
-    assert ot_weight(cos, 500) == pytest.approx(0.105)
-    assert ot_weight(cos, 250) == pytest.approx(0.01 + 0.19 * (1 + math.cos(math.pi / 4)) / 2)
-    assert ot_weight(cos, 1000) == pytest.approx(0.01)
-    assert ot_weight(cos, 5000) == pytest.approx(0.01)
-    drop = AFConfig(lambda_ot=0.2, ot_schedule="step", ot_end=0.02, ot_decay_steps=100)
-    assert [ot_weight(drop, s) for s in (0, 99, 100, 400)] == [0.2, 0.2, 0.02, 0.02]
+    const = AFConfig(ot_weight=0.05)
+    assert [ot_weight_at(const, s) for s in (0, 10**6)] == [0.05, 0.05]
+    cos = AFConfig(ot_weight=0.2, ot_schedule="cosine", ot_end=0.01, ot_decay_steps=1000)
+    assert ot_weight_at(cos, 0) == pytest.approx(0.2)
+    assert ot_weight_at(cos, 500) == pytest.approx(0.105)
+    assert ot_weight_at(cos, 250) == pytest.approx(0.01 + 0.19 * (1 + math.cos(math.pi / 4)) / 2)
+    assert ot_weight_at(cos, 1000) == pytest.approx(0.01)
+    assert ot_weight_at(cos, 5000) == pytest.approx(0.01)
+    drop = AFConfig(ot_weight=0.2, ot_schedule="step", ot_end=0.02, ot_decay_steps=100)
+    assert [ot_weight_at(drop, s) for s in (0, 99, 100, 400)] == [0.2, 0.2, 0.02, 0.02]
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
@@ -254,18 +256,18 @@ def test_any_step_times() -> None:
 
 
 def test_generate_checks_nfe() -> None:
-    m = make(AFConfig(steps=2))
+    m = make(AFConfig(nfe=2))
     with pytest.raises(ValueError, match="nfe=2"):
         m.generate(torch.randn(3, 3), nfe=4)
     assert m.generate(torch.randn(3, 3), nfe=2).shape == (3, 3)
-    anystep = make(AFConfig(steps=0))
+    anystep = make(AFConfig(nfe=0))
     for nfe in (1, 3, 8):
         assert anystep.generate(torch.randn(3, 3), nfe=nfe).shape == (3, 3)
 
 
 def test_generate_chain_times_and_ema_roles() -> None:
     g = Recorder(LinearG(2))
-    m = make(AFConfig(steps=4), 2, g)
+    m = make(AFConfig(nfe=4), 2, g)
     times: list[tuple[float, float]] = []
 
     class Spy(nn.Module):
@@ -285,9 +287,9 @@ def test_generate_chain_times_and_ema_roles() -> None:
 
 def test_config_errors_and_registry() -> None:
     with pytest.raises(ValueError, match="residual"):
-        make(AFConfig(steps=2, parameterization="direct"))
-    with pytest.raises(ValueError, match="lambda_cg"):
-        make(AFConfig(lambda_cg=0.1))
+        make(AFConfig(nfe=2, parameterization="direct"))
+    with pytest.raises(ValueError, match="cg_weight"):
+        make(AFConfig(cg_weight=0.1))
     assert get_method_class("adversarial") is AdversarialFlow
 
 
@@ -296,11 +298,11 @@ def test_optimizers_follow_repeats() -> None:
         AFConfig(lr=2e-4),
         DataSpec((3,)),
         NetConfig(repeats=4),
-        generator=LinearG(3),
+        model=LinearG(3),
         discriminator=LinearD(3),
     )
     specs = m.optimizers()
-    assert specs["generator"].lr == pytest.approx(5e-5)
+    assert specs["generator"].lr * specs["generator"].lr_scale == pytest.approx(5e-5)
     assert specs["discriminator"].lr == pytest.approx(2e-4)
     assert specs["generator"].betas == (0.0, 0.9)
 
@@ -309,7 +311,7 @@ def test_pretrained_flow_gives_one_euler_step() -> None:
     torch.manual_seed(0)
     flow = MLPVelocity(2, hidden=16, depth=2)
     gen = MLPVelocity(2, hidden=16, depth=2, end_time=True)
-    m = make(AFConfig(steps=1), 2, gen, LinearD(2))
+    m = make(AFConfig(nfe=1), 2, gen, LinearD(2))
     assert not m.residual  # auto: direct prediction from scratch
     m.load_pretrained(flow.state_dict())
     assert m.residual
@@ -345,7 +347,7 @@ def test_training_learns_a_shift_with_ot_map() -> None:
             assert t is not None
             return self.net(x, t)[:, 0]
 
-    cfg = AFConfig(steps=1, parameterization="residual", lambda_ot=0.05, lr=1e-3)
+    cfg = AFConfig(nfe=1, parameterization="residual", ot_weight=0.05, lr=1e-3)
     m = make(cfg, 1, g, DHead())
     up = updater_for(m)
     for step in range(300):
@@ -381,10 +383,10 @@ def test_classifier_guidance_term() -> None:
     clf = SpyClassifier(k)
     g = LinearG(2)
     m = AdversarialFlow(
-        AFConfig(steps=1, lambda_cg=0.3, lambda_ot=0.0),
+        AFConfig(nfe=1, cg_weight=0.3, ot_weight=0.0),
         spec,
         NetConfig(),
-        generator=g,
+        model=g,
         discriminator=LinearD(2),
         classifier=clf,
     )
@@ -413,7 +415,7 @@ def test_train_step_with_guidance_and_time_classifier() -> None:
     torch.manual_seed(0)
     spec = DataSpec((2,), num_classes=2)
     net = NetConfig(hidden=16, depth=1)
-    m = AdversarialFlow(AFConfig(steps=2, lambda_cg=0.1), spec, net)
+    m = AdversarialFlow(AFConfig(nfe=2, cg_weight=0.1), spec, net)
     assert m.classifier is not None and "classifier" in m.optimizers()
     up = updater_for(m)
     before = [p.detach().clone() for p in m.classifier.parameters()]
@@ -438,8 +440,8 @@ def test_trainer_resume_is_exact_with_grad_norm_state(tmp_path) -> None:  # type
         "model": {"hidden": 16, "depth": 1},
         "method": {
             "name": "adversarial",
-            "steps": 2,
-            "lambda_ot": 0.1,
+            "nfe": 2,
+            "ot_weight": 0.1,
             "ot_schedule": "cosine",
             "ot_decay_steps": 3,
             "discriminator": {"hidden": 16, "depth": 1},

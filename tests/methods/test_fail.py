@@ -12,22 +12,22 @@ from torch import Tensor, nn
 
 from flowpost.data.base import Batch, DataSpec
 from flowpost.methods.base import get_method_class
-from flowpost.methods.fail import (
-    FAILConfig,
-    FAILMethod,
-    FPODraws,
+from flowpost.methods.components.adversarial import (
     adversarial_policy_loss,
     discriminator_loss,
     fail_reward,
+)
+from flowpost.methods.components.common import solver_grid
+from flowpost.methods.components.pathwise import local_pd_points, pathwise_sample
+from flowpost.methods.components.policy import policy_rollout
+from flowpost.methods.components.policy_gradient import (
+    FPODraws,
     fpo_surrogate,
     group_advantages,
-    local_pd_points,
-    pathwise_sample,
     ppo_clip_loss,
-    sde_log_prob,
-    sde_rollout,
-    solver_grid,
 )
+from flowpost.methods.components.sde import sde_log_prob, sde_rollout
+from flowpost.methods.fail import FAILConfig, FAILMethod
 from flowpost.nets.config import DiscriminatorConfig, NetConfig
 
 torch.set_num_threads(1)
@@ -225,9 +225,9 @@ def _batch(n: int = 8) -> Batch:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"variant": "pd", "pd_estimator": "local", "beta": 0.1, "expert_in_policy_loss": True},
-        {"variant": "pd", "pd_estimator": "pathwise", "beta": 0.1},
-        {"variant": "pg", "pg_estimator": "fpo", "beta": 0.1, "ppo_epochs": 2},
+        {"variant": "pd", "pd_estimator": "local", "ref_weight": 0.1, "pd_expert": True},
+        {"variant": "pd", "pd_estimator": "pathwise", "ref_weight": 0.1},
+        {"variant": "pg", "pg_estimator": "fpo", "ref_weight": 0.1, "pg_epochs": 2},
         {"variant": "pg", "pg_estimator": "sde"},
     ],
 )
@@ -237,7 +237,7 @@ def test_gradients_reach_only_the_role_being_trained(overrides: dict[str, object
     up = RecordingUpdater(m)
     logs = m.train_step(_batch(), 0, up)
     names = [name for name, _ in up.calls]
-    epochs = int(overrides.get("ppo_epochs", 1))  # type: ignore[call-overload]
+    epochs = int(overrides.get("pg_epochs", 1))  # type: ignore[call-overload]
     assert names == ["discriminator", "discriminator"] + ["policy"] * epochs
     for name, got in up.calls:
         assert got["reference"] is False
@@ -283,17 +283,17 @@ def test_user_discriminator_module_and_factory() -> None:
 
 
 def test_pg_needs_a_batch_of_a_whole_group() -> None:
-    m = tiny_method(variant="pg", group_size=16)
-    with pytest.raises(ValueError, match="group_size"):
+    m = tiny_method(variant="pg", pg_group_size=16)
+    with pytest.raises(ValueError, match="pg_group_size"):
         m.train_step(_batch(8), 0, RecordingUpdater(m))
 
 
 def test_conditional_groups_share_a_label() -> None:
     spec = DataSpec((2,), num_classes=3)
-    cfg = FAILConfig(variant="pg", group_size=3, discriminator=DiscriminatorConfig(hidden=8))
+    cfg = FAILConfig(variant="pg", pg_group_size=3, discriminator=DiscriminatorConfig(hidden=8))
     m = FAILMethod(cfg, spec, NetConfig(hidden=8, depth=1))
     batch = Batch(torch.randn(7, 2), torch.tensor([2, 0, 1, 1, 0, 2, 2]))
-    r = m.rollout(batch, grouped=True)
+    r = policy_rollout(m.policy, batch, cfg, grouped=True)
     assert r.cond is not None and r.cond.tolist() == [2, 2, 2, 0, 0, 0]
     assert r.x1.shape == (6, 2)
 
@@ -310,7 +310,7 @@ def test_short_toy_run_moves_the_policy_to_the_expert() -> None:
     from flowpost.train.updater import OptimizerUpdater
 
     torch.manual_seed(0)
-    cfg = FAILConfig(disc_warmup_steps=10, nfe=4, r1_weight=1.0,
+    cfg = FAILConfig(disc_warmup_steps=10, nfe=4, gp_weight=1.0,
                      discriminator=DiscriminatorConfig(hidden=32, depth=2))  # fmt: skip
     m = FAILMethod(cfg, DataSpec((2,)), NetConfig(hidden=32, depth=2, time_embed_dim=8))
     assert m.discriminator is not None

@@ -65,15 +65,15 @@ def test_bad_reward_shape_is_a_clear_error() -> None:
 
 def test_roles_and_terms_with_and_without_fail() -> None:
     spec, net = DataSpec((2,)), NetConfig(hidden=8, depth=1)
-    alone = RewardMethod(RewardConfig(), spec, net)
+    alone = RewardMethod(RewardConfig(reward="linear"), spec, net)
     assert alone.discriminator is None and sorted(alone.optimizers()) == ["policy"]
-    cfg = RewardConfig(fail_weight=0.5, disc_warmup_steps=0,
+    cfg = RewardConfig(reward="linear", fail_weight=0.5, disc_warmup_steps=0,
                        discriminator=DiscriminatorConfig(hidden=8))  # fmt: skip
     reg = RewardMethod(cfg, spec, net)
     assert reg.discriminator is not None
     assert sorted(reg.optimizers()) == ["discriminator", "policy"]
     x = torch.randn(4, 2)
-    terms = reg.score_terms(x, None)
+    terms = reg.score(x, None)
     assert torch.allclose(terms["reward"], -linear_reward(x))
     want_fail = 0.5 * torch.nn.functional.softplus(-reg.discriminator(x, None))
     assert torch.allclose(terms["fail"], want_fail)
@@ -91,7 +91,7 @@ def _updater(m: RewardMethod, lr: float) -> OptimizerUpdater:
 def test_training_raises_the_reward(variant: str) -> None:
     torch.manual_seed(0)
     cfg = RewardConfig(variant=variant, reward="tanh_linear", reward_args={"direction": [1.0, 0.0]},
-                       nfe=2, group_size=8, mc_draws=4)  # fmt: skip
+                       nfe=2, pg_group_size=8, pg_draws=4)  # fmt: skip
     m = RewardMethod(cfg, DataSpec((2,)), NetConfig(hidden=32, depth=2, time_embed_dim=8))
     up = _updater(m, 3e-3)
     noise = torch.randn(512, 2)
@@ -107,7 +107,7 @@ def test_training_raises_the_reward(variant: str) -> None:
 
 
 def test_differentiable_reward_gradient_reaches_only_the_policy() -> None:
-    cfg = RewardConfig(fail_weight=1.0, disc_warmup_steps=0,
+    cfg = RewardConfig(reward="linear", fail_weight=1.0, disc_warmup_steps=0,
                        discriminator=DiscriminatorConfig(hidden=8))  # fmt: skip
     m = RewardMethod(cfg, DataSpec((2,)), NetConfig(hidden=8, depth=1))
     assert m.discriminator is not None
