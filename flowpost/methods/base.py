@@ -32,7 +32,9 @@ The contract, in full:
   copies for evaluation). The default integrates the ``policy`` role's ODE.
 * :meth:`Method.load_pretrained`: take the weights of a pretrained flow (SFT, FAIL, AF...).
 * ``toy_settings``: a small ``method`` section (a dict) with which the method trains in a
-  few seconds on a 2-D toy; the contract test (``tests/methods/test_contract.py``) uses it.
+  few seconds on a 2-D toy (its ``nfe``, if any, is also the sampling nfe); ``toy_recipe``
+  overrides other sections of that toy run (``data``, ``model``, ``train``, ``eval``). The
+  contract test (``tests/methods/test_contract.py``) runs every registered method with them.
 
 Randomness: per-sample draws go through :mod:`flowpost.flows.random` (``randn``, ``rand``,
 ``randint``), which draw from torch's global generator; the trainer seeds it and checkpoints
@@ -118,6 +120,7 @@ class Method(nn.Module, ABC):
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     toy_settings: ClassVar[dict[str, Any]] = {}
+    toy_recipe: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(
         self,
