@@ -3,8 +3,6 @@ gradient routing between roles, and a short 2-D run."""
 
 from __future__ import annotations
 
-import math
-
 import ot
 import pytest
 import torch
@@ -12,21 +10,6 @@ from torch import Tensor, nn
 
 from flowpost.data.base import Batch, DataSpec
 from flowpost.methods.base import get_method_class
-from flowpost.methods.components.adversarial import (
-    adversarial_policy_loss,
-    discriminator_loss,
-    fail_reward,
-)
-from flowpost.methods.components.common import solver_grid
-from flowpost.methods.components.pathwise import local_pd_points, pathwise_sample
-from flowpost.methods.components.policy import policy_rollout
-from flowpost.methods.components.policy_gradient import (
-    FPODraws,
-    fpo_surrogate,
-    group_advantages,
-    ppo_clip_loss,
-)
-from flowpost.methods.components.sde import sde_log_prob, sde_rollout
 from flowpost.methods.fail import FAILConfig, FAILMethod
 from flowpost.nets.config import DiscriminatorConfig, NetConfig
 
@@ -74,140 +57,6 @@ def tiny_method(**overrides: object) -> FAILMethod:
 
 def test_registered_under_fail() -> None:
     assert get_method_class("fail") is FAILMethod
-
-
-def test_discriminator_loss_matches_hand_computed_bce() -> None:
-    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5])
-    # BCE with label 1: log(1 + e^{-l}); label 0: log(1 + e^{l})
-    want = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(1.0))) / 2 + math.log(
-        1 + math.exp(0.5)
-    )
-    assert float(discriminator_loss(real, fake)) == pytest.approx(want, abs=1e-6)
-
-
-def test_policy_loss_and_reward_are_softplus_of_logits() -> None:
-    logits = torch.tensor([0.0, 1.0, -2.0])
-    want_loss = [-math.log(1 / (1 + math.exp(-v))) for v in (0.0, 1.0, -2.0)]
-    want_reward = [-math.log(1 - 1 / (1 + math.exp(-v))) for v in (0.0, 1.0, -2.0)]
-    assert adversarial_policy_loss(logits).tolist() == pytest.approx(want_loss, abs=1e-6)
-    assert fail_reward(logits).tolist() == pytest.approx(want_reward, abs=1e-6)
-
-
-def test_local_estimator_hand_computed() -> None:
-    c = torch.tensor([3.0, -1.0])
-    policy = lambda x, t, cond: c.expand_as(x)  # noqa: E731
-    x0 = torch.tensor([[1.0, 2.0], [1.0, 2.0]])
-    x1 = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
-    grid = solver_grid(2)  # [0, 0.5, 1]
-    pts = local_pd_points(policy, x0, x1, grid, mc_timesteps=1, t_min=1e-3,
-                          step_index=torch.tensor([0, 1]))  # fmt: skip
-    # step 0: t = 0, dt = 0.5, t' = 0.5: x_hat = (x0 + 0.5 c - 0.5 x0) / 0.5 = x0 + c
-    assert pts.x_hat[0].tolist() == pytest.approx([4.0, 1.0])
-    # step 1: t = 0.5, t' = 1: x_hat = x_t + 0.5 c = 0.5 (x0 + x1) + 0.5 c
-    assert pts.x_hat[1].tolist() == pytest.approx([2.5, 1.0])
-    # the policy loss is softplus(-D(x_hat)); for D(x) = x_0 - x_1 by hand:
-    loss = adversarial_policy_loss(pts.x_hat[:, 0] - pts.x_hat[:, 1])
-    assert loss.tolist() == pytest.approx([math.log(1 + math.exp(-3.0)),
-                                           math.log(1 + math.exp(-1.5))], abs=1e-6)  # fmt: skip
-
-
-@pytest.mark.parametrize("nfe", [1, 4, 7])
-def test_local_estimate_is_x1_for_the_straight_line_velocity(nfe: int) -> None:
-    g = torch.Generator().manual_seed(0)
-    x0, x1 = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
-    m = 3
-    u = (x1 - x0).repeat_interleave(m, dim=0)
-    pts = local_pd_points(lambda x, t, c: u, x0, x1, solver_grid(nfe), mc_timesteps=m, t_min=1e-6)
-    assert torch.allclose(pts.x_hat, x1.repeat_interleave(m, dim=0), atol=1e-5)
-    assert set(pts.t.tolist()) <= set(solver_grid(nfe)[:-1].tolist())
-
-
-class LinearField(nn.Module):
-    """v(x, t) = A x + b t: a tiny model whose ODE solution is smooth in (A, b)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
-        self.A = nn.Parameter(0.3 * torch.randn(2, 2, generator=g, dtype=torch.float64))
-        self.b = nn.Parameter(torch.randn(2, generator=g, dtype=torch.float64))
-
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return x @ self.A.T + t[:, None] * self.b
-
-
-@pytest.mark.parametrize("checkpoint", [True, False])
-def test_pathwise_gradient_matches_finite_differences(checkpoint: bool) -> None:
-    model = LinearField()
-    w = torch.tensor([1.0, -0.5], dtype=torch.float64)
-    x0 = torch.randn(4, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-
-    def loss() -> Tensor:
-        x_hat = pathwise_sample(model, x0, nfe=3, solver="euler",
-                                checkpoint=checkpoint)  # fmt: skip
-        return adversarial_policy_loss(x_hat @ w).mean()
-
-    loss().backward()
-    assert model.A.grad is not None
-    auto = model.A.grad.clone()
-    eps = 1e-6
-    fd = torch.zeros_like(auto)
-    with torch.no_grad():
-        for i in range(2):
-            for j in range(2):
-                model.A[i, j] += eps
-                up = float(loss())
-                model.A[i, j] -= 2 * eps
-                down = float(loss())
-                model.A[i, j] += eps
-                fd[i, j] = (up - down) / (2 * eps)
-    assert torch.allclose(auto, fd, rtol=1e-5, atol=1e-8)
-
-
-def test_group_advantages_zero_mean_unit_variance_per_group() -> None:
-    r = torch.randn(12, generator=torch.Generator().manual_seed(3)) * 5 + 2
-    a = group_advantages(r, 4).reshape(3, 4)
-    assert torch.allclose(a.mean(1), torch.zeros(3), atol=1e-6)
-    assert torch.allclose(a.var(1, correction=0), torch.ones(3), atol=1e-5)
-    # the clip at +-5 binds for a large group with one outlier: sqrt(G - 1) > 5
-    big = torch.zeros(40)
-    big[0] = 1.0
-    assert float(group_advantages(big, 40).max()) == pytest.approx(5.0)
-    with pytest.raises(ValueError, match="multiple of group_size"):
-        group_advantages(torch.zeros(5), 2)
-
-
-def test_ppo_clip_loss_hand_computed() -> None:
-    rho, adv = torch.tensor([0.5, 1.5, 1.1]), torch.tensor([1.0, -1.0, 2.0])
-    # per sample max(-rho A, -clip(rho) A): max(-0.5, -0.8) = -0.5; max(1.5, 1.2) = 1.5;
-    # max(-2.2, -2.2) = -2.2
-    assert float(ppo_clip_loss(rho, adv, 0.2)) == pytest.approx((-0.5 + 1.5 - 2.2) / 3, abs=1e-6)
-
-
-def test_fpo_surrogate_hand_computed() -> None:
-    c = torch.tensor([1.0, 1.0])
-    x1 = torch.tensor([[1.0, 0.0]])
-    draws = FPODraws(t=torch.tensor([0.3, 0.7]), noise=torch.tensor([[0.0, 0.0], [1.0, 1.0]]),
-                     draws=2)  # fmt: skip
-    terms = fpo_surrogate(lambda x, t, cond: c.expand_as(x), x1, draws)
-    # targets x1 - x0: [1, 0] and [0, -1]; errors [0, 1] -> 0.5 and [1, 2] -> 2.5
-    assert terms.loss.tolist() == pytest.approx([1.5])
-    # x_t = (1 - t) x0 + t x1
-    assert terms.x_t.flatten().tolist() == pytest.approx([0.3, 0.0, 1.0, 0.3])
-
-
-def test_sde_log_prob_scores_the_rollout_and_the_rollout_keeps_marginals_for_exact_field() -> None:
-    # data = a point mass at m: the exact velocity is v(x, t) = (m - x) / (1 - t)
-    m = torch.tensor([1.0, -2.0])
-
-    def v(x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return (m - x) / (1 - t[:, None]).clamp_min(1e-3)
-
-    torch.manual_seed(0)
-    traj = sde_rollout(v, torch.randn(2000, 2), solver_grid(50), 0.8)
-    # the marginal-preserving SDE ends (close to) the point mass as the ODE would
-    assert float((traj.final - m).abs().max()) < 0.2
-    lp = sde_log_prob(v, traj, 0.8)
-    assert lp.shape == (2000,) and bool(torch.isfinite(lp).all())
 
 
 def test_phase_schedule() -> None:
@@ -286,16 +135,6 @@ def test_pg_needs_a_batch_of_a_whole_group() -> None:
     m = tiny_method(variant="pg", pg_group_size=16)
     with pytest.raises(ValueError, match="pg_group_size"):
         m.train_step(_batch(8), 0, RecordingUpdater(m))
-
-
-def test_conditional_groups_share_a_label() -> None:
-    spec = DataSpec((2,), num_classes=3)
-    cfg = FAILConfig(variant="pg", pg_group_size=3, discriminator=DiscriminatorConfig(hidden=8))
-    m = FAILMethod(cfg, spec, NetConfig(hidden=8, depth=1))
-    batch = Batch(torch.randn(7, 2), torch.tensor([2, 0, 1, 1, 0, 2, 2]))
-    r = policy_rollout(m.policy, batch, cfg, grouped=True)
-    assert r.cond is not None and r.cond.tolist() == [2, 2, 2, 0, 0, 0]
-    assert r.x1.shape == (6, 2)
 
 
 def _w2(a: Tensor, b: Tensor) -> float:
