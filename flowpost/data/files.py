@@ -7,7 +7,9 @@ grayscale, else RGB (3 channels); they are resized to ``image_size`` when given,
 have the same size when not. Pixels are scaled from [0, 255] to [-1, 1].
 
 Array files: ``.npy`` holds the samples; ``.npz`` and ``.safetensors`` hold them under the key
-``"x"`` with optional integer labels under ``"labels"`` or ``"cond"``. Values are used as
+``"x"`` with optional integer labels under ``"labels"`` or ``"cond"`` (one per sample,
+shape ``(n,)``), or float condition vectors under ``"cond"`` (shape ``(n, d)``: robot
+observations, goals, prompt embeddings). Values are used as
 they are (no rescaling): put them on a scale of about one yourself. Every failure raises a
 ``ValueError`` (``FileNotFoundError`` for a missing path) naming the file, and for NaN / Inf
 the first bad sample index.
@@ -67,7 +69,8 @@ def _check_labels(labels: np.ndarray, n: int, path: Path) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(labels) | (labels % 1 != 0))
         if len(bad):
             raise ValueError(
-                f"{path}: labels must be integers; label {int(bad[0])} is {labels[bad[0]]!r}"
+                f"{path}: labels must be integers; label {int(bad[0])} is {labels[bad[0]]!r} "
+                "(for float condition vectors store cond with shape (n, d))"
             )
     elif labels.dtype.kind not in "iub":
         raise ValueError(f"{path}: labels have dtype {labels.dtype}; expected integers")
@@ -115,7 +118,14 @@ def load_array_file(path: str | Path, name: str | None = None) -> ArrayData:
     labels = next((arrays[k] for k in LABEL_KEYS if k in arrays), None)
     x = _check_samples(np.asarray(x), p)
     cond = None
-    if labels is not None:
+    if labels is not None and np.asarray(labels).ndim == 2 and np.asarray(labels).dtype.kind == "f":
+        cond = torch.from_numpy(_check_samples(np.asarray(labels), p, "condition vectors"))
+        if cond.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{p}: {cond.shape[0]} condition vectors for {x.shape[0]} samples; give one "
+                "row per sample"
+            )
+    elif labels is not None:
         cond = torch.from_numpy(_check_labels(np.asarray(labels), x.shape[0], p))
     return ArrayData(torch.from_numpy(x), cond, name=name or p.stem)
 

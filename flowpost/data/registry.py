@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,7 +21,9 @@ from flowpost.data.files import load_array_file, load_image_folder
 from flowpost.data.images import IMAGE_DATASETS, load_image_dataset
 from flowpost.data.toys import TOYS, sample_toy
 
-DATASETS: tuple[str, ...] = (*TOYS, *IMAGE_DATASETS, "file", "folder")
+# robot tasks: demonstrations of a scripted expert (flowpost.envs, the [robot] extra)
+ROBOT_TASKS: tuple[str, ...] = ("reacher",)
+DATASETS: tuple[str, ...] = (*TOYS, *IMAGE_DATASETS, "file", "folder", *ROBOT_TASKS)
 
 # Held-out toy samples come from a generator seeded with seed + this offset, a stream the
 # training set (seeded with `seed`) never uses for any seed below it.
@@ -33,7 +36,9 @@ class DataConfig:
 
     name: str = option("8gaussians", "dataset", choices=list(DATASETS))
     path: str | None = option(
-        None, "for name=file: a .npy/.npz/.safetensors file; for name=folder: an image folder"
+        None,
+        "for name=file: a .npy/.npz/.safetensors file; for name=folder: an image folder; "
+        "for a robot task: your own demonstrations .npz (obs, actions, episode)",
     )
     transform: str = option(
         "none",
@@ -65,6 +70,13 @@ class DataConfig:
     labels: bool = option(
         True, "keep class labels as conditions (false: train an unconditional model)"
     )
+    demos: int = option(200, "robot tasks: demonstration episodes of the scripted expert", min=1)
+    demo_noise: float = option(
+        0.1, "robot tasks: std of the noise added to executed expert actions", min=0.0
+    )
+    history: int = option(2, "robot tasks: observations in the policy's condition", min=1)
+    chunk: int = option(4, "robot tasks: actions per sample (the action chunk)", min=1)
+    execute: int = option(2, "robot tasks: actions executed before re-planning", min=1)
 
 
 @dataclass
@@ -76,6 +88,7 @@ class DataSplit:
     train: ArrayData
     heldout: ArrayData
     name: str
+    robot: Any = None  # flowpost.envs.data.RobotData for robot tasks: roll-out evaluation
 
     @property
     def spec(self) -> DataSpec:
@@ -136,6 +149,23 @@ def load_data(cfg: DataConfig) -> DataSplit:
         train = ArrayData(sample_toy(cfg.name, n, g_train, transform), name=key)
         heldout = ArrayData(sample_toy(cfg.name, cfg.n_heldout, g_held, transform), name=key)
         return DataSplit(train, heldout, key)
+    if cfg.name in ROBOT_TASKS:
+        if transform != "none":
+            raise ValueError(f"data.transform is not available for robot task {cfg.name}")
+        from flowpost.envs.data import load_robot_data
+
+        train, heldout, robot = load_robot_data(
+            cfg.name,
+            path=cfg.path,
+            demos=cfg.demos,
+            history=cfg.history,
+            chunk=cfg.chunk,
+            execute=cfg.execute,
+            noise=cfg.demo_noise,
+            seed=cfg.seed,
+            heldout_fraction=cfg.heldout_fraction,
+        )
+        return DataSplit(_subset(train, cfg.n_train, cfg.seed), heldout, key, robot)
     if cfg.name in IMAGE_DATASETS:
         train, heldout = load_image_dataset(cfg.name, transform, seed=cfg.seed)
     else:
@@ -173,4 +203,4 @@ def split_arrays(full: ArrayData, cfg: DataConfig) -> DataSplit:
     return DataSplit(train, heldout, cfg.name)
 
 
-__all__ = ["DATASETS", "DataConfig", "DataSplit", "load_data", "split_arrays"]
+__all__ = ["ROBOT_TASKS", "DATASETS", "DataConfig", "DataSplit", "load_data", "split_arrays"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -58,8 +58,10 @@ class Evaluator:
         reference: ArrayData | None = None,
         dataset: str | None = None,
         device: torch.device | str | None = None,
+        robot: Any = None,
     ) -> None:
         self.method = method
+        self.robot = robot
         self.roles = dict(roles) if roles is not None else None
         self.spec: DataSpec = spec if spec is not None else method.spec
         self.reference = reference
@@ -73,6 +75,18 @@ class Evaluator:
         """The labels ``n`` samples are drawn with: ``cond`` (an int: all the same label), else
         for class-conditional data the reference's labels cycled (no reference: 0, 1, ...)."""
         k = self.spec.num_classes
+        if cond is None and self.spec.cond_dim is not None:  # float condition vectors
+            if self.reference is None or self.reference.cond is None:
+                raise ValueError("float-conditioned model: pass cond= (n, cond_dim) vectors")
+            vectors = self.reference.cond
+            return vectors[torch.arange(n) % vectors.shape[0]]
+        if cond is not None and self.spec.cond_dim is not None:
+            vectors = torch.as_tensor(cond).float().cpu()
+            if vectors.shape != (n, self.spec.cond_dim):
+                raise ValueError(
+                    f"cond must be ({n}, {self.spec.cond_dim}) vectors, got {tuple(vectors.shape)}"
+                )
+            return vectors
         if cond is None:
             if k is None:
                 return None
@@ -131,6 +145,7 @@ class Evaluator:
         seed: int = 1234,
         plot: str | Path | None = None,
         title: str = "",
+        episodes: int = 100,
     ) -> dict[str, float]:
         """Metrics of ``min(n_samples, len(reference))`` samples against the reference (drawn
         with noise ``seed``; the metrics' own subsampling uses ``seed + 1``); with ``plot`` a
@@ -142,9 +157,33 @@ class Evaluator:
         reference = self.reference.x[:n]
         gen = torch.Generator().manual_seed(seed + 1)
         metrics = evaluate_samples(samples, reference, dataset=self.dataset, generator=gen)
+        if self.robot is not None:  # robot task: ``episodes`` closed-loop roll-outs
+            metrics.update(self.rollouts(nfe, solver=solver, episodes=episodes, seed=seed))
         if plot is not None:
             plot_samples(samples, plot, reference=reference, spec=self.spec, title=title)
         return metrics
+
+    def rollouts(
+        self, nfe: int, *, solver: str = "euler", episodes: int = 100, seed: int = 1234
+    ) -> dict[str, float]:
+        """Roll-out metrics of the policy on its robot task (``robot`` must be given)."""
+        if self.robot is None:
+            raise ValueError("roll-outs need a robot task (pass robot=)")
+        was_training = self.method.training
+        self.method.eval()
+
+        def generate(noise: Tensor, cond: Tensor) -> Tensor:
+            return self.method.generate(noise, cond, nfe=nfe, solver=solver, roles=self.roles)
+
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                out: dict[str, float] = self.robot.evaluate(
+                    generate, episodes=episodes, seed=seed, device=self.device
+                )
+        finally:
+            self.method.train(was_training)
+        return out
 
 
 __all__ = ["Evaluator"]

@@ -8,7 +8,9 @@
 Class labels enter by *projection* (Miyato & Koyama 2018: ``logit = psi(h) + <embed(c), h>``),
 by *embedding* (a label embedding concatenated to the input), or not at all. The null label
 ``num_classes`` is embedded like any other label; ``cond=None`` means the null label, and
-labels are ignored when ``conditional="none"`` or ``num_classes=None``. A time-conditional
+labels are ignored when ``conditional="none"`` or ``num_classes=None``. Float condition
+vectors (``cond_dim``, e.g. robot observations) enter the same two ways through a small SiLU
+MLP in place of the label table; ``cond=None`` then means the zero vector. A time-conditional
 discriminator (AF's ``D(x_b, b)``) sees sinusoidal features of ``t``; it never sees the
 generator's source sample.
 
@@ -53,18 +55,26 @@ class _Conditioning(nn.Module):
         conditional: str,
         time_conditional: bool,
         time_embed_dim: int,
+        cond_dim: int | None = None,
     ) -> None:
         super().__init__()
         if conditional not in CONDITIONING:
             raise ValueError(f"conditional must be one of {CONDITIONING}, got {conditional!r}")
+        if num_classes is not None and cond_dim is not None:
+            raise ValueError("give either num_classes (labels) or cond_dim (float vectors)")
         self.num_classes = num_classes
-        self.conditional = conditional if num_classes is not None else "none"
+        self.cond_dim = cond_dim
+        has_cond = num_classes is not None or cond_dim is not None
+        self.conditional = conditional if has_cond else "none"
         self.time_conditional = time_conditional
         self.time_embed_dim = time_embed_dim
         self.label_dim = time_embed_dim if self.conditional == "embedding" else 0
         self.extra_dim = self.label_dim + (time_embed_dim if time_conditional else 0)
-        self.label: nn.Embedding | None = None
-        if self.conditional == "embedding":
+        self.label: nn.Module | None = None
+        if cond_dim is not None and self.conditional != "none":
+            out = time_embed_dim if self.conditional == "embedding" else feat_dim
+            self.label = nn.Sequential(nn.Linear(cond_dim, out), nn.SiLU(), nn.Linear(out, out))
+        elif self.conditional == "embedding":
             self.label = nn.Embedding(num_classes + 1, time_embed_dim)  # type: ignore[operator]
         elif self.conditional == "projection":
             self.label = nn.Embedding(num_classes + 1, feat_dim)  # type: ignore[operator]
@@ -73,7 +83,17 @@ class _Conditioning(nn.Module):
             nn.init.normal_(self.label.weight, std=0.02)
 
     def labels(self, cond: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
-        if self.conditional == "none" or self.num_classes is None:
+        if self.conditional == "none":
+            return None
+        if self.cond_dim is not None:
+            if cond is None:
+                return torch.zeros(batch, self.cond_dim, device=device)
+            if cond.shape != (batch, self.cond_dim):
+                raise ValueError(
+                    f"condition must have shape ({batch}, {self.cond_dim}), got {tuple(cond.shape)}"
+                )
+            return cond.float()
+        if self.num_classes is None:
             return None
         if cond is None:  # the null label, as for the velocity nets
             return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
@@ -132,6 +152,7 @@ class MLPDiscriminator(nn.Module):
         input_encoding: int = 0,
         input_scale: float = 100.0,
         negative_slope: float = 0.2,
+        cond_dim: int | None = None,
     ) -> None:
         super().__init__()
         if dim < 1 or hidden < 1 or depth < 1:
@@ -141,7 +162,7 @@ class MLPDiscriminator(nn.Module):
         self.input_scale = input_scale
         self.slope = negative_slope
         self.cond = _Conditioning(
-            hidden, num_classes, conditional, time_conditional, time_embed_dim
+            hidden, num_classes, conditional, time_conditional, time_embed_dim, cond_dim
         )
         width = dim * (1 + input_encoding) + self.cond.extra_dim
         layers = []
@@ -203,6 +224,7 @@ class ConvDiscriminator(nn.Module):
         *,
         time_embed_dim: int = 64,
         negative_slope: float = 0.2,
+        cond_dim: int | None = None,
     ) -> None:
         super().__init__()
         if channels < 1 or depth < 1:
@@ -210,7 +232,7 @@ class ConvDiscriminator(nn.Module):
         self.slope = negative_slope
         widths = [channels * min(2**i, 4) for i in range(depth + 1)]
         self.cond = _Conditioning(
-            widths[-1], num_classes, conditional, time_conditional, time_embed_dim
+            widths[-1], num_classes, conditional, time_conditional, time_embed_dim, cond_dim
         )
         self.stem = _maybe_sn(nn.Conv2d(in_channels, channels, 3, padding=1), spectral_norm)
         self.extra = (
@@ -271,6 +293,7 @@ class FeatureDiscriminator(nn.Module):
         time_conditional: bool = False,
         *,
         time_embed_dim: int = 64,
+        cond_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -285,6 +308,7 @@ class FeatureDiscriminator(nn.Module):
             spectral_norm,
             time_conditional,
             time_embed_dim=time_embed_dim,
+            cond_dim=cond_dim,
         )
 
     def train(self, mode: bool = True) -> FeatureDiscriminator:

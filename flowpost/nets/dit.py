@@ -106,6 +106,7 @@ class DiT(nn.Module):
         mlp_ratio: float = 4.0,
         time_scale: float = 1000.0,
         image_width: int | None = None,
+        cond_dim: int | None = None,
     ) -> None:
         super().__init__()
         width = image_width or image_size
@@ -140,7 +141,7 @@ class DiT(nn.Module):
                 "pos", sincos_pos_embed_2d(hidden, self.grid[0])[None], persistent=False
             )
         self.time_embed = TimeEmbedding(hidden, time_embed_dim, scale=time_scale)
-        self.cond_embed = CondEmbedding(hidden, num_classes=num_classes)
+        self.cond_embed = CondEmbedding(hidden, num_classes=num_classes, cond_dim=cond_dim)
         self.blocks = nn.ModuleList(
             DiTBlock(hidden, heads, mlp_ratio, dropout) for _ in range(depth)
         )

@@ -2,8 +2,10 @@
 
 ``build_velocity_net`` returns a module called as ``net(x, t, cond=None, t_end=None)`` that
 returns a tensor shaped like ``x``; ``build_discriminator`` one called as
-``disc(x, cond=None, t=None)`` that returns logits (B,). The MLP works for any data (images
-are flattened); the UNet and DiT need images ``(C, H, W)``.
+``disc(x, cond=None, t=None)`` that returns logits (B,); ``build_contracting_residual`` the
+residual field of ResFT-FM (see :mod:`flowpost.nets.contracting`). The MLP works for any data
+(images are flattened); the UNet and DiT need images ``(C, H, W)``. Conditions follow the
+data spec: class labels (``spec.num_classes``) or float vectors (``spec.cond_dim``).
 
 Example:
     >>> import torch
@@ -12,6 +14,9 @@ Example:
     >>> net = build_velocity_net(NetConfig(arch="unet"), DataSpec((1, 8, 8), num_classes=10))
     >>> net(torch.randn(2, 1, 8, 8), torch.rand(2), torch.tensor([1, 10])).shape
     torch.Size([2, 1, 8, 8])
+    >>> policy = build_velocity_net(NetConfig(hidden=32, depth=2), DataSpec((8,), cond_dim=20))
+    >>> policy(torch.randn(3, 8), torch.rand(3), torch.randn(3, 20)).shape
+    torch.Size([3, 8])
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import nn
 
 from flowpost.data.base import DataSpec
 from flowpost.nets.config import DiscriminatorConfig, NetConfig
+from flowpost.nets.contracting import ContractingResidual
 from flowpost.nets.discriminators import ConvDiscriminator, MLPDiscriminator
 from flowpost.nets.dit import DiT
 from flowpost.nets.mlp import MLPVelocity
@@ -53,6 +59,7 @@ def build_velocity_net(cfg: NetConfig, spec: DataSpec, *, end_time: bool = False
             cfg.dropout,
             repeats=cfg.repeats,
             input_encoding=cfg.input_encoding,
+            cond_dim=spec.cond_dim,
         )
     if cfg.arch == "unet":
         _need_image("unet", spec, "model")
@@ -71,6 +78,7 @@ def build_velocity_net(cfg: NetConfig, spec: DataSpec, *, end_time: bool = False
             cfg.dropout,
             attention=cfg.attention,
             heads=cfg.heads,
+            cond_dim=spec.cond_dim,
         )
     if cfg.arch == "dit":
         _need_image("dit", spec, "model")
@@ -89,6 +97,7 @@ def build_velocity_net(cfg: NetConfig, spec: DataSpec, *, end_time: bool = False
             repeats=cfg.repeats,
             pos_embed=cfg.pos_embed,
             image_width=w,
+            cond_dim=spec.cond_dim,
         )
     raise ValueError(f"unknown model arch {cfg.arch!r}; choose mlp, unet or dit")
 
@@ -112,6 +121,7 @@ def build_discriminator(
             time_conditional,
             time_embed_dim=cfg.time_embed_dim,
             input_encoding=cfg.input_encoding,
+            cond_dim=spec.cond_dim,
         )
     if cfg.arch == "conv":
         _need_image("conv", spec, "discriminator")
@@ -124,8 +134,26 @@ def build_discriminator(
             cfg.spectral_norm,
             time_conditional,
             time_embed_dim=cfg.time_embed_dim,
+            cond_dim=spec.cond_dim,
         )
     raise ValueError(f"unknown discriminator arch {cfg.arch!r}; choose mlp or conv")
 
 
-__all__ = ["build_velocity_net", "build_discriminator"]
+def build_contracting_residual(
+    spec: DataSpec, *, mu: float, hidden: int = 128, rank: int | None = None
+) -> ContractingResidual:
+    """The residual ``r = -(L L^T + mu I)(x - m(t, c))`` of ResFT-FM for data ``spec``: its
+    symmetric Jacobian part is ``<= -mu`` for every input (``mu`` must be > 0)."""
+    if not mu > 0:
+        raise ValueError(f"mu must be > 0 (the guaranteed contraction rate), got {mu}")
+    return ContractingResidual(
+        spec.numel,
+        hidden=hidden,
+        mu=mu,
+        num_classes=spec.num_classes,
+        cond_dim=spec.cond_dim,
+        rank=rank,
+    )
+
+
+__all__ = ["build_velocity_net", "build_discriminator", "build_contracting_residual"]

@@ -84,7 +84,8 @@ class UNet(nn.Module):
             28 -> 14 -> 7).
         num_res_blocks: residual blocks per level on the way down (and up).
         attention: self-attention in the middle (lowest resolution).
-        num_classes: labels ``0..K-1`` plus the null label ``K``.
+        num_classes: labels ``0..K-1`` plus the null label ``K``; ``cond_dim``: float
+            condition vectors (B, cond_dim) instead, embedded by a small MLP.
         end_time: second time input through the zero-initialised ``end_time_embed``.
     """
 
@@ -102,6 +103,7 @@ class UNet(nn.Module):
         attention: bool = False,
         heads: int = 4,
         time_scale: float = 1000.0,
+        cond_dim: int | None = None,
     ) -> None:
         super().__init__()
         if not channel_mult or any(m < 1 for m in channel_mult):
@@ -112,7 +114,7 @@ class UNet(nn.Module):
             raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
         emb_dim = 4 * channels
         self.time_embed = TimeEmbedding(emb_dim, time_embed_dim, scale=time_scale)
-        self.cond_embed = CondEmbedding(emb_dim, num_classes=num_classes)
+        self.cond_embed = CondEmbedding(emb_dim, num_classes=num_classes, cond_dim=cond_dim)
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
         widths = [channels * m for m in channel_mult]
         self.down = nn.ModuleList()

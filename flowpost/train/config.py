@@ -75,6 +75,7 @@ class EvalConfig:
         default_factory=list, help="also report the metrics at these NFEs (final evaluation)"
     )
     seed: int = option(1234, "seed of the evaluation noise (separate from training's stream)")
+    episodes: int = option(100, "robot tasks: roll-out episodes per evaluation", min=1)
     plots: bool = option(True, "save sample plots into the run's plots/ folder")
 
 

@@ -411,6 +411,7 @@ class Trainer:
             reference=self.data.heldout,
             dataset=self.data.name,
             device=self.device,
+            robot=self.data.robot,
         )
 
     def evaluate(self, nfe: int | None = None, plot_name: str | None = None) -> dict[str, float]:
@@ -423,6 +424,7 @@ class Trainer:
             solver=ec.solver,
             n_samples=ec.n_samples,
             seed=ec.seed,
+            episodes=ec.episodes,
             plot=plot,
             title=f"{self.config.method.name} step {self.step}",
         )

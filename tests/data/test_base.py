@@ -65,3 +65,15 @@ def test_doctests():
 
     result = doctest.testmod(module)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_float_condition_vectors():
+    data = ArrayData(torch.zeros(3, 2), torch.tensor([[0.5, 1.0], [2.0, 3.0], [0.0, -1.0]]))
+    assert data.spec.cond_dim == 2 and data.spec.num_classes is None and data.spec.conditional
+    assert data.batch(torch.tensor([1])).cond.tolist() == [[2.0, 3.0]]
+    bad = torch.zeros(3, 2)
+    bad[1, 0] = float("inf")
+    with pytest.raises(ValueError, match="condition of sample 1 contains NaN or Inf"):
+        ArrayData(torch.zeros(3, 2), bad)
+    with pytest.raises(ValueError, match=r"shape \(3, d\)"):
+        ArrayData(torch.zeros(3, 2), torch.zeros(2, 4))

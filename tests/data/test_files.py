@@ -117,3 +117,14 @@ def test_doctests():
 
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_npz_with_float_condition_vectors(tmp_path):
+    x, cond = np.random.randn(6, 3), np.random.randn(6, 4).astype(np.float32)
+    np.savez(tmp_path / "v.npz", x=x, cond=cond)
+    d = load_array_file(tmp_path / "v.npz")
+    assert d.spec.cond_dim == 4 and d.spec.num_classes is None
+    assert np.allclose(d.cond.numpy(), cond)
+    np.savez(tmp_path / "w.npz", x=x, cond=cond[:5])
+    with pytest.raises(ValueError, match="5 condition vectors for 6 samples"):
+        load_array_file(tmp_path / "w.npz")

@@ -1,0 +1,289 @@
+"""FT-FM and ResFT-FM: fine-tuning a flow by maximum likelihood of its reconstructions.
+
+The flow-matching loss never looks at what the few-step sampler actually produces. FT-FM
+closes that gap by turning the flow into an autoencoder (``METHODS.md`` section 3):
+
+* **encode** each target sample ``x1`` to noise ``z = E(x1)`` by integrating the ODE backward
+  from ``t = 1`` to ``t = 0`` with an accurate solver (``encode_solver``, ``encode_nfe``), no
+  gradient, with the frozen pretrained field (``encoder: frozen``) or the current one;
+* **decode** ``x_hat = D_K(z)`` with the sampler that will be deployed (``solver``, ``nfe``
+  evaluations), gradients on, each step checkpointed so memory stays flat in the steps;
+* maximise the Gaussian likelihood ``N(x1; x_hat, sigma^2 I)`` per dimension:
+
+  ``L_rec = mean_dims (x_hat - x1)^2 / (2 sigma^2) + log sigma``
+
+  with ``sigma`` fixed or learned (``learn_sigma``), plus ``fm_weight * L_FM`` on the same
+  batch as a regulariser that keeps the field a flow. Conditional models (labels or float
+  vectors such as robot observations) encode and decode each sample with its own condition.
+
+**ResFT-FM** keeps the pretrained field ``v_pre`` frozen and learns only a residual
+
+  ``v = v_pre + r,   r(x, t, c) = -(L L^T + mu I)(x - m(t, c))``
+
+(:class:`flowpost.nets.contracting.ContractingResidual`) whose symmetric Jacobian part is
+``<= -mu I`` everywhere by construction: adding it lowers the one-sided Lipschitz constant of
+the field by ``mu``, so a perturbation of the state injected mid-trajectory is damped by at
+least ``exp(-mu (1 - t))`` relative to the pretrained field before it reaches the end.
+
+Example:
+    >>> import torch
+    >>> from flowpost.data.base import DataSpec
+    >>> from flowpost.nets.config import NetConfig
+    >>> spec, net = DataSpec((4,), cond_dim=3), NetConfig(hidden=16, depth=1)
+    >>> method = ResidualReconstruction(ResidualReconstructionConfig(mu=0.5), spec, net)
+    >>> method.generate(torch.randn(5, 4), torch.randn(5, 3), nfe=2).shape
+    torch.Size([5, 4])
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from flowpost.config import ConfigError, option
+from flowpost.data.base import Batch, DataSpec
+from flowpost.flows.couplings import IndependentCoupling
+from flowpost.flows.paths import LinearPath
+from flowpost.flows.solvers import encode, sample
+from flowpost.flows.timesteps import UniformTime
+from flowpost.methods.base import (
+    Method,
+    MethodConfig,
+    OptimizerSpec,
+    Updater,
+    _load_matching,
+    register_method,
+)
+from flowpost.methods.flow_matching import drop_labels, flow_matching_loss
+from flowpost.nets.config import NetConfig
+from flowpost.nets.contracting import ResidualField
+from flowpost.nets.factory import build_contracting_residual, build_velocity_net
+
+FIXED_SOLVERS = ["euler", "midpoint", "heun", "rk4"]
+
+
+@dataclass
+class ReconstructionConfig(MethodConfig):
+    """FT-FM settings: the deployed sampler, the encoder, the likelihood and the regulariser."""
+
+    name: str = option("ft_fm", "method name")
+    nfe: int = option(2, "network evaluations of the deployed sampler (the decoder)", min=1)
+    solver: str = option("euler", "solver of the deployed sampler", choices=FIXED_SOLVERS)
+    encode_nfe: int = option(
+        32, "network evaluations of the accurate reverse-ODE encoder (no gradient)", min=1
+    )
+    encode_solver: str = option("rk4", "solver of the encoder", choices=FIXED_SOLVERS)
+    encoder: str = option(
+        "frozen",
+        "field that encodes data to noise: the frozen pretrained one or the current one",
+        choices=["frozen", "current"],
+    )
+    sigma: float = option(
+        0.1, "std of the Gaussian reconstruction likelihood (initial value if learned)", min=1e-6
+    )
+    learn_sigma: bool = option(False, "learn sigma (a scalar) jointly with the field")
+    fm_weight: float = option(
+        1.0, "weight of the flow-matching loss kept as a regulariser (0: none)", min=0.0
+    )
+    label_dropout: float = option(
+        0.0,
+        "probability of the null label in the flow-matching term (class labels only)",
+        min=0.0,
+        max=1.0,
+    )
+    checkpoint: bool = option(
+        True, "recompute each decoder step in backward (memory flat in the number of steps)"
+    )
+    lr: float | None = option(None, "learning rate (None: train.lr)", min=0.0)
+
+    def __post_init__(self) -> None:
+        for key in ("nfe", "encode_nfe"):
+            solver = self.solver if key == "nfe" else self.encode_solver
+            per = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[solver]
+            if getattr(self, key) < per:
+                raise ConfigError(
+                    f"{key}: {getattr(self, key)} evaluations do not pay for one "
+                    f"{solver} step ({per}); raise it or use a cheaper solver"
+                )
+
+
+@dataclass
+class ResidualReconstructionConfig(ReconstructionConfig):
+    """ResFT-FM settings: FT-FM's, plus the contracting residual's."""
+
+    name: str = option("resft_fm", "method name")
+    mu: float = option(
+        1.0, "guaranteed contraction rate of the residual: sym. Jacobian part <= -mu (> 0)"
+    )
+    residual_hidden: int = option(128, "width of the residual's (t, cond) -> (L, m) MLP", min=1)
+    residual_rank: int | None = option(
+        None, "rank of the residual's gain factor L (None: full for <= 32 features, else 8)", min=1
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.mu > 0:
+            raise ConfigError(
+                f"mu: must be > 0 (the residual's guaranteed contraction rate), got {self.mu}"
+            )
+
+
+def gaussian_nll(x_hat: Tensor, x1: Tensor, log_sigma: Tensor) -> Tensor:
+    """Per-sample Gaussian negative log-likelihood per dimension, without ``log(2 pi) / 2``:
+    ``mean_dims (x_hat - x1)^2 / (2 sigma^2) + log sigma`` (B,)."""
+    sq = (x_hat - x1).pow(2).flatten(1).mean(1)
+    return sq * torch.exp(-2.0 * log_sigma) / 2.0 + log_sigma
+
+
+def reconstruct(
+    decoder: nn.Module,
+    encoder: nn.Module,
+    x1: Tensor,
+    cond: Tensor | None,
+    *,
+    nfe: int,
+    solver: str,
+    encode_nfe: int,
+    encode_solver: str,
+    checkpoint: bool = True,
+) -> Tensor:
+    """``D(E(x1))``: encode with ``encoder`` (no gradient), decode with ``decoder`` (gradient)."""
+    with torch.no_grad():
+        z = encode(encoder, x1, encode_nfe, encode_solver, cond=cond)
+    out = sample(decoder, z.detach(), nfe, solver, cond=cond, grad=True, checkpoint=checkpoint)
+    assert isinstance(out, Tensor)
+    return out
+
+
+@register_method("ft_fm")
+class Reconstruction(Method):
+    """FT-FM: the policy is fine-tuned so that its deployed sampler reconstructs the data.
+
+    Roles: ``policy`` (trained, EMA-evaluated) and ``reference`` (the frozen pretrained
+    field, used as the encoder when ``encoder: frozen``). ``log_sigma`` is the likelihood's
+    scale (a buffer, or a parameter trained with the policy when ``learn_sigma``).
+    """
+
+    config_class = ReconstructionConfig
+    config: ReconstructionConfig
+
+    def __init__(self, config: ReconstructionConfig, spec: DataSpec, net: NetConfig) -> None:
+        super().__init__(config, spec, net)
+        self.policy = self.build_policy()
+        self.reference = copy.deepcopy(self.base_field()).requires_grad_(False)
+        log_sigma = torch.tensor(math.log(config.sigma))
+        if config.learn_sigma:
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+        self.coupling = IndependentCoupling()
+        self.time_sampler = UniformTime()
+        self.path = LinearPath()
+
+    # -- roles --------------------------------------------------------------------------
+    def build_policy(self) -> nn.Module:
+        return build_velocity_net(self.net_config, self.spec)
+
+    def base_field(self) -> nn.Module:
+        """The module pretrained weights load into (the whole policy for FT-FM)."""
+        return self.policy
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.policy.parameters() if p.requires_grad]
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        params = self.trained_parameters()
+        if self.config.learn_sigma:
+            assert isinstance(self.log_sigma, nn.Parameter)
+            params = [*params, self.log_sigma]
+        return {"policy": OptimizerSpec(params, lr=self.config.lr)}
+
+    def load_pretrained(self, state: Mapping[str, Tensor]) -> None:
+        _load_matching(self.base_field(), state, type(self).__name__)
+        _load_matching(self.reference, state, type(self).__name__)
+
+    def encoder(self, roles: Mapping[str, nn.Module] | None = None) -> nn.Module:
+        return self.reference if self.config.encoder == "frozen" else self.role("policy", roles)
+
+    # -- training -----------------------------------------------------------------------
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        """The loss terms of one batch: ``rec`` (Gaussian NLL) and ``fm`` (weighted)."""
+        c = self.config
+        x_hat = reconstruct(
+            self.policy,
+            self.encoder(),
+            batch.x,
+            batch.cond,
+            nfe=c.nfe,
+            solver=c.solver,
+            encode_nfe=c.encode_nfe,
+            encode_solver=c.encode_solver,
+            checkpoint=c.checkpoint,
+        )
+        terms = {"rec": gaussian_nll(x_hat, batch.x, self.log_sigma).mean()}
+        if c.fm_weight > 0:
+            cond = drop_labels(batch.cond, c.label_dropout, self.spec.num_classes)
+            fm = flow_matching_loss(
+                self.policy,
+                batch.x,
+                cond,
+                coupling=self.coupling,
+                time_sampler=self.time_sampler,
+                path=self.path,
+            )
+            terms["fm"] = c.fm_weight * fm
+        return terms
+
+    def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
+        logs = update.step("policy", **self.losses(batch))
+        logs["sigma"] = float(self.log_sigma.detach().exp())
+        return logs
+
+    def generate(
+        self,
+        noise: Tensor,
+        cond: Tensor | None = None,
+        *,
+        nfe: int,
+        solver: str = "euler",
+        roles: Mapping[str, nn.Module] | None = None,
+    ) -> Tensor:
+        out = sample(self.role("policy", roles), noise, nfe, solver, cond=cond)
+        assert isinstance(out, Tensor)
+        return out
+
+
+@register_method("resft_fm")
+class ResidualReconstruction(Reconstruction):
+    """ResFT-FM: ``policy = ResidualField(frozen pretrained, contracting residual)``; only the
+    residual (and sigma, if learned) trains, with FT-FM's loss on the summed field."""
+
+    config_class = ResidualReconstructionConfig
+    config: ResidualReconstructionConfig
+
+    def build_policy(self) -> nn.Module:
+        c = self.config
+        base = build_velocity_net(self.net_config, self.spec)
+        residual = build_contracting_residual(
+            self.spec, mu=c.mu, hidden=c.residual_hidden, rank=c.residual_rank
+        )
+        return ResidualField(base, residual)
+
+    def base_field(self) -> nn.Module:
+        assert isinstance(self.policy, ResidualField) and isinstance(self.policy.base, nn.Module)
+        return self.policy.base
+
+
+__all__ = [
+    "ReconstructionConfig",
+    "ResidualReconstructionConfig",
+    "Reconstruction",
+    "ResidualReconstruction",
+    "gaussian_nll",
+    "reconstruct",
+]

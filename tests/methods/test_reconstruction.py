@@ -1,0 +1,150 @@
+"""FT-FM / ResFT-FM: the loss on a hand-computed case, the encode/decode round trip against
+the solver's order, the contraction bound of the residual, and what each method trains."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from flowpost.config import ConfigError
+from flowpost.data.base import Batch, DataSpec
+from flowpost.methods.reconstruction import (
+    Reconstruction,
+    ReconstructionConfig,
+    ResidualReconstruction,
+    ResidualReconstructionConfig,
+    gaussian_nll,
+    reconstruct,
+)
+from flowpost.nets.config import NetConfig
+from flowpost.nets.factory import build_contracting_residual
+from flowpost.train.config import build_run_config
+
+NET = NetConfig(hidden=32, depth=2)
+
+
+class Linear(nn.Module):
+    """``v(x, t) = k x``: the exact flow is ``x(1) = x(0) e^k``."""
+
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(k))
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.k * x
+
+
+class Smooth(nn.Module):
+    """A smooth non-linear, time-dependent field for order measurements."""
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return torch.sin(x) * (1.0 + t[:, None]) - 0.5 * x + torch.cos(3.0 * t)[:, None]
+
+
+def test_gaussian_nll_by_hand() -> None:
+    x_hat, x1 = torch.tensor([[1.0, 2.0]]), torch.zeros(1, 2)
+    # mean sq = 2.5; 2.5 / (2 * 0.25) + log 0.5
+    nll = gaussian_nll(x_hat, x1, torch.tensor(math.log(0.5)))
+    assert nll.item() == pytest.approx(5.0 + math.log(0.5), abs=1e-6)
+
+
+def test_reconstruction_loss_on_a_linear_field_by_hand() -> None:
+    # v = x: encode exactly (RK4, 64 steps) to z = x1 / e; one Euler step decodes 2 z.
+    method = Reconstruction(
+        ReconstructionConfig(nfe=1, encode_nfe=256, sigma=0.2, fm_weight=0.0), DataSpec((3,)), NET
+    )
+    method.policy, method.reference = Linear(1.0), Linear(1.0)
+    x1 = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]])
+    rec = method.losses(Batch(x1))["rec"]
+    sq = ((2.0 / math.e - 1.0) ** 2 * x1**2).mean(1)
+    expected = (sq / (2 * 0.2**2) + math.log(0.2)).mean()
+    assert rec.item() == pytest.approx(expected.item(), rel=1e-5)
+    rec.backward()  # the gradient reaches the decoder's parameters only
+    assert method.policy.k.grad is not None and method.reference.k.grad is None
+
+
+@pytest.mark.parametrize(("solver", "order"), [("euler", 1), ("heun", 2), ("rk4", 4)])
+def test_round_trip_error_follows_the_solver_order(solver: str, order: int) -> None:
+    x1 = torch.linspace(-2, 2, 16)[:, None].repeat(1, 2)
+    field = Smooth()
+    per = {"euler": 1, "heun": 2, "rk4": 4}[solver]
+    errors = []
+    for steps in (4, 8, 16):
+        x_hat = reconstruct(
+            field, field, x1, None, nfe=steps * per, solver=solver,
+            encode_nfe=4 * 512, encode_solver="rk4",
+        )  # fmt: skip
+        errors.append((x_hat - x1).abs().max().item())
+    rates = [math.log2(a / b) for a, b in zip(errors[:-1], errors[1:])]
+    assert all(abs(r - order) < 0.35 for r in rates), (errors, rates)
+
+
+def _randomise(module: nn.Module, scale: float = 0.3) -> None:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.mark.parametrize(("dim", "rank"), [(6, None), (40, None), (5, 2)])
+def test_residual_symmetric_jacobian_is_bounded_by_minus_mu(dim: int, rank: int | None) -> None:
+    mu = 0.7
+    spec = DataSpec((dim,), cond_dim=3)
+    r = build_contracting_residual(spec, mu=mu, hidden=32, rank=rank)
+    _randomise(r)  # an arbitrary (trained-like) residual, not the initialisation
+    g = torch.Generator().manual_seed(1)
+    worst, tol = -math.inf, 0.0
+    for _ in range(24):
+        x = torch.randn(1, dim, generator=g) * 3
+        t = torch.rand(1, generator=g)
+        c = torch.randn(1, 3, generator=g) * 2
+        jac = torch.autograd.functional.jacobian(lambda z, t=t, c=c: r(z, t, c), x)[0, :, 0, :]
+        jac = jac.double()
+        sym = 0.5 * (jac + jac.T)
+        worst = max(worst, torch.linalg.eigvalsh(sym).max().item())
+        tol = max(tol, 1e-6 * jac.norm().item())  # float32 rounding of the entries of K
+    assert worst <= -mu + tol
+    if dim > (rank or 8):  # a rank-deficient factor leaves directions contracted at exactly mu
+        assert worst == pytest.approx(-mu, abs=tol)
+
+
+def test_non_positive_mu_is_one_clear_error() -> None:
+    for mu in (0.0, -1.0):
+        with pytest.raises(ConfigError, match=r"^method\.mu: must be > 0"):
+            build_run_config({"method": {"name": "resft_fm", "mu": mu}})
+
+
+def test_resft_trains_only_the_residual_and_ft_fm_trains_the_whole_policy() -> None:
+    spec = DataSpec((4,), cond_dim=2)
+    batch = Batch(torch.randn(32, 4), torch.randn(32, 2))
+    res = ResidualReconstruction(ResidualReconstructionConfig(encode_nfe=8), spec, NET)
+    ft = Reconstruction(ReconstructionConfig(encode_nfe=8), spec, NET)
+    for method, trained in ((res, "policy.residual."), (ft, "policy.")):
+        params = dict(method.named_parameters())
+        listed = {id(p) for spec_ in method.optimizers().values() for p in spec_.params}
+        assert listed and all(n.startswith(trained) for n, p in params.items() if id(p) in listed)
+        sum(method.losses(batch).values()).backward()
+        assert all(p.grad is None for n, p in params.items() if not n.startswith(trained))
+
+
+def test_learned_sigma_is_trained_with_the_policy() -> None:
+    method = Reconstruction(
+        ReconstructionConfig(learn_sigma=True, encode_nfe=8), DataSpec((2,)), NET
+    )
+    assert any(p is method.log_sigma for p in method.optimizers()["policy"].params)
+    sum(method.losses(Batch(torch.randn(8, 2))).values()).backward()
+    assert method.log_sigma.grad is not None
+
+
+def test_pretrained_weights_load_into_the_frozen_base() -> None:
+    spec = DataSpec((3,), num_classes=4)
+    donor = ResidualReconstruction(ResidualReconstructionConfig(), spec, NET)
+    state = {k: torch.randn_like(v) for k, v in donor.policy.base.state_dict().items()}
+    method = ResidualReconstruction(ResidualReconstructionConfig(), spec, NET)
+    method.load_pretrained(state)
+    for key, value in state.items():
+        assert torch.equal(method.policy.base.state_dict()[key], value)
+        assert torch.equal(method.reference.state_dict()[key], value)
