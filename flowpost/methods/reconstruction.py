@@ -37,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,13 +55,14 @@ from flowpost.methods.base import (
     MethodConfig,
     OptimizerSpec,
     Updater,
-    _load_matching,
+    frozen_copy,
+    load_matching,
     register_method,
 )
-from flowpost.methods.flow_matching import drop_labels, flow_matching_loss
+from flowpost.methods.components.common import drop_labels, flow_matching_loss
 from flowpost.nets.config import NetConfig
 from flowpost.nets.contracting import ResidualField
-from flowpost.nets.factory import build_contracting_residual, build_velocity_net
+from flowpost.nets.factory import build_contracting_residual
 
 FIXED_SOLVERS = ["euler", "midpoint", "heun", "rk4"]
 
@@ -71,7 +71,6 @@ FIXED_SOLVERS = ["euler", "midpoint", "heun", "rk4"]
 class ReconstructionConfig(MethodConfig):
     """FT-FM settings: the deployed sampler, the encoder, the likelihood and the regulariser."""
 
-    name: str = option("ft_fm", "method name")
     nfe: int = option(2, "network evaluations of the deployed sampler (the decoder)", min=1)
     solver: str = option("euler", "solver of the deployed sampler", choices=FIXED_SOLVERS)
     encode_nfe: int = option(
@@ -116,7 +115,6 @@ class ReconstructionConfig(MethodConfig):
 class ResidualReconstructionConfig(ReconstructionConfig):
     """ResFT-FM settings: FT-FM's, plus the contracting residual's."""
 
-    name: str = option("resft_fm", "method name")
     mu: float = option(
         1.0, "guaranteed contraction rate of the residual: sym. Jacobian part <= -mu (> 0)"
     )
@@ -171,11 +169,19 @@ class Reconstruction(Method):
 
     config_class = ReconstructionConfig
     config: ReconstructionConfig
+    toy_settings = {"encode_nfe": 8, "nfe": 2}
 
-    def __init__(self, config: ReconstructionConfig, spec: DataSpec, net: NetConfig) -> None:
-        super().__init__(config, spec, net)
+    def __init__(
+        self,
+        config: ReconstructionConfig,
+        spec: DataSpec,
+        net: NetConfig,
+        *,
+        model: nn.Module | None = None,
+    ) -> None:
+        super().__init__(config, spec, net, model=model)
         self.policy = self.build_policy()
-        self.reference = copy.deepcopy(self.base_field()).requires_grad_(False)
+        self.reference = frozen_copy(self.base_field())
         log_sigma = torch.tensor(math.log(config.sigma))
         if config.learn_sigma:
             self.log_sigma = nn.Parameter(log_sigma)
@@ -187,7 +193,7 @@ class Reconstruction(Method):
 
     # -- roles --------------------------------------------------------------------------
     def build_policy(self) -> nn.Module:
-        return build_velocity_net(self.net_config, self.spec)
+        return self.velocity_net()
 
     def base_field(self) -> nn.Module:
         """The module pretrained weights load into (the whole policy for FT-FM)."""
@@ -204,8 +210,8 @@ class Reconstruction(Method):
         return {"policy": OptimizerSpec(params, lr=self.config.lr)}
 
     def load_pretrained(self, state: Mapping[str, Tensor]) -> None:
-        _load_matching(self.base_field(), state, type(self).__name__)
-        _load_matching(self.reference, state, type(self).__name__)
+        load_matching(self.base_field(), state, type(self).__name__)
+        load_matching(self.reference, state, type(self).__name__)
 
     def encoder(self, roles: Mapping[str, nn.Module] | None = None) -> nn.Module:
         return self.reference if self.config.encoder == "frozen" else self.role("policy", roles)
@@ -244,19 +250,6 @@ class Reconstruction(Method):
         logs["sigma"] = float(self.log_sigma.detach().exp())
         return logs
 
-    def generate(
-        self,
-        noise: Tensor,
-        cond: Tensor | None = None,
-        *,
-        nfe: int,
-        solver: str = "euler",
-        roles: Mapping[str, nn.Module] | None = None,
-    ) -> Tensor:
-        out = sample(self.role("policy", roles), noise, nfe, solver, cond=cond)
-        assert isinstance(out, Tensor)
-        return out
-
 
 @register_method("resft_fm")
 class ResidualReconstruction(Reconstruction):
@@ -268,7 +261,7 @@ class ResidualReconstruction(Reconstruction):
 
     def build_policy(self) -> nn.Module:
         c = self.config
-        base = build_velocity_net(self.net_config, self.spec)
+        base = self.velocity_net()
         residual = build_contracting_residual(
             self.spec, mu=c.mu, hidden=c.residual_hidden, rank=c.residual_rank
         )

@@ -26,13 +26,15 @@ def vector_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_every_method_trains_and_samples_with_vector_conditions(
     name: str, vector_file: str, tmp_path
 ) -> None:
+    settings = dict(method_registry()[name].toy_settings)
+    nfe = int(settings.get("nfe") or 2)
     cfg = build_run_config(
         {
             "data": {"name": "file", "path": vector_file},
             "model": {"hidden": 16, "depth": 1},
-            "method": {"name": name},
+            "method": {"name": name, **settings},
             "train": {"steps": 2, "batch_size": 16, "checkpoint_every": 0},
-            "eval": {"nfe": 1, "n_samples": 19, "plots": False},
+            "eval": {"nfe": nfe, "n_samples": 19, "plots": False},
         }
     )
     trainer = Trainer.from_config(cfg, tmp_path, progress=False)
@@ -42,4 +44,4 @@ def test_every_method_trains_and_samples_with_vector_conditions(
     evaluator = trainer.evaluator()
     cond = evaluator.conditions(7)
     assert cond is not None and cond.shape == (7, 2) and cond.dtype == torch.float32
-    assert evaluator.sample(7, 1, seed=0).shape == (7, 3)
+    assert evaluator.sample(7, nfe, seed=0).shape == (7, 3)
