@@ -61,12 +61,15 @@ def train(
     typer.echo(f"run folder: {out_dir}")
 
 
-def _load_run(run: Path):  # type: ignore[no-untyped-def]
-    """Rebuild a trainer from a run folder and restore its newest checkpoint."""
+def _load_run(run: Path, last: bool = False):  # type: ignore[no-untyped-def]
+    """Rebuild a trainer from a run folder and restore its best checkpoint (the one scored
+    best on the held-out demonstrations, when the run kept one; saying so) or, with ``last``
+    or without one, its newest."""
     from flowpost.config import load_yaml
     from flowpost.train import Trainer
     from flowpost.train.checkpoint import CheckpointError, latest_checkpoint
     from flowpost.train.config import build_run_config
+    from flowpost.train.selection import BEST_DIR
 
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run}: not a run folder (no config.yaml)")
@@ -76,6 +79,14 @@ def _load_run(run: Path):  # type: ignore[no-untyped-def]
     if found is None:
         raise CheckpointError(f"{run}: no checkpoint to load")
     trainer.restore(found)
+    best = None if last else latest_checkpoint(run / BEST_DIR)
+    if best is not None:
+        trainer.load_weights(run / BEST_DIR)
+        typer.echo(
+            f"using the best checkpoint ({best.relative_to(run)}, scored on held-out "
+            f"demonstrations; the last is {found.relative_to(run)}: --last to use it)",
+            err=True,
+        )
     return trainer
 
 
@@ -87,14 +98,16 @@ def sample(
     method: str = typer.Option("euler", "--method", help="euler|midpoint|heun|rk4|dopri5"),
     seed: int = typer.Option(0, help="noise seed"),
     out: Path = typer.Option(Path("samples.npy"), "--out", help=".npy array or .png plot/grid"),
+    last: bool = typer.Option(False, "--last", help="use the last checkpoint, not the best"),
 ) -> None:
-    """Draw samples from a run's EMA model into a .npy file or a PNG."""
+    """Draw samples from a run's EMA model (its best checkpoint if it kept one) into a .npy
+    file or a PNG."""
     import numpy as np
 
     from flowpost.eval import plot_samples
 
     try:
-        trainer = _load_run(run)
+        trainer = _load_run(run, last)
         samples = trainer.evaluator().sample(n, nfe, solver=method, seed=seed)
     except _user_errors() as err:
         _fail(str(err))
@@ -113,10 +126,12 @@ def eval_(
     run: Path = typer.Argument(..., help="a run folder"),
     nfe: int | None = typer.Option(None, help="network evaluations (default: the run's)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    last: bool = typer.Option(False, "--last", help="use the last checkpoint, not the best"),
 ) -> None:
-    """Metrics of a run's EMA model against its held-out data."""
+    """Metrics of a run's EMA model (its best checkpoint if it kept one) against its held-out
+    data."""
     try:
-        trainer = _load_run(run)
+        trainer = _load_run(run, last)
         metrics = trainer.evaluate(nfe=nfe)
     except _user_errors() as err:
         _fail(str(err))

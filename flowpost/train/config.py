@@ -56,6 +56,35 @@ class TrainConfig:
         "fp32", "numeric precision of the training step (bf16: autocast)", choices=["fp32", "bf16"]
     )
     device: str = option("auto", "where to train", choices=["auto", "cpu", "cuda"])
+    holdout_fraction: float | None = option(
+        None,
+        "fraction of the training samples (demonstrations) held out to score checkpoints and "
+        "keep the best (null: 0.1 when the run post-trains, i.e. init_from is set, else 0)",
+        min=0.0,
+        max=0.5,
+    )
+    validate_every: int = option(
+        0, "steps between held-out checks of the model (0: steps // 10)", min=0
+    )
+    select_metric: str = option(
+        "w2", "score of the held-out check (lower is better)", choices=["w2", "energy"]
+    )
+    guard: bool = option(
+        True, "on a collapse seen on the held-out demonstrations, roll back to the best model"
+    )
+    guard_tolerance: float = option(
+        1.0, "collapse: held-out score above best + this x (best - floor) + 3 noise", min=0.0
+    )
+    guard_coverage_drop: float = option(
+        0.3,
+        "collapse: coverage of the demonstrations below (1 - this) x the best's",
+        min=0.0,
+        max=1.0,
+    )
+    max_rollbacks: int = option(3, "rollbacks to the best model at most, then only warn", min=0)
+    rollback_lr_factor: float = option(
+        0.5, "learning rates are multiplied by this at each rollback", min=0.0, max=1.0
+    )
 
     def __post_init__(self) -> None:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

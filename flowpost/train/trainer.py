@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,6 +56,7 @@ from flowpost.train.config import RunConfig, run_config_to_dict
 from flowpost.train.ema import EMA
 from flowpost.train.logger import ProgressBar, RunLogger
 from flowpost.train.runfolder import atomic_write_bytes
+from flowpost.train.selection import BEST_DIR, Selector, scale_learning_rates, split_holdout
 from flowpost.train.updater import NonFiniteLossError, OptimizerUpdater
 
 
@@ -159,6 +161,19 @@ class Trainer:
                 f"{method.spec.num_classes}); build the method from the data's spec"
             )
         self.data = data
+        self.selector: Selector | None = None
+        fraction = tc.holdout_fraction
+        if fraction is None:
+            fraction = 0.1 if config.init_from else 0.0
+        if fraction > 0:  # demonstrations held out to score checkpoints and keep the best
+            kept, held = split_holdout(data.train, fraction, config.data.seed)
+            self.data = dataclasses.replace(data, train=kept)
+            self.selector = Selector(
+                held, kept, tolerance=tc.guard_tolerance, coverage_drop=tc.guard_coverage_drop,
+                metric=tc.select_metric,
+            )  # fmt: skip
+        self.rollbacks = 0
+        self._warned_idle = False
         self.method = method
         self.method.to(self.device)
         self._build_optimisers()
@@ -324,6 +339,9 @@ class Trainer:
         started = time.perf_counter()
         end = self.step + n
         self.method.train()
+        if self.selector is not None and self.step == 0 and self.selector.start is None:
+            self.validate(logger)  # the start is a candidate: the kept model is never worse
+        every = tc.validate_every or max(1, tc.steps // 10)
         while self.step < end:
             batch = self._next_batch()
             self.updater.global_step = self.step
@@ -354,6 +372,9 @@ class Trainer:
                 logger.write({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                 self.save()
+            if self.selector is not None and (self.step % every == 0 or self.step == tc.steps):
+                self.validate(logger)
+                self.method.train()
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train to ``train.steps`` (continuing from the newest checkpoint if ``resume``)."""
@@ -364,6 +385,9 @@ class Trainer:
             if found is None:
                 raise CheckpointError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
             self.restore(found)
+            best = latest_checkpoint(self.out / BEST_DIR)
+            if best is not None and self.selector is not None:
+                self.selector.load_state(load_checkpoint(best)[1].get("selection", {}))
         self._distribute()
         if self.accelerator.is_main_process:
             if not resume:
@@ -392,11 +416,88 @@ class Trainer:
         if logger is None:
             return {"step": self.step}
         summary = self.final_evaluation()
+        summary.update(self._selection_summary())
         final = {f"final/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
         logger.write({"step": self.step, **final})
         logger.close()
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         return summary
+
+    # -- held-out demonstrations: best checkpoint and collapse guard -----------------------
+    def validate(self, logger: RunLogger | None = None) -> str:
+        """Score the EMA model on the held-out demonstrations; keep it in ``best/`` if it is
+        the best so far; on a collapse roll back to the best and lower the learning rates."""
+        sel = self.selector
+        assert sel is not None
+        ec = self.config.eval
+        ev = Evaluator(
+            self.method, roles=self.ema_roles(), spec=self.data.spec,
+            reference=self.data.train, device=self.device,
+        )  # fmt: skip
+        check = sel.measure(ev.sample(sel.n_samples, ec.nfe, solver=ec.solver, seed=ec.seed + 1))
+        check.step = self.step
+        verdict, reason = sel.judge(check)
+        if logger is not None:
+            logger.write({"step": self.step, "validation/score": check.score,
+                          "validation/coverage": check.coverage})  # fmt: skip
+        if verdict == "best" and self.accelerator.is_main_process:
+            tensors, state = self._checkpoint_payload()
+            state["selection"] = sel.state()
+            save_checkpoint(self.out / BEST_DIR, self.step, tensors, state, keep=1)
+        if verdict == "collapse":
+            tc = self.config.train
+            act = tc.guard and self.rollbacks < tc.max_rollbacks and self.step < tc.steps
+            what = "the best model is kept" if self.step >= tc.steps else "no rollbacks left"
+            if act:
+                assert sel.best is not None
+                self.accelerator.wait_for_everyone()
+                self.load_weights(self.out / BEST_DIR, optimizers=True)
+                scale_learning_rates(self.optimizers, tc.rollback_lr_factor)
+                self.rollbacks += 1
+                what = (
+                    f"rolled back to the best model (step {sel.best.step}) and scaled the "
+                    f"learning rates by {tc.rollback_lr_factor}"
+                )
+            message = f"warning: step {self.step}: collapse on held-out demos ({reason}); {what}"
+            if self.accelerator.is_main_process:
+                if act or not self._warned_idle:  # once when the guard can no longer act
+                    print(message, file=sys.stderr, flush=True)
+                self._warned_idle = self._warned_idle or not act
+                if logger is not None:
+                    logger.write({"step": self.step, "warning": message})
+        return verdict
+
+    def load_weights(self, root: Path, *, optimizers: bool = False) -> None:
+        """Load the method's and EMA weights (and optimiser states) of the checkpoint in
+        ``root``; the step, schedule position and random streams stay as they are."""
+        found = latest_checkpoint(root)
+        if found is None:
+            raise CheckpointError(f"{root}: no checkpoint to load")
+        tensors, state = load_checkpoint(found)
+        self.method.load_state_dict(split_prefixed(tensors, "model"))
+        for role, ema in self.emas.items():
+            ema.module.load_state_dict(split_prefixed(tensors, f"ema.{role}"))
+        if optimizers:
+            for name, opt in self.optimizers.items():
+                optimizer_from_flat(name, opt, tensors, state["optimizers"][name])
+        self.method.load_extra_state(state.get("method", {}))
+
+    def _selection_summary(self) -> dict[str, Any]:
+        """Name both checkpoints; when the best is not the last, report the last model's
+        metrics as ``last/...`` and leave the best loaded (what sample/eval use)."""
+        sel = self.selector
+        last = latest_checkpoint(self.out / "checkpoints")
+        out: dict[str, Any] = {"checkpoints": {"last": None if last is None else
+                                               str(last.relative_to(self.out))}}  # fmt: skip
+        if sel is None or sel.best is None:
+            return out
+        best = latest_checkpoint(self.out / BEST_DIR)
+        out["checkpoints"]["best"] = None if best is None else str(best.relative_to(self.out))
+        out.update(
+            best_step=sel.best.step, rollbacks=self.rollbacks, heldout_demos=len(sel.heldout),
+            validation=sel.state(), model="best",
+        )  # fmt: skip
+        return out
 
     # -- evaluation ---------------------------------------------------------------------
     def ema_roles(self) -> dict[str, nn.Module]:
@@ -432,6 +533,11 @@ class Trainer:
     def final_evaluation(self) -> dict[str, Any]:
         ec = self.config.eval
         summary: dict[str, Any] = {"step": self.step, "nfe": ec.nfe, "solver": ec.solver}
+        sel = self.selector
+        if sel is not None and sel.best is not None and sel.best.step != self.step:
+            # the metrics are the best model's (what sample and eval use); the last's beside
+            summary.update({f"last/{k}": v for k, v in self.evaluate().items()})
+            self.load_weights(self.out / BEST_DIR)
         summary.update(self.evaluate(plot_name="samples_final.png"))
         for nfe in ec.extra_nfe:
             for key, value in self.evaluate(nfe=nfe).items():

@@ -1,0 +1,214 @@
+"""Held-out demonstrations, the best checkpoint and the collapse guard.
+
+Generic trainer machinery: it scores whatever the method's ``generate`` produces and never
+looks at a method's losses.
+
+* :func:`split_holdout` sets aside a fraction of the training samples (the demonstrations)
+  that training never sees; too few samples for the fraction is a one-line error.
+* :class:`Selector` scores the model on them: ``score`` is the exact W2 (or, with
+  ``metric="energy"``, the energy distance with U-statistics within each set) between model
+  samples and the held-out demonstrations (lower is better), and ``coverage`` is the k-NN
+  coverage (:func:`flowpost.eval.metrics.knn_precision_recall`) of the training
+  demonstrations by as many model samples: about 0.97 when the model matches them, lower when
+  it has collapsed, also inside its modes.
+* :meth:`Selector.judge` calls a check ``best`` (lowest score so far, the start included, so
+  the kept model is never worse than the start on the held-out set), ``collapse`` (the score
+  above ``best + tolerance * max(best - floor, sd) + 3 sd``, where ``floor`` and ``sd`` are
+  the mean and spread of the score of equal-size subsets of the training demonstrations, i.e.
+  of a perfect model; or the coverage below ``1 - coverage_drop`` times the best's; or
+  non-finite samples) or
+  ``ok``. The trainer saves the best into ``best/`` and, on a collapse, rolls the weights back
+  to it and lowers the learning rates.
+
+Example:
+    >>> import torch
+    >>> from flowpost.data.base import ArrayData
+    >>> demos = ArrayData(torch.randn(200, 2, generator=torch.Generator().manual_seed(0)))
+    >>> train, held = split_holdout(demos, 0.1, seed=0)
+    >>> len(train), len(held)
+    (180, 20)
+    >>> sel = Selector(held, train)
+    >>> good = sel.measure(torch.randn(500, 2, generator=torch.Generator().manual_seed(1)))
+    >>> sel.judge(good)[0]
+    'best'
+    >>> sel.judge(sel.measure(0.1 * torch.randn(500, 2)))[0]  # collapsed to the centre
+    'collapse'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from flowpost.data.base import ArrayData
+from flowpost.eval.metrics import knn_precision_recall, w2
+
+MIN_HOLDOUT = 5
+BEST_DIR = "best"
+
+
+def split_holdout(data: ArrayData, fraction: float, seed: int) -> tuple[ArrayData, ArrayData]:
+    """(kept for training, held out): a seeded random ``fraction`` of ``data`` is held out."""
+    n = len(data)
+    k = int(round(fraction * n))
+    if k < MIN_HOLDOUT or n - k < MIN_HOLDOUT:
+        need = math.ceil((MIN_HOLDOUT - 0.5) / fraction) if fraction > 0 else n
+        raise ValueError(
+            f"{n} demonstrations are too few to hold out train.holdout_fraction={fraction} "
+            f"(it needs {MIN_HOLDOUT} held out and {MIN_HOLDOUT} to train on: give at least "
+            f"{max(need, 2 * MIN_HOLDOUT)}, or set train.holdout_fraction=0)"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7717))
+    parts = []
+    for idx in (perm[k:].sort().values, perm[:k].sort().values):
+        parts.append(
+            ArrayData(
+                data.x[idx],
+                None if data.cond is None else data.cond[idx],
+                num_classes=data.spec.num_classes,
+                name=data.name,
+            )
+        )
+    return parts[0], parts[1]
+
+
+def energy_u(x: Tensor, y: Tensor) -> float:
+    """Energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` with the within-set means taken over
+    distinct pairs (unbiased: about 0 for two sets of one distribution, may be < 0)."""
+    a = x.reshape(x.shape[0], -1).double()
+    b = y.reshape(y.shape[0], -1).double()
+
+    def within(z: Tensor) -> Tensor:
+        n = z.shape[0]
+        return torch.cdist(z, z).sum() / max(n * (n - 1), 1)
+
+    return float(2 * torch.cdist(a, b).mean() - within(a) - within(b))
+
+
+@dataclass
+class Check:
+    """One validation: the step, the held-out score (lower is better) and the coverage."""
+
+    step: int
+    score: float
+    coverage: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"step": self.step, "score": self.score, "coverage": self.coverage}
+
+
+class Selector:
+    """Scores models on held-out demonstrations and keeps track of the best and the start.
+
+    ``heldout``: the held-out demonstrations; ``demos``: the training ones (the coverage
+    reference, at most ``max_ref`` of them). ``tolerance`` and ``coverage_drop`` set when a
+    check counts as a collapse (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        heldout: ArrayData,
+        demos: ArrayData,
+        *,
+        tolerance: float = 1.0,
+        coverage_drop: float = 0.3,
+        metric: str = "w2",
+        k: int = 5,
+        max_ref: int = 1000,
+    ) -> None:
+        if metric not in ("w2", "energy"):
+            raise ValueError(f"train.select_metric must be 'w2' or 'energy', got {metric!r}")
+        self.metric = metric
+        g = torch.Generator().manual_seed(0)
+        held = heldout.x.reshape(len(heldout), -1).double().cpu()
+        self.heldout = held[torch.randperm(len(held), generator=g)[:max_ref]]
+        ref = demos.x.reshape(len(demos), -1).double().cpu()
+        self.ref = ref[torch.randperm(len(ref), generator=g)[:max_ref]]
+        self.k = min(k, len(self.ref) - 1)
+        self.tolerance = tolerance
+        self.coverage_drop = coverage_drop
+        # the score of a perfect model: held-out vs random subsets of the training demos
+        m = min(len(self.heldout), len(self.ref))
+        floor = torch.tensor(
+            [
+                self._score(self.ref[torch.randperm(len(self.ref), generator=g)[:m]])
+                for _ in range(5)
+            ]
+        )
+        self.floor, self.noise = float(floor.mean()), float(floor.std())
+        self.start: Check | None = None
+        self.best: Check | None = None
+
+    def _score(self, x: Tensor) -> float:
+        return w2(x, self.heldout) if self.metric == "w2" else energy_u(x, self.heldout)
+
+    @property
+    def n_samples(self) -> int:
+        """How many model samples a check needs."""
+        return max(len(self.ref), 200)
+
+    def measure(self, samples: Tensor, step: int = 0) -> Check:
+        x = samples.reshape(samples.shape[0], -1).double().cpu()
+        if not bool(torch.isfinite(x).all()):
+            return Check(step, float("inf"), 0.0)
+        cov = knn_precision_recall(x[: len(self.ref)], self.ref, k=self.k)["coverage"]
+        return Check(step, self._score(x), cov)
+
+    def judge(self, check: Check) -> tuple[str, str]:
+        """``("best" | "collapse" | "ok", reason)``; records the start and the best."""
+        if self.start is None:
+            self.start = check
+        best = self.best
+        if best is None or check.score < best.score:
+            self.best = check
+            return "best", ""
+        if not math.isfinite(check.score):
+            return "collapse", "non-finite samples"
+        excess = max(best.score - self.floor, self.noise)
+        if check.score > best.score + self.tolerance * excess + 3 * self.noise:
+            return "collapse", (
+                f"held-out {self.metric} {check.score:.3g} vs {best.score:.3g} at step {best.step}"
+            )
+        if check.coverage < (1 - self.coverage_drop) * best.coverage:
+            return "collapse", (
+                f"coverage of the demonstrations {check.coverage:.2f} vs {best.coverage:.2f} "
+                f"at step {best.step} (mode collapse)"
+            )
+        return "ok", ""
+
+    def state(self) -> dict[str, object]:
+        return {
+            "start": None if self.start is None else self.start.as_dict(),
+            "best": None if self.best is None else self.best.as_dict(),
+        }
+
+    def load_state(self, state: dict[str, object]) -> None:
+        for name in ("start", "best"):
+            value = state.get(name)
+            if isinstance(value, dict):
+                check = Check(int(value["step"]), float(value["score"]), float(value["coverage"]))
+                setattr(self, name, check)
+
+
+def scale_learning_rates(optimizers: Mapping[str, torch.optim.Optimizer], factor: float) -> None:
+    """Multiply every parameter group's ``lr`` (and the ``base_lr`` schedules start from)."""
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            group["lr"] *= factor
+            if "base_lr" in group:
+                group["base_lr"] *= factor
+
+
+__all__ = [
+    "BEST_DIR",
+    "MIN_HOLDOUT",
+    "Check",
+    "Selector",
+    "energy_u",
+    "scale_learning_rates",
+    "split_holdout",
+]

@@ -1,0 +1,133 @@
+"""Held-out demonstrations, the best checkpoint and the collapse guard."""
+
+import json
+
+import pytest
+import torch
+
+from flowpost.data.base import ArrayData
+from flowpost.data.toys import mode_info, sample_toy
+from flowpost.train import run_training
+from flowpost.train.selection import Selector, energy_u, split_holdout
+
+
+def g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_split_holdout_is_disjoint_seeded_and_refuses_too_few():
+    data = ArrayData(torch.arange(100.0).reshape(50, 2), torch.arange(50) % 3, name="d")
+    kept, held = split_holdout(data, 0.2, seed=0)
+    assert (len(kept), len(held)) == (40, 10)
+    rows = torch.cat([kept.x, held.x])[:, 0].sort().values
+    assert torch.equal(rows, data.x[:, 0])  # a partition
+    assert torch.equal(held.x, split_holdout(data, 0.2, seed=0)[1].x)
+    assert not torch.equal(held.x, split_holdout(data, 0.2, seed=1)[1].x)
+    assert held.cond is not None and torch.equal(held.cond, (held.x[:, 0] / 2).long() % 3)
+    with pytest.raises(ValueError, match=r"20 demonstrations are too few .* at least 45"):
+        split_holdout(ArrayData(torch.zeros(20, 2)), 0.1, seed=0)
+
+
+def test_energy_u_is_unbiased_and_grows_with_a_shift():
+    a, b = randn(400, 2), randn(400, 2, seed=1)
+    assert abs(energy_u(a, b)) < 0.02
+    assert energy_u(a, b + 1.0) > 0.5
+
+
+def test_selector_keeps_the_best_and_flags_divergence_and_collapse():
+    demos = ArrayData(randn(600, 2))
+    kept, held = split_holdout(demos, 0.1, seed=0)
+    sel = Selector(held, kept)
+    start = sel.measure(randn(600, 2, seed=1) + 0.5, step=0)
+    assert sel.judge(start)[0] == "best"
+    good = sel.measure(randn(600, 2, seed=2), step=10)
+    assert sel.judge(good)[0] == "best" and sel.best is good and sel.start is start
+    assert sel.judge(sel.measure(randn(600, 2, seed=3), step=20))[0] in ("ok", "best")
+    verdict, reason = sel.judge(sel.measure(randn(600, 2, seed=4) + 2.0, step=30))
+    assert verdict == "collapse" and "held-out w2" in reason
+    nan = torch.full((600, 2), float("nan"))
+    assert sel.judge(sel.measure(nan, step=50)) == ("collapse", "non-finite samples")
+    assert sel.best is not None and sel.best.step in (10, 20)
+
+
+def test_selector_sees_collapse_inside_modes_that_the_distance_misses():
+    info = mode_info("8gaussians")
+    kept, held = split_holdout(ArrayData(sample_toy("8gaussians", 1000, g(0))), 0.1, seed=0)
+    sel = Selector(held, kept)
+    assert sel.judge(sel.measure(sample_toy("8gaussians", 1000, g(1))))[0] == "best"
+    modes = info.centers[torch.randint(0, 8, (1000,), generator=g(2))]
+    clumps = sel.measure(modes + 0.03 * randn(1000, 2, seed=3), step=10)
+    verdict, reason = sel.judge(clumps)
+    assert verdict == "collapse" and "coverage" in reason and "mode collapse" in reason
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre") / "run"
+    run_training(
+        {
+            "data": {"name": "8gaussians", "n_heldout": 300},
+            "model": {"hidden": 64, "depth": 2},
+            "train": {
+                "steps": 400,
+                "batch_size": 256,
+                "lr": 3e-3,
+                "checkpoint_every": 0,
+                "ema_decay": 0.9,
+            },
+            "eval": {"nfe": 2, "n_samples": 300, "plots": False},
+        },  # fmt: skip
+        out,
+    )
+    return out
+
+
+def test_unstable_fail_run_is_guarded_and_keeps_a_model_no_worse_than_the_start(
+    pretrained, tmp_path, capsys
+):
+    """FAIL-PD with a policy and discriminator lr 100x too high collapses within a few dozen
+    updates; the guard must say so in one line, roll back, and keep a best model that is no
+    worse than the start on fresh target data."""
+    common = {
+        "data": {"name": "8gaussians", "transform": "rotate:22.5", "n_train": 1000,
+                 "n_heldout": 1000, "seed": 1},
+        "model": {"hidden": 64, "depth": 2},
+        "eval": {"nfe": 2, "n_samples": 1000, "plots": False},
+        "init_from": str(pretrained),
+    }  # fmt: skip
+    start = run_training({**common, "train": {"steps": 0, "ema_decay": 0.0}}, tmp_path / "start")
+    cfg = {
+        **common,
+        "method": {"name": "fail", "nfe": 2, "disc_lr": 0.05, "disc_betas": [0.5, 0.9],
+                   "discriminator": {"hidden": 64, "depth": 2}, "disc_warmup_steps": 5},
+        "train": {"steps": 80, "batch_size": 128, "lr": 0.05, "checkpoint_every": 0,
+                  "ema_decay": 0.0, "validate_every": 10},
+    }  # fmt: skip
+    summary = run_training(cfg, tmp_path / "fail")
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings and "collapse on held-out demos" in warnings[0] and "rolled back" in err
+    assert summary["rollbacks"] >= 1 and summary["model"] == "best"
+    assert summary["heldout_demos"] == 100
+    assert summary["checkpoints"]["last"].startswith("checkpoints/step_00000080")
+    assert summary["checkpoints"]["best"].startswith("best/step_")
+    # the kept (best) model is no worse than the start on fresh target data
+    assert summary["energy"] <= start["energy"] and summary["w2"] <= start["w2"] + 0.05
+    if summary["best_step"] != 80:
+        assert summary["last/w2"] != summary["w2"]
+    logged = [json.loads(line) for line in (tmp_path / "fail" / "metrics.jsonl").open()]
+    assert any("warning" in rec for rec in logged)
+    assert sum("validation/score" in rec for rec in logged) >= 8
+
+
+def test_doctests():
+    import doctest
+
+    import flowpost.train.selection as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
