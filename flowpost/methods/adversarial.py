@@ -24,11 +24,8 @@ the authors' code runs the other way, ``t_theirs = 1 - t``):
   and ``w`` multiplies it per sample, inside that average (as METHODS.md writes it and the
   authors' notebook computes it), so short hops, whose real and fake samples lie close to
   one another, are smoothed less.
-* ``phi`` (:class:`GradientNormalizer`) is the identity forward; backward divides the
-  incoming gradient ``g`` by ``sqrt(EMA_0.9(||g||^2 * numel(g))) + 1e-8``. Multiplying by
-  ``numel`` equals the paper's division by ``sqrt(n)`` while keeping the statistic
-  independent of the batch size; it puts the adversarial gradient on the scale of the
-  OT term's, so ``ot_weight`` transfers across models.
+* ``phi`` (:class:`~flowpost.methods.components.adversarial.GradientNormalizer`) normalises
+  the adversarial gradient reaching ``G``, so ``ot_weight`` transfers across models.
 
 Initialised from a pretrained flow (:meth:`AdversarialFlow.load_pretrained`), the generator
 holds the flow's weights with a zero end-time embedding and the residual form, so the
@@ -45,24 +42,19 @@ Example:
     >>> cfg = AFConfig(ot_weight=0.2, ot_schedule="cosine", ot_end=0.005, ot_decay_steps=100)
     >>> [round(ot_weight_at(cfg, s), 4) for s in (0, 50, 100, 1000)]
     [0.2, 0.1025, 0.005, 0.005]
-    >>> a, b = fixed_k_times(6, k=4)
-    >>> set((4 * a).round().int().tolist()) <= {0, 1, 2, 3}, bool(((b - a) == 0.25).all())
-    (True, True)
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowpost.config import option
+from flowpost.config import ConfigError, option
 from flowpost.data.base import Batch, DataSpec
 from flowpost.flows import random
 from flowpost.flows.paths import expand_like, interpolate
@@ -82,7 +74,15 @@ from flowpost.methods.components.adversarial import (
     fd_gradient_penalty,
     relativistic_loss,
 )
+from flowpost.methods.components.guidance import noised_cross_entropy
 from flowpost.methods.components.imitation import check_betas
+from flowpost.methods.components.jumps import (
+    any_step_times,
+    fixed_k_times,
+    ot_loss,
+    scheduled_weight,
+    takes_end_time,
+)
 from flowpost.nets.config import DiscriminatorConfig, NetConfig
 
 __all__ = [
@@ -171,52 +171,16 @@ class AFConfig(MethodConfig):
     def __post_init__(self) -> None:
         check_betas(self.betas, "betas")
         check_betas(self.disc_betas)
-
-
-# ----------------------------------------------------------------------------- schedules, times
+        if self.parameterization == "direct" and self.nfe != 1:
+            raise ConfigError(
+                f"parameterization 'direct' (G = g(z)) only fits one-step training (nfe: 1), "
+                f"got nfe: {self.nfe}; use parameterization: residual"
+            )
 
 
 def ot_weight_at(cfg: AFConfig, step: int) -> float:
-    """``ot_weight`` at optimiser ``step``: a pure function of the step, so resuming is exact."""
-    if cfg.ot_schedule == "constant":
-        return cfg.ot_weight
-    progress = min(max(step, 0) / cfg.ot_decay_steps, 1.0)
-    if cfg.ot_schedule == "cosine":
-        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-        return cfg.ot_end + (cfg.ot_weight - cfg.ot_end) * cosine
-    if cfg.ot_schedule == "step":
-        return cfg.ot_weight if step < cfg.ot_decay_steps else cfg.ot_end
-    raise ValueError(f"unknown ot_schedule {cfg.ot_schedule!r}; use constant, cosine or step")
-
-
-def fixed_k_times(n: int, k: int, device: Any = None) -> tuple[Tensor, Tensor]:
-    """``a`` uniform on ``{0, 1/k, ..., 1 - 1/k}`` and ``b = a + 1/k`` (each (n,))."""
-    a = random.randint(0, k, n, device=device).float() / k
-    return a, a + 1.0 / k
-
-
-def any_step_times(n: int, device: Any = None) -> tuple[Tensor, Tensor]:
-    """``a ~ U(0, 1)``, ``b ~ U(a, 1)`` (each (n,))."""
-    a = random.rand(n, device=device)
-    return a, a + (1.0 - a) * random.rand(n, device=device)
-
-
-def ot_loss(out: Tensor, source: Tensor, w: Tensor) -> Tensor:
-    """``mean_i ||out_i - source_i||^2 / (n w_i)``: the transport cost of the jump."""
-    return ((out - source).square().flatten(1).mean(1) / w).mean()
-
-
-def _takes_end_time(module: nn.Module) -> bool:
-    """Whether ``module.forward`` accepts the end time (``t_end``, a 4th or ``*args``)."""
-    try:
-        params = list(inspect.signature(module.forward).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    if "t_end" in {p.name for p in params}:
-        return True
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
-        return True
-    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 4
+    """``ot_weight`` at optimiser ``step`` under ``ot_schedule`` (exact on resume)."""
+    return scheduled_weight(cfg.ot_weight, cfg.ot_end, cfg.ot_schedule, cfg.ot_decay_steps, step)
 
 
 # ----------------------------------------------------------------------------- the method
@@ -244,11 +208,7 @@ class AdversarialFlow(Method):
 
     config_class = AFConfig
     config: AFConfig
-    toy_settings = {
-        "nfe": 2,
-        "lr": 1e-3,
-        "discriminator": {"hidden": 16, "depth": 1},
-    }
+    toy_settings = {"nfe": 2, "lr": 1e-3, "discriminator": {"hidden": 16, "depth": 1}}
 
     def __init__(
         self,
@@ -261,18 +221,13 @@ class AdversarialFlow(Method):
         classifier: nn.Module | None = None,
     ) -> None:
         super().__init__(config, spec, net, model=model)
-        if config.parameterization == "direct" and config.nfe != 1:
-            raise ValueError(
-                f"parameterization 'direct' (G = g(z)) only fits one-step training (nfe: 1), "
-                f"got nfe: {config.nfe}; use parameterization: residual"
-            )
         if config.cg_weight > 0 and spec.num_classes is None:
             raise ValueError(
                 "cg_weight > 0 (classifier guidance) needs labelled data; "
                 "set method.cg_weight: 0 or use a dataset with classes"
             )
         self.generator = self.velocity_net(end_time=True)
-        self.end_time = _takes_end_time(self.generator)
+        self.end_time = takes_end_time(self.generator)
         if not self.end_time and config.nfe == 0:
             raise ValueError(
                 "AF any-step training (method.nfe: 0) needs a generator that takes the end "
@@ -389,11 +344,7 @@ class AdversarialFlow(Method):
         if cfg.gp_weight > 0 and m > 0:
             w = (b[:m] - a[:m]).abs().clamp_min(1e-3)
             c = None if cond is None else cond[:m]
-
-            def d_m(y: Tensor) -> Tensor:
-                out: Tensor = d(y, c, b[:m])
-                return out
-
+            d_m = lambda y: d(y, c, b[:m])  # noqa: E731
             terms["gp"] = cfg.gp_weight * (
                 fd_gradient_penalty(d_m, real[:m], r[:m], w, cfg.gp_eps)
                 + fd_gradient_penalty(d_m, fake[:m], f[:m], w, cfg.gp_eps)
@@ -421,10 +372,9 @@ class AdversarialFlow(Method):
         if self.classifier is not None and cond is not None:
             # data estimate: the direct output, or the velocity extrapolated to t = 1
             x_hat = x_a + expand_like(1 - a, x_a) * out if self.residual else out
-            t = cfg.cg_t_min + (1 - cfg.cg_t_min) * random.rand(x_a.shape[0], device=x_a.device)
-            x_t = interpolate(random.randn_like(x_hat), x_hat, t)
             with frozen(self.classifier):
-                terms["cg"] = cfg.cg_weight * F.cross_entropy(self.classifier(x_t, t), cond)
+                ce = noised_cross_entropy(self.classifier, x_hat, cond, cfg.cg_t_min)
+            terms["cg"] = cfg.cg_weight * ce
         return terms, fake
 
     # -- training ------------------------------------------------------------------------------
@@ -439,9 +389,7 @@ class AdversarialFlow(Method):
                 update.step("discriminator", **self.discriminator_terms(x_b, fake, a, b, cond))
             )
         if self.classifier is not None and cond is not None:
-            t = random.rand(x.shape[0], device=x.device)
-            x_t = interpolate(random.randn_like(x), x, t)
-            ce = F.cross_entropy(self.classifier(x_t, t), cond)
+            ce = noised_cross_entropy(self.classifier, x, cond)
             logs.update(update.step("classifier", ce=ce))
         a, b, x_a, x_b = self.draw(x)
         terms, _ = self.generator_terms(x_a, x_b, a, b, cond, step)

@@ -14,8 +14,6 @@ from flowpost.data.base import Batch, DataSpec
 from flowpost.methods.adversarial import (
     AdversarialFlow,
     AFConfig,
-    any_step_times,
-    fixed_k_times,
     ot_loss,
     ot_weight_at,
 )
@@ -214,25 +212,6 @@ def test_ot_schedules() -> None:
     assert ot_weight_at(cos, 5000) == pytest.approx(0.01)
     drop = AFConfig(ot_weight=0.2, ot_schedule="step", ot_end=0.02, ot_decay_steps=100)
     assert [ot_weight_at(drop, s) for s in (0, 99, 100, 400)] == [0.2, 0.2, 0.02, 0.02]
-
-
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_fixed_k_times(k: int) -> None:
-    torch.manual_seed(0)
-    a, b = fixed_k_times(4000, k)
-    assert torch.allclose(b - a, torch.full_like(a, 1.0 / k))
-    levels = torch.round(a * k).long()
-    assert torch.allclose(a, levels.float() / k)
-    counts = torch.bincount(levels, minlength=k).float() / 4000
-    assert counts.shape == (k,) and bool((counts - 1 / k).abs().max() < 0.03)
-
-
-def test_any_step_times() -> None:
-    torch.manual_seed(0)
-    a, b = any_step_times(20000)
-    assert bool((a >= 0).all() and (b >= a).all() and (b <= 1).all())
-    assert a.mean().item() == pytest.approx(0.5, abs=0.01)
-    assert b.mean().item() == pytest.approx(0.75, abs=0.01)  # E[a + (1 - a) u] = 3/4
 
 
 # --------------------------------------------------------------------------- sampling, setup
