@@ -22,6 +22,8 @@ from torch import Tensor, nn
 
 from flowpost.data.base import ArrayData, DataSpec
 from flowpost.eval.evaluate import evaluate_samples, plot_samples
+from flowpost.flows.measures import rms_norm
+from flowpost.flows.recording import PathLengthRecorder, record_path_length
 
 if TYPE_CHECKING:
     from flowpost.methods.base import Method
@@ -45,8 +47,9 @@ class Evaluator:
         >>> x = ev.sample(10, nfe=4, seed=3)
         >>> x.shape, torch.equal(x, ev.sample(10, nfe=4, seed=3))
         (torch.Size([10, 2]), True)
-        >>> sorted(ev.evaluate(nfe=4, n_samples=50))
-        ['coverage', 'density', 'energy', 'mmd', 'precision', 'recall', 'sliced_w2', 'w2']
+        >>> sorted(ev.evaluate(nfe=4, n_samples=50))  # doctest: +NORMALIZE_WHITESPACE
+        ['coverage', 'density', 'energy', 'mmd', 'path_length', 'precision', 'recall',
+         'sliced_w2', 'w2']
     """
 
     def __init__(
@@ -153,10 +156,12 @@ class Evaluator:
         if self.reference is None:
             raise ValueError("no held-out reference to evaluate against (pass reference=)")
         n = min(n_samples, len(self.reference))
-        samples = self.sample(n, nfe, solver=solver, seed=seed)
+        with record_path_length() as rec:
+            samples = self.sample(n, nfe, solver=solver, seed=seed)
         reference = self.reference.x[:n]
         gen = torch.Generator().manual_seed(seed + 1)
         metrics = evaluate_samples(samples, reference, dataset=self.dataset, generator=gen)
+        metrics["path_length"] = self._path_length(rec, samples, seed)
         if self.robot is not None:  # robot task: ``episodes`` closed-loop roll-outs
             metrics.update(self.rollouts(nfe, solver=solver, episodes=episodes, seed=seed))
         if plot is not None:
@@ -184,6 +189,16 @@ class Evaluator:
         finally:
             self.method.train(was_training)
         return out
+
+    def _path_length(self, rec: PathLengthRecorder, samples: Tensor, seed: int) -> float:
+        """Mean ``E int ||v|| dt`` of the sampler that ran: the solvers' recorded steps (the
+        drift part of an SDE step); a sampler that called no solver (a one-step generator)
+        gets its chord ``||x_1 - x_0||``, which is exactly the path of a one-step map."""
+        if rec.steps:
+            return rec.mean()
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((samples.shape[0], *self.spec.shape), generator=gen)
+        return float(rms_norm(samples - noise.reshape(samples.shape)).mean())
 
 
 __all__ = ["Evaluator"]

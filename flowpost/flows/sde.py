@@ -24,6 +24,7 @@ from torch import Tensor
 
 from flowpost.flows import random
 from flowpost.flows.paths import expand_like
+from flowpost.flows.recording import active_recorder
 from flowpost.flows.solvers import Trajectory, VelocityField, check_state, grid_values
 
 __all__ = ["SDEResult", "euler_maruyama", "gaussian_log_prob", "transition_log_prob"]
@@ -106,6 +107,7 @@ def euler_maruyama(
     t_nodes = t_nodes.contiguous()
     states = [x]
     log_probs = []
+    rec = active_recorder()
     with torch.set_grad_enabled(grad):
         for k in range(len(ts) - 1):
             dt = ts[k + 1] - ts[k]
@@ -113,6 +115,8 @@ def euler_maruyama(
             if not isinstance(s, Tensor) and s < 0:
                 raise ValueError(f"sigma(t) must be >= 0, got {s} at t={ts[k]}")
             mean = x.add(drift(x, t_nodes[k], cond), alpha=dt)
+            if rec is not None:  # the drift's displacement b dt, not the Brownian increment
+                rec.add(mean - x)
             if not isinstance(s, Tensor) and s == 0.0:
                 x = mean
                 log_probs.append(x.new_zeros(b))

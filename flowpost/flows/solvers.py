@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from flowpost.flows.recording import active_recorder
 from flowpost.flows.timesteps import time_grid
 
 __all__ = [
@@ -249,7 +250,9 @@ def _odeint_fixed(
         t_mid = [None] * n
     hs = [ts[i + 1] - ts[i] for i in range(n)]
     states = [x] if return_trajectory else None
+    rec = active_recorder()
     for i in range(n):
+        prev = x
         if checkpoint:
             x = _checkpoint(
                 step, field, x, cond, hs[i], t_nodes[i], t_mid[i], t_nodes[i + 1],
@@ -257,6 +260,8 @@ def _odeint_fixed(
             )  # fmt: skip
         else:
             x = step(field, x, cond, hs[i], t_nodes[i], t_mid[i], t_nodes[i + 1])
+        if rec is not None:
+            rec.add(x - prev)
         if states is not None:
             states.append(x)
     if states is not None:
@@ -449,6 +454,7 @@ def _odeint_adaptive(
     max_steps: int,
 ) -> Tensor | Trajectory:
     states = [x]
+    rec = active_recorder()
     for a, b in zip(ts[:-1], ts[1:]):
         args = (field, x, a, b, cond, rtol, atol, max_steps, None)
         if checkpoint:
@@ -456,6 +462,8 @@ def _odeint_adaptive(
             x = _checkpoint(lambda *z: _dopri5_core(*z)[0], *args, use_reentrant=False)
         else:
             x = _dopri5_core(*args)[0]
+        if rec is not None:  # one adaptive segment counts as one step (its chord)
+            rec.add(x - states[-1])
         states.append(x)
     if return_trajectory:
         return Trajectory(torch.stack(states), grid.detach().to(device=x.device, dtype=x.dtype))

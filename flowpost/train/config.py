@@ -144,7 +144,7 @@ def build_run_config(data: Mapping[str, Any]) -> RunConfig:
     init_from = data.get("init_from")
     if init_from is not None and not isinstance(init_from, str):
         raise ConfigError(f"init_from: expected a run folder path, got {init_from!r}")
-    return RunConfig(
+    run = RunConfig(
         data=from_dict(DataConfig, data.get("data"), prefix="data"),
         model=from_dict(NetConfig, data.get("model"), prefix="model"),
         method=from_dict(method_cls.config_class, method_data, prefix="method"),
@@ -152,6 +152,12 @@ def build_run_config(data: Mapping[str, Any]) -> RunConfig:
         eval=from_dict(EvalConfig, data.get("eval"), prefix="eval"),
         init_from=init_from,
     )
+    # A method config may check itself against the other sections (GFT: the temperature
+    # must reach 0 within train.steps); it raises ConfigError naming the keys.
+    check_run = getattr(run.method, "check_run", None)
+    if callable(check_run):
+        check_run(run)
+    return run
 
 
 def run_config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -215,3 +215,15 @@ def test_trainer_from_objects_records_spec_meta_and_files(tmp_path) -> None:
     wrong = load_data(DataConfig(name="mixture1d", n_train=8, n_heldout=8))
     with pytest.raises(ValueError, match="does not match the method's"):
         Trainer(method, wrong, cfg, tmp_path / "x", progress=False)
+
+
+def test_evaluation_reports_the_path_length_of_the_sampler_that_ran(tmp_path) -> None:
+    """``path_length`` is the recorded sum of ||x_{k+1} - x_k|| of the evaluation's solve; a
+    straighter sampler (more steps of the same field change little) and a GFT run report it
+    too."""
+    trainer = Trainer.from_config(build_run_config(dict(TINY, train={"steps": 0})), tmp_path / "fm")
+    m4, m32 = trainer.evaluate(nfe=4), trainer.evaluate(nfe=32)
+    assert 0 < m4["path_length"] < 10 and 0 < m32["path_length"] < 10
+    gft = dict(TINY, method={"name": "gft", "anneal_steps": 5}, train={"steps": 5})
+    metrics = run_training(gft, tmp_path / "gft")
+    assert 0 < metrics["path_length"] < 10 and "nfe8/path_length" not in metrics
