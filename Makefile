@@ -30,6 +30,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	OMP_NUM_THREADS=2 $(BIN)/pytest
+	OMP_NUM_THREADS=2 $(BIN)/pytest --doctest-modules flowpost
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -e ".[bench]" && $(BIN)/python -m pip install --no-deps torchcfm
