@@ -63,7 +63,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +80,7 @@ from flowpost.methods.components.imitation import (
     build_imitation_discriminator,
     discriminator_optimizer,
     expert_pd_terms,
+    imitation_guard,
     imitation_phase,
 )
 from flowpost.methods.components.policy import PolicyConfig, policy_update
@@ -139,6 +142,14 @@ class FAILMethod(Method):
         self.policy = self.velocity_net()
         self.reference = frozen_copy(self.policy)
         self.discriminator = build_imitation_discriminator(config, spec, discriminator)
+        self.guard = imitation_guard(config)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {} if self.guard is None else {"guard": self.guard.state()}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        if self.guard is not None and "guard" in state:
+            self.guard.load_state(state["guard"])
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return {
@@ -196,4 +207,5 @@ class FAILMethod(Method):
             nfe=self.config.nfe,
             solver=self.config.solver,
             policy_step=lambda first: self._policy_step(batch, update, first),
+            guard=self.guard,
         )

@@ -28,6 +28,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from flowpost.data import DataSplit, load_data
 from flowpost.data.base import Batch
 from flowpost.eval.evaluator import Evaluator
 from flowpost.methods.base import Method, get_method_class
+from flowpost.methods.components.guards import GuardWarning
 from flowpost.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -345,8 +347,10 @@ class Trainer:
         while self.step < end:
             batch = self._next_batch()
             self.updater.global_step = self.step
-            with self.accelerator.autocast():
+            with self.accelerator.autocast(), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", GuardWarning)
                 logs = self.method.train_step(batch, self.step, self.updater)
+            self._report_warnings(caught, logger)
             self.step += 1
             if logger is not None:
                 for key, value in logs.items():
@@ -466,6 +470,19 @@ class Trainer:
                 if logger is not None:
                     logger.write({"step": self.step, "warning": message})
         return verdict
+
+    def _report_warnings(self, caught: list[warnings.WarningMessage], logger: Any) -> None:
+        """A method's guard warnings become one ``warning:`` line each (and a metrics.jsonl
+        record); other warnings are passed on unchanged."""
+        for w in caught:
+            if not issubclass(w.category, GuardWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                continue
+            message = f"warning: step {self.step}: {w.message}"
+            if self.accelerator.is_main_process:
+                print(message, file=sys.stderr, flush=True)
+                if logger is not None:
+                    logger.write({"step": self.step, "warning": message})
 
     def load_weights(self, root: Path, *, optimizers: bool = False) -> None:
         """Load the method's and EMA weights (and optimiser states) of the checkpoint in

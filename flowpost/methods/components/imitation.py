@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from flowpost.config import ConfigError, option
@@ -32,6 +33,7 @@ from flowpost.methods.components.adversarial import (
     r1_penalty,
 )
 from flowpost.methods.components.common import Field, Rollout, load_object, rollout, solver_grid
+from flowpost.methods.components.guards import DiscriminatorGuard
 from flowpost.methods.components.pathwise import local_pd_points
 from flowpost.methods.components.policy import PolicyConfig, cold_start_update
 from flowpost.nets.config import DiscriminatorConfig
@@ -42,6 +44,7 @@ __all__ = [
     "check_betas",
     "imitation_phase",
     "build_imitation_discriminator",
+    "imitation_guard",
     "discriminator_optimizer",
     "discriminator_terms",
     "discriminator_round",
@@ -85,6 +88,14 @@ class ImitationConfig(MethodConfig):
     pd_expert: bool = option(
         False, "PD: also push re-noised expert samples through the local policy loss"
     )
+    disc_guard: bool = option(
+        True,
+        "pause discriminator steps (and double the R1 penalty) while its running accuracy on "
+        "both halves exceeds disc_guard_acc; warns once",
+    )
+    disc_guard_acc: float = option(
+        0.9, "accuracy above which the discriminator counts as dominating", min=0.5, max=1.0
+    )
 
     def __post_init__(self) -> None:
         parent = getattr(super(), "__post_init__", None)
@@ -100,6 +111,13 @@ def imitation_phase(step: int, *, cold_start_steps: int, warmup_steps: int) -> s
     if step < cold_start_steps + warmup_steps:
         return "disc_warmup"
     return "adversarial"
+
+
+def imitation_guard(cfg: ImitationConfig) -> DiscriminatorGuard | None:
+    """The discriminator guard ``cfg`` asks for (``disc_guard``), or None."""
+    if not cfg.disc_guard:
+        return None
+    return DiscriminatorGuard(threshold=cfg.disc_guard_acc, release=min(0.75, cfg.disc_guard_acc))
 
 
 def build_imitation_discriminator(
@@ -153,20 +171,32 @@ def discriminator_round(
     solver: str,
     update: Updater,
     rounds: int,
+    guard: DiscriminatorGuard | None = None,
 ) -> tuple[dict[str, float], Rollout]:
     """``rounds`` discriminator updates, each on a fresh roll-out of the policy; returns the
-    logs and the first roll-out (the policy has not moved since: a PD step may reuse it)."""
+    logs and the first roll-out (the policy has not moved since: a PD step may reuse it).
+    With a ``guard``, a step it pauses only measures the accuracy, and the gradient penalty
+    is scaled by ``guard.gp_scale``."""
     logs: dict[str, float] = {}
     first: Rollout | None = None
     for _ in range(rounds):
         fake = rollout(policy, batch.x, batch.cond, nfe, solver)
         if first is None:
             first = fake
-        terms, real_logits, fake_logits = discriminator_terms(
-            discriminator, batch, fake, cfg.gp_weight
-        )
-        logs.update(update.step("discriminator", **terms))
-        logs.update(discriminator_accuracy(real_logits, fake_logits))
+        if guard is not None and not guard.allow_update():
+            with torch.no_grad():
+                real_logits = discriminator(batch.x, batch.cond)
+                fake_logits = discriminator(fake.x1, fake.cond)
+        else:
+            gp = cfg.gp_weight * (1.0 if guard is None else guard.gp_scale)
+            terms, real_logits, fake_logits = discriminator_terms(discriminator, batch, fake, gp)
+            logs.update(update.step("discriminator", **terms))
+        acc = discriminator_accuracy(real_logits, fake_logits)
+        logs.update(acc)
+        if guard is not None:
+            guard.observe(acc["discriminator/acc_real"], acc["discriminator/acc_fake"])
+    if guard is not None:
+        logs.update(guard.logs())
     assert first is not None
     return logs, first
 
@@ -200,6 +230,7 @@ def adversarial_step(
     nfe: int,
     solver: str,
     policy_step: Callable[[Rollout | None], dict[str, float]],
+    guard: DiscriminatorGuard | None = None,
 ) -> dict[str, float]:
     """One iteration of the schedule: an SFT step (``cold_start``), discriminator updates
     (``disc_warmup``: one; ``adversarial``: ``disc_steps``), then, when ``adversarial``, the
@@ -211,7 +242,7 @@ def adversarial_step(
         return policy_step(None)
     rounds = 1 if phase == "disc_warmup" else cfg.disc_steps
     logs, first = discriminator_round(
-        discriminator, policy, batch, cfg, nfe, solver, update, rounds
+        discriminator, policy, batch, cfg, nfe, solver, update, rounds, guard
     )
     if phase == "adversarial":
         with frozen(discriminator):
