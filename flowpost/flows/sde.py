@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from flowpost.flows import random
+from flowpost.flows.ode import Trajectory, VelocityField, check_state, grid_values
 from flowpost.flows.paths import expand_like
 from flowpost.flows.recording import active_recorder
-from flowpost.flows.solvers import Trajectory, VelocityField, check_state, grid_values
 
 __all__ = ["SDEResult", "euler_maruyama", "gaussian_log_prob", "transition_log_prob"]
 

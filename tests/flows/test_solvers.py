@@ -1,4 +1,5 @@
-"""Tests for flowpost/flows/solvers.py: convergence orders, dopri5, reversibility, gradients."""
+"""Tests for flowpost/flows/solvers.py: convergence orders, odeint with dopri5, reversibility,
+gradients (the adaptive solver itself: test_dopri5.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from torch import Tensor
 import flowpost.flows.solvers as solvers
 from flowpost.flows.solvers import (
     Trajectory,
-    dopri5,
     encode,
     guided,
     odeint,
@@ -70,28 +70,6 @@ def test_order_on_nonuniform_decreasing_grid(method: str, order: int) -> None:
         errs.append(float((x0 - exact(X0, 1.0, 0.0)).abs().max()))
     p = -np.polyfit(np.log(steps), np.log(errs), 1)[0]
     assert abs(p - order) < 0.3, (method, p)
-
-
-@pytest.mark.parametrize("tol", [1e-4, 1e-7, 1e-10])
-def test_dopri5_meets_tolerance(tol: float) -> None:
-    x1, nfe = dopri5(linear_field, X0, 0.0, 1.0, rtol=tol, atol=tol, return_nfe=True)
-    err = float((x1 - exact(X0, 0.0, 1.0)).abs().max())
-    # Local error control: the global error stays within a small multiple of the tolerance.
-    assert err < 10 * tol, (tol, err)
-    assert nfe >= 7
-
-
-def test_dopri5_fewer_evaluations_for_looser_tolerance_and_backward() -> None:
-    _, n_loose = dopri5(linear_field, X0, rtol=1e-3, atol=1e-3, return_nfe=True)
-    _, n_tight = dopri5(linear_field, X0, rtol=1e-9, atol=1e-9, return_nfe=True)
-    assert n_loose < n_tight
-    back = dopri5(linear_field, X0, 1.0, 0.3, rtol=1e-9, atol=1e-9)
-    assert torch.allclose(back, exact(X0, 1.0, 0.3), atol=1e-7)
-
-
-def test_dopri5_max_steps_error() -> None:
-    with pytest.raises(RuntimeError, match="max_steps=3"):
-        dopri5(linear_field, X0, rtol=1e-12, atol=1e-12, max_steps=3)
 
 
 def test_odeint_dopri5_on_grid_and_trajectory() -> None:
