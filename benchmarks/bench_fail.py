@@ -218,7 +218,7 @@ def cmd_demos(args: argparse.Namespace) -> None:
             print(f"{method:8s} {n:5d} " + " ".join(f"{_fmt(cell[c]):>22s}" for c in cols))
     results["table"] = table
     results["settings"] = {"steps": args.steps, "seeds": args.seeds, "demos": args.demos,
-                           "model": MODEL, "fail": fail_method(), "target": TARGET,
+                           "model": MODEL, "fail": fail_method(nfe=args.nfe), "target": TARGET,
                            "pretrain_steps": args.pretrain_steps, "nfe": args.nfe}  # fmt: skip
     _write("fail_demos.json" if args.nfe == 4 else f"fail_demos_nfe{args.nfe}.json", results)
 
