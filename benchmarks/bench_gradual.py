@@ -117,7 +117,7 @@ def run_cell(task: str, variant: str, seed: int, pre: Path, work: Path, steps: i
         assert loss is not None, logs
         losses.append(loss)
         fits.append(logs.get("fit", loss))
-        grads.append(trainer.updater.last_grad_norm.get("policy", float("nan")))
+        grads.append(logs.get("policy/grad_norm", float("nan")))  # before clipping
         temps.append(logs.get("temperature", 0.0))
     train_s = time.perf_counter() - started
     # a run folder like `flowpost train` leaves, so `flowpost eval` works on the cell
