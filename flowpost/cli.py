@@ -1,13 +1,16 @@
 """The ``flowpost`` command (also ``python -m flowpost``).
 
 Verbs: ``train``, ``sample``, ``eval``, ``demo``, ``methods``, ``options``. Every user error
-(bad recipe key, missing file, damaged checkpoint, non-finite loss) ends in a one-line message
-and exit code 2 (1 for a run that stopped on a non-finite loss), never a traceback.
+(bad recipe key, missing file, damaged checkpoint, run folder in use, unwritable folder,
+non-finite loss) ends in a one-line message and exit code 2 (1 for a run that diverged,
+128 + the signal for a run stopped by SIGTERM/SIGINT), never a traceback. Under several
+processes (torchrun, accelerate launch) only the main process prints.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,16 +24,27 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+def _is_main() -> bool:
+    """False on the non-main processes of a torchrun / accelerate launch job."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _fail(message: str | BaseException, code: int = 2) -> None:
+    if isinstance(message, OSError) and not isinstance(message, FileNotFoundError):
+        from flowpost.train.runfolder import writable_error
+
+        message = writable_error(message, message.filename or "?")
+    if _is_main() and not getattr(message, "quiet", False):
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
 def _user_errors():  # type: ignore[no-untyped-def]
     from flowpost.config import ConfigError
     from flowpost.train.checkpoint import CheckpointError
+    from flowpost.train.runfolder import RunFolderError
 
-    return (ConfigError, CheckpointError, FileNotFoundError, ValueError)
+    return (ConfigError, CheckpointError, RunFolderError, OSError, ValueError)
 
 
 @app.command()
@@ -41,24 +55,37 @@ def train(
         None, "--out", help="run folder (default runs/<task>-<recipe>)"
     ),
     resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="move an existing run in --out aside, then start afresh"
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ) -> None:
     """Train (pretrain or post-train) from a recipe; writes a run folder."""
     from flowpost.config import apply_overrides, load_yaml
     from flowpost.train import run_training
     from flowpost.train.config import build_run_config
-    from flowpost.train.updater import NonFiniteLossError
+    from flowpost.train.signals import TrainingInterrupted
+    from flowpost.train.updater import DivergenceError
 
     out_dir = out or Path("runs") / f"{recipe.parent.name}-{recipe.stem}"
     try:
         cfg = build_run_config(apply_overrides(load_yaml(recipe), set_))
-        summary = run_training(cfg, out_dir, resume=resume, progress=progress)
-    except NonFiniteLossError as err:
+        summary = run_training(cfg, out_dir, resume=resume, overwrite=overwrite, progress=progress)
+    except TrainingInterrupted as err:
+        sets = "".join(f" --set {s}" for s in set_)
+        if _is_main():
+            typer.echo(
+                f"{err}; resume with: flowpost train {recipe} --out {out_dir} --resume{sets}",
+                err=True,
+            )
+        raise typer.Exit(err.exit_code) from None
+    except DivergenceError as err:
         _fail(str(err), code=1)
     except _user_errors() as err:
-        _fail(str(err))
-    typer.echo(json.dumps(summary, indent=1, sort_keys=True))
-    typer.echo(f"run folder: {out_dir}")
+        _fail(err)
+    if _is_main():
+        typer.echo(json.dumps(summary, indent=1, sort_keys=True))
+        typer.echo(f"run folder: {out_dir}")
 
 
 def _load_run(run: Path, last: bool = False):  # type: ignore[no-untyped-def]
@@ -110,7 +137,7 @@ def sample(
         trainer = _load_run(run, last)
         samples = trainer.evaluator().sample(n, nfe, solver=method, seed=seed)
     except _user_errors() as err:
-        _fail(str(err))
+        _fail(err)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, samples.numpy())
@@ -134,7 +161,7 @@ def eval_(
         trainer = _load_run(run, last)
         metrics = trainer.evaluate(nfe=nfe)
     except _user_errors() as err:
-        _fail(str(err))
+        _fail(err)
     if as_json:
         typer.echo(json.dumps(metrics, indent=1, sort_keys=True))
     else:
@@ -154,7 +181,7 @@ def demo(
     try:
         report = run_demo(out, quick=quick)
     except _user_errors() as err:
-        _fail(str(err))
+        _fail(err)
     typer.echo(f"report: {report}")
 
 

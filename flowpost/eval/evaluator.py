@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from flowpost.methods.base import Method
 
 
+class NonFiniteSamplesError(ValueError):
+    """Samples hold NaN or Inf (a diverged model): refused rather than written or scored."""
+
+
 class Evaluator:
     """Draw samples from a method's (EMA) roles and score them against a reference.
 
@@ -115,8 +119,10 @@ class Evaluator:
         solver: str = "euler",
         cond: Tensor | int | None = None,
         seed: int = 0,
+        check_finite: bool = True,
     ) -> Tensor:
-        """``n`` samples (on the CPU, float32) with ``nfe`` network evaluations."""
+        """``n`` samples (on the CPU, float32) with ``nfe`` network evaluations; with
+        ``check_finite``, samples holding NaN or Inf raise :class:`NonFiniteSamplesError`."""
         if n < 1 or nfe < 1:
             raise ValueError(f"n and nfe must be >= 1, got n={n}, nfe={nfe}")
         labels = self.conditions(n, cond)
@@ -137,7 +143,14 @@ class Evaluator:
                 )
             finally:
                 self.method.train(was_training)
-        return out.float().cpu()
+        out = out.float().cpu()
+        if check_finite and not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out.flatten(1))).any(1).sum())
+            raise NonFiniteSamplesError(
+                f"{bad} of {n} samples are not finite (NaN or Inf): the model diverged; "
+                "sample from a run (or checkpoint) that trained without diverging"
+            )
+        return out
 
     def evaluate(
         self,
@@ -149,6 +162,7 @@ class Evaluator:
         plot: str | Path | None = None,
         title: str = "",
         episodes: int = 100,
+        check_finite: bool = True,
     ) -> dict[str, float]:
         """Metrics of ``min(n_samples, len(reference))`` samples against the reference (drawn
         with noise ``seed``; the metrics' own subsampling uses ``seed + 1``); with ``plot`` a
@@ -157,7 +171,7 @@ class Evaluator:
             raise ValueError("no held-out reference to evaluate against (pass reference=)")
         n = min(n_samples, len(self.reference))
         with record_path_length() as rec:
-            samples = self.sample(n, nfe, solver=solver, seed=seed)
+            samples = self.sample(n, nfe, solver=solver, seed=seed, check_finite=check_finite)
         reference = self.reference.x[:n]
         gen = torch.Generator().manual_seed(seed + 1)
         metrics = evaluate_samples(samples, reference, dataset=self.dataset, generator=gen)
@@ -201,4 +215,4 @@ class Evaluator:
         return float(rms_norm(samples - noise.reshape(samples.shape)).mean())
 
 
-__all__ = ["Evaluator"]
+__all__ = ["Evaluator", "NonFiniteSamplesError"]

@@ -271,3 +271,18 @@ def load_policy_state(run_dir: str | Path, role: str = "policy") -> dict[str, Te
         if part:
             return part
     raise CheckpointError(f"{path}: holds no weights for role '{role}'")
+
+
+def check_pretrained_fits(
+    module: torch.nn.Module, state: Mapping[str, Tensor], source: str
+) -> None:
+    """Raise a one-line :class:`CheckpointError` naming the first tensor of ``state`` whose
+    shape differs from ``module``'s (a pretrained run with another model size)."""
+    own = module.state_dict()
+    for key, value in state.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"init_from {source}: tensor '{key}' has shape {tuple(value.shape)} there but "
+                f"{tuple(own[key].shape)} in this network; use the pretrained run's model "
+                "settings"
+            )

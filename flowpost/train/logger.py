@@ -24,6 +24,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from flowpost.train.runfolder import append_line, atomic_write_text
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -49,7 +51,7 @@ class RunLogger:
             # records written after the checkpoint we resume from are replayed, so drop them
             lines = self.path.read_text().splitlines()
             kept = [ln for ln in lines if (_step_of(ln) or resume_step + 1) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif not resume_step and self.path.exists():
             self.path.unlink()
         self._fh = self.path.open("a")
@@ -65,8 +67,7 @@ class RunLogger:
                 self._tb = None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
-        self._fh.flush()
+        append_line(self._fh, json.dumps({k: _jsonable(v) for k, v in record.items()}))
         if self._tb is not None:
             step = int(record.get("step", 0))
             for key, value in record.items():

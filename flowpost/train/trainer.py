@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import sys
@@ -35,31 +34,35 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from torch import Tensor, nn
+from torch import nn
 
 from flowpost.data import DataSplit, load_data
 from flowpost.data.base import Batch
 from flowpost.eval.evaluator import Evaluator
+from flowpost.flows.distributed import any_true, mean_scalars
+from flowpost.flows.random import batch_shard
 from flowpost.methods.base import Method, get_method_class
 from flowpost.methods.components.guards import GuardWarning
 from flowpost.train.checkpoint import (
     CheckpointError,
+    NonFiniteCheckpointError,
+    check_pretrained_fits,
+    first_non_finite,
     latest_checkpoint,
     load_checkpoint,
     load_policy_state,
     optimizer_from_flat,
-    optimizer_to_flat,
     save_checkpoint,
     split_prefixed,
 )
-from flowpost.train.config import RunConfig, run_config_to_dict
+from flowpost.train.config import RunConfig
 from flowpost.train.ema import EMA
 from flowpost.train.logger import ProgressBar, RunLogger
-from flowpost.train.runfolder import atomic_write_bytes
 from flowpost.train.selection import BEST_DIR, Selector, scale_learning_rates, split_holdout
-from flowpost.train.updater import NonFiniteLossError, OptimizerUpdater
+from flowpost.train.signals import StopRequest
+from flowpost.train.state import load_method_weights, restore_payload, state_payload
+from flowpost.train.updater import OptimizerUpdater
 
 
 def lr_lambda(warmup: int, total: int, schedule: str, floor: float):  # type: ignore[no-untyped-def]
@@ -75,21 +78,6 @@ def lr_lambda(warmup: int, total: int, schedule: str, floor: float):  # type: ig
         return 1.0
 
     return factor
-
-
-def _rng_tensors() -> dict[str, Tensor]:
-    out = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            out[f"rng.cuda.{i}"] = s
-    return out
-
-
-def _restore_rng(tensors: Mapping[str, Tensor]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
 
 
 def seed_everything(seed: int) -> None:
@@ -147,11 +135,17 @@ class Trainer:
         self.meta = dict(meta or {})
         self.files = dict(files or {})
         tc = config.train
+        # auto: the GPUs if there are any, else the CPU; under torchrun / accelerate launch
+        # that is DDP over NCCL or gloo (a CPU run must say cpu=True to Accelerate for that)
+        cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
         self.accelerator = Accelerator(
             mixed_precision="no" if tc.precision == "fp32" else tc.precision,
-            cpu=(tc.device == "cpu"),
-            # methods may leave some parameters out of a loss (a discriminator's warm-up)
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+            cpu=cpu,
+            # methods may leave some parameters out of a loss (a discriminator's warm-up);
+            # buffers are never broadcast (evaluation runs on the main process alone)
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+            ],
         )
         if tc.device == "cuda" and self.accelerator.device.type != "cuda":
             raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
@@ -186,6 +180,8 @@ class Trainer:
         self.step = 0
         self._wrapped: list[str] = []
         self._saved_step: int | None = None
+        self._stop: StopRequest | None = None
+        self.resumes: list[dict[str, Any]] = []  # settings changed at each resume
 
     @classmethod
     def from_config(
@@ -205,7 +201,12 @@ class Trainer:
         method_cls = get_method_class(config.method.name)
         method = method_cls(config.method, data.spec, config.model)
         if config.init_from and load_init:
-            method.load_pretrained(load_policy_state(config.init_from))
+            state = load_policy_state(config.init_from)
+            for role in ("policy", "generator"):  # the role a pretrained flow is loaded into
+                if isinstance(getattr(method, role, None), nn.Module):
+                    check_pretrained_fits(getattr(method, role), state, config.init_from)
+                    break
+            method.load_pretrained(state)
         return cls(method, data, config, out_dir, progress=progress)
 
     # -- construction -------------------------------------------------------------------
@@ -246,45 +247,7 @@ class Trainer:
             backward=self.accelerator.backward,
         )
 
-    def _distribute(self) -> None:
-        """Under several processes, wrap each trained role for gradient all-reduce (DDP) and
-        give each process its own random stream (weights were initialised identically)."""
-        acc = self.accelerator
-        if acc.num_processes <= 1 or self._wrapped:
-            return
-        for name in self.optimizers:
-            module = getattr(self.method, name, None)
-            if isinstance(module, nn.Module):
-                setattr(self.method, name, acc.prepare_model(module))
-                self._wrapped.append(name)
-        torch.manual_seed(self.config.train.seed + 7919 * acc.process_index + self.step)
-
     # -- checkpoints --------------------------------------------------------------------
-    def _checkpoint_payload(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        tensors: dict[str, Tensor] = {}
-        for key, value in self.method.state_dict().items():
-            for role in self._wrapped:  # store DDP-wrapped roles under their plain names
-                key = key.replace(f"{role}.module.", f"{role}.", 1)
-            tensors[f"model.{key}"] = value
-        for role, ema in self.emas.items():
-            for key, value in ema.module.state_dict().items():
-                tensors[f"ema.{role}.{key}"] = value
-        optim_meta = {}
-        for name, opt in self.optimizers.items():
-            flat, meta = optimizer_to_flat(name, opt)
-            tensors.update(flat)
-            optim_meta[name] = meta
-        tensors.update(_rng_tensors())
-        state = {
-            "optimizers": optim_meta,
-            "updater": {"steps_taken": self.updater.steps_taken},
-            "method": self.method.extra_state(),
-            "python_rng": list(random.getstate()[1]),
-            "config": run_config_to_dict(self.config),
-            "run": self.run_info(),
-        }
-        return tensors, state
-
     def run_info(self) -> dict[str, Any]:
         """What a loaded run needs besides the config: the data spec and dataset name (so
         sampling never loads the data) and the ``meta`` given at construction."""
@@ -293,10 +256,15 @@ class Trainer:
         return {"data": data, **self.meta}
 
     def save(self) -> Path | None:
+        """Write a checkpoint (main process). Non-finite weights are never written: every
+        process checks its (identical) copy and raises :class:`NonFiniteCheckpointError`."""
+        tensors, state = state_payload(self)
+        bad = first_non_finite(tensors)
+        if bad is not None:
+            raise NonFiniteCheckpointError(self.step, bad)
+        self._saved_step = self.step
         if not self.accelerator.is_main_process:
             return None
-        tensors, state = self._checkpoint_payload()
-        self._saved_step = self.step
         return save_checkpoint(
             self.out / "checkpoints",
             self.step,
@@ -306,31 +274,23 @@ class Trainer:
         )
 
     def restore(self, path: Path) -> None:
+        """Load checkpoint ``path`` into the method, EMAs, optimisers and random streams."""
         tensors, state = load_checkpoint(path)
-        try:
-            self.method.load_state_dict(split_prefixed(tensors, "model"))
-            for role, ema in self.emas.items():
-                ema.module.load_state_dict(split_prefixed(tensors, f"ema.{role}"))
-            for name, opt in self.optimizers.items():
-                optimizer_from_flat(name, opt, tensors, state["optimizers"][name])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(
-                f"{path}: does not fit this run's config ({err}); resume with the same recipe"
-            ) from None
-        self.updater.steps_taken = dict(state["updater"]["steps_taken"])
-        self.method.load_extra_state(state.get("method", {}))
-        _restore_rng(tensors)
-        py = state.get("python_rng")
-        if py is not None:
-            random.setstate((3, tuple(py), None))
-        self.step = int(state["step"])
+        restore_payload(self, path, tensors, state)
 
     # -- training -----------------------------------------------------------------------
-    def _next_batch(self) -> Batch:
+    def _next_batch(self) -> tuple[Batch, tuple[int, int, int]]:
+        """This process's slice of the global batch, and the shard ``(offset, local, total)``.
+
+        Every process draws the same global indices (their random streams are identical)."""
         n = self.train_x.shape[0]
-        index = torch.randint(0, n, (self.config.train.batch_size,)).to(self.device)
+        total = self.config.train.batch_size
+        index = torch.randint(0, n, (total,))
+        local = total // self.accelerator.num_processes
+        offset = self.accelerator.process_index * local
+        index = index[offset : offset + local].to(self.device)
         cond = None if self.train_cond is None else self.train_cond[index]
-        return Batch(self.train_x[index], cond)
+        return Batch(self.train_x[index], cond), (offset, local, total)
 
     def run_steps(
         self, n: int, *, logger: RunLogger | None = None, bar: ProgressBar | None = None
@@ -344,26 +304,33 @@ class Trainer:
         if self.selector is not None and self.step == 0 and self.selector.start is None:
             self.validate(logger)  # the start is a candidate: the kept model is never worse
         every = tc.validate_every or max(1, tc.steps // 10)
+        several = self.accelerator.num_processes > 1
         while self.step < end:
-            batch = self._next_batch()
+            batch, shard = self._next_batch()
             self.updater.global_step = self.step
-            with self.accelerator.autocast(), warnings.catch_warnings(record=True) as caught:
+            with (
+                self.accelerator.autocast(),
+                batch_shard(*shard),
+                warnings.catch_warnings(record=True) as caught,
+            ):
                 warnings.simplefilter("always", GuardWarning)
                 logs = self.method.train_step(batch, self.step, self.updater)
             self._report_warnings(caught, logger)
             self.step += 1
-            if logger is not None:
-                for key, value in logs.items():
-                    window.setdefault(key, []).append(value)
-            if logger is not None and (self.step % tc.log_every == 0 or self.step == tc.steps):
+            for key, value in logs.items():
+                window.setdefault(key, []).append(value)
+            if self.step % tc.log_every == 0 or self.step == tc.steps:
+                # every process reaches this line: the logged losses are global-batch means
+                means = mean_scalars({k: sum(v) / len(v) for k, v in window.items()})
                 record: dict[str, Any] = {"step": self.step, "phase": self.method.phase(self.step)}
-                record.update({k: sum(v) / len(v) for k, v in window.items()})
+                record.update(means)
                 for name, opt in self.optimizers.items():
                     record[f"lr/{name}"] = opt.param_groups[0]["lr"]
                 record["time_s"] = round(time.perf_counter() - started, 3)
-                logger.write(record)
+                if logger is not None:
+                    logger.write(record)
                 if bar is not None:
-                    bar.update(self.step, record["phase"], {k: record[k] for k in window})
+                    bar.update(self.step, record["phase"], means)
                 window = {}
             if (
                 logger is not None
@@ -371,7 +338,9 @@ class Trainer:
                 and self.step % tc.eval_every == 0
                 and self.step < tc.steps
             ):
-                metrics = self.evaluate(plot_name=f"samples_step{self.step:07d}.png")
+                metrics = self.evaluate(
+                    plot_name=f"samples_step{self.step:07d}.png", check_finite=False
+                )
                 self.method.train()
                 logger.write({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
@@ -379,53 +348,30 @@ class Trainer:
             if self.selector is not None and (self.step % every == 0 or self.step == tc.steps):
                 self.validate(logger)
                 self.method.train()
+            stop = self._stop is not None and self._stop.signum is not None
+            if any_true(stop) if several else stop:
+                return
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train to ``train.steps`` (continuing from the newest checkpoint if ``resume``)."""
-        tc = self.config.train
-        self.out.mkdir(parents=True, exist_ok=True)
-        if resume:
-            found = latest_checkpoint(self.out / "checkpoints")
-            if found is None:
-                raise CheckpointError(f"--resume: no checkpoint under {self.out / 'checkpoints'}")
-            self.restore(found)
-            best = latest_checkpoint(self.out / BEST_DIR)
-            if best is not None and self.selector is not None:
-                self.selector.load_state(load_checkpoint(best)[1].get("selection", {}))
-        self._distribute()
-        if self.accelerator.is_main_process:
-            if not resume:
-                for name, blob in self.files.items():
-                    atomic_write_bytes(self.out / name, blob)
-            # what the config cannot say (a user's own network) is noted as comments
-            notes = "".join(f"# {key}: {json.dumps(value)}\n" for key, value in self.meta.items())
-            (self.out / "config.yaml").write_text(
-                notes + yaml.safe_dump(run_config_to_dict(self.config), sort_keys=False)
-            )
-        main = self.accelerator.is_main_process
-        logger = RunLogger(self.out, resume_step=self.step if resume else 0) if main else None
-        bar = ProgressBar(tc.steps, self.step, self.progress_enabled and main)
+    def fit(self, resume: bool = False, *, overwrite: bool = False) -> dict[str, Any]:
+        """Train to ``train.steps`` (continuing from the newest checkpoint if ``resume``).
+
+        The run folder is locked while training; a folder that already holds a run is
+        refused unless ``resume``, or ``overwrite`` (which moves the old run aside). SIGTERM
+        and SIGINT end the current step, write a checkpoint and raise
+        :class:`~flowpost.train.signals.TrainingInterrupted`."""
+        from flowpost.train import lifecycle
+
+        lock = lifecycle.open_folder(self, resume=resume, overwrite=overwrite)
         try:
-            self.run_steps(tc.steps - self.step, logger=logger, bar=bar)
-        except NonFiniteLossError as err:
-            if logger is not None:
-                logger.write({"step": self.step, "error": str(err)})
-                logger.close()
-            raise
+            return lifecycle.fit(self, resume=resume)
         finally:
-            bar.close()
-        if self._saved_step != self.step:
-            self.save()
-        self.accelerator.wait_for_everyone()
-        if logger is None:
-            return {"step": self.step}
-        summary = self.final_evaluation()
-        summary.update(self._selection_summary())
-        final = {f"final/{k}": v for k, v in summary.items() if isinstance(v, (int, float))}
-        logger.write({"step": self.step, **final})
-        logger.close()
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
-        return summary
+            if lock is not None:
+                lock.release()
+
+    def say(self, message: str) -> None:
+        """Print a line on the main process (stderr)."""
+        if self.accelerator.is_main_process:
+            print(message, file=sys.stderr, flush=True)
 
     # -- held-out demonstrations: best checkpoint and collapse guard -----------------------
     def validate(self, logger: RunLogger | None = None) -> str:
@@ -445,7 +391,7 @@ class Trainer:
             logger.write({"step": self.step, "validation/score": check.score,
                           "validation/coverage": check.coverage})  # fmt: skip
         if verdict == "best" and self.accelerator.is_main_process:
-            tensors, state = self._checkpoint_payload()
+            tensors, state = state_payload(self)
             state["selection"] = sel.state()
             save_checkpoint(self.out / BEST_DIR, self.step, tensors, state, keep=1)
         if verdict == "collapse":
@@ -491,7 +437,7 @@ class Trainer:
         if found is None:
             raise CheckpointError(f"{root}: no checkpoint to load")
         tensors, state = load_checkpoint(found)
-        self.method.load_state_dict(split_prefixed(tensors, "model"))
+        load_method_weights(self, tensors)
         for role, ema in self.emas.items():
             ema.module.load_state_dict(split_prefixed(tensors, f"ema.{role}"))
         if optimizers:
@@ -532,19 +478,23 @@ class Trainer:
             robot=self.data.robot,
         )
 
-    def evaluate(self, nfe: int | None = None, plot_name: str | None = None) -> dict[str, float]:
+    def evaluate(
+        self, nfe: int | None = None, plot_name: str | None = None, *, check_finite: bool = True
+    ) -> dict[str, float]:
         """Metrics of the EMA roles against held-out data (``eval`` section settings);
-        training's random stream is left exactly as it was."""
+        training's random stream is left exactly as it was. Non-finite samples raise
+        (``check_finite``) or, during training, give non-finite metrics."""
         ec = self.config.eval
         plot = self.out / "plots" / plot_name if ec.plots and plot_name else None
         return self.evaluator().evaluate(
-            nfe or ec.nfe,
+            nfe if nfe is not None else ec.nfe,
             solver=ec.solver,
             n_samples=ec.n_samples,
             seed=ec.seed,
             episodes=ec.episodes,
             plot=plot,
             title=f"{self.config.method.name} step {self.step}",
+            check_finite=check_finite,
         )
 
     def final_evaluation(self) -> dict[str, Any]:
@@ -553,11 +503,11 @@ class Trainer:
         sel = self.selector
         if sel is not None and sel.best is not None and sel.best.step != self.step:
             # the metrics are the best model's (what sample and eval use); the last's beside
-            summary.update({f"last/{k}": v for k, v in self.evaluate().items()})
+            summary.update({f"last/{k}": v for k, v in self.evaluate(check_finite=False).items()})
             self.load_weights(self.out / BEST_DIR)
-        summary.update(self.evaluate(plot_name="samples_final.png"))
+        summary.update(self.evaluate(plot_name="samples_final.png", check_finite=False))
         for nfe in ec.extra_nfe:
-            for key, value in self.evaluate(nfe=nfe).items():
+            for key, value in self.evaluate(nfe=nfe, check_finite=False).items():
                 summary[f"nfe{nfe}/{key}"] = value
         return summary
 
@@ -567,6 +517,7 @@ def run_training(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Build and run a :class:`Trainer` from a config (or a recipe dict); return the summary."""
@@ -574,4 +525,4 @@ def run_training(
 
     cfg = config if isinstance(config, RunConfig) else build_run_config(config)
     trainer = Trainer.from_config(cfg, out_dir, progress=progress, load_init=not resume)
-    return trainer.fit(resume=resume)
+    return trainer.fit(resume=resume, overwrite=overwrite)

@@ -26,16 +26,19 @@ from torch import Tensor, nn
 from flowpost.train.ema import EMA
 
 
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or Inf; the run stops and the last good checkpoint is kept."""
+class DivergenceError(RuntimeError):
+    """The run diverged (a non-finite loss term or weights) and stopped; the trainer's
+    message names the step, what was non-finite and the last finite checkpoint, if any."""
 
-    def __init__(self, step: int, term: str, value: float) -> None:
-        super().__init__(
-            f"non-finite loss at step {step}: term '{term}' = {value}; the last good checkpoint "
-            "is intact. Lower the learning rate, enable gradient clipping, or check the data."
-        )
+
+class NonFiniteLossError(DivergenceError):
+    """A loss term became NaN or Inf (raised before it is back-propagated)."""
+
+    def __init__(self, step: int, term: str, value: float, note: str = "") -> None:
+        super().__init__(f"non-finite loss at step {step}: term '{term}' = {value}{note}")
         self.step = step
         self.term = term
+        self.value = value
 
 
 class OptimizerUpdater:

@@ -1,0 +1,35 @@
+"""Tests of flowpost/train/signals.py: the first SIGTERM/SIGINT becomes a stop request, handlers
+are restored afterwards, and the interruption error carries the shell's exit code."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from flowpost.train.signals import StopRequest, TrainingInterrupted
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_first_signal_is_a_request_and_handlers_are_restored(sig: signal.Signals) -> None:
+    before = signal.getsignal(sig)
+    with StopRequest() as stop:
+        assert stop.signum is None
+        os.kill(os.getpid(), sig)
+        assert stop.signum == sig
+    assert signal.getsignal(sig) is before
+
+
+def test_second_sigint_aborts_at_once() -> None:
+    with pytest.raises(KeyboardInterrupt), StopRequest():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupted_message_and_exit_code() -> None:
+    err = TrainingInterrupted(signal.SIGTERM, 42, Path("run/checkpoints/step_00000042"))
+    assert str(err) == "interrupted by SIGTERM at step 42; checkpoint run/checkpoints/step_00000042"
+    assert err.exit_code == 143
+    assert "no checkpoint written" in str(TrainingInterrupted(signal.SIGINT, 0, None))
