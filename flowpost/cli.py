@@ -88,33 +88,19 @@ def train(
         typer.echo(f"run folder: {out_dir}")
 
 
-def _load_run(run: Path, last: bool = False):  # type: ignore[no-untyped-def]
-    """Rebuild a trainer from a run folder and restore its best checkpoint (the one scored
-    best on the held-out demonstrations, when the run kept one; saying so) or, with ``last``
-    or without one, its newest."""
-    from flowpost.config import load_yaml
-    from flowpost.train import Trainer
-    from flowpost.train.checkpoint import CheckpointError, latest_checkpoint
-    from flowpost.train.config import build_run_config
-    from flowpost.train.selection import BEST_DIR
+def _load(run: Path, last: bool):  # type: ignore[no-untyped-def]
+    """The run in folder ``run`` (:func:`flowpost.load`), saying when its best checkpoint
+    (scored on held-out demonstrations) is used rather than the last."""
+    from flowpost.run import load
 
-    if not (run / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run}: not a run folder (no config.yaml)")
-    cfg = build_run_config(load_yaml(run / "config.yaml"))
-    trainer = Trainer.from_config(cfg, run, progress=False, load_init=False)
-    found = latest_checkpoint(run / "checkpoints")
-    if found is None:
-        raise CheckpointError(f"{run}: no checkpoint to load")
-    trainer.restore(found)
-    best = None if last else latest_checkpoint(run / BEST_DIR)
-    if best is not None:
-        trainer.load_weights(run / BEST_DIR)
+    loaded = load(run, last=last)
+    if loaded.best:
         typer.echo(
-            f"using the best checkpoint ({best.relative_to(run)}, scored on held-out "
-            f"demonstrations; the last is {found.relative_to(run)}: --last to use it)",
+            f"using the best checkpoint ({loaded.checkpoint.relative_to(run)}, scored on "
+            "held-out demonstrations; --last for the last one)",
             err=True,
         )
-    return trainer
+    return loaded
 
 
 @app.command()
@@ -122,29 +108,29 @@ def sample(
     run: Path = typer.Argument(..., help="a run folder"),
     nfe: int = typer.Option(100, help="network evaluations"),
     n: int = typer.Option(64, "--n", help="how many samples"),
-    method: str = typer.Option("euler", "--method", help="euler|midpoint|heun|rk4|dopri5"),
+    solver: str = typer.Option("euler", "--solver", help="euler|midpoint|heun|rk4|dopri5"),
     seed: int = typer.Option(0, help="noise seed"),
     out: Path = typer.Option(Path("samples.npy"), "--out", help=".npy array or .png plot/grid"),
     last: bool = typer.Option(False, "--last", help="use the last checkpoint, not the best"),
 ) -> None:
     """Draw samples from a run's EMA model (its best checkpoint if it kept one) into a .npy
-    file or a PNG."""
+    file or a PNG; needs neither a trainer nor the training data."""
     import numpy as np
 
     from flowpost.eval import plot_samples
 
+    if out.suffix not in (".npy", ".png"):
+        _fail(f"--out must end in .npy or .png, got {out}")
     try:
-        trainer = _load_run(run, last)
-        samples = trainer.evaluator().sample(n, nfe, solver=method, seed=seed)
+        loaded = _load(run, last)
+        samples = loaded.sample(n, nfe, solver=solver, seed=seed)
     except _user_errors() as err:
         _fail(err)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, samples.numpy())
-    elif out.suffix == ".png":
-        plot_samples(samples, out, spec=trainer.data.train.spec, title=f"{run.name} nfe={nfe}")
     else:
-        _fail(f"--out must end in .npy or .png, got {out}")
+        plot_samples(samples, out, spec=loaded.spec, title=f"{run.name} nfe={nfe}")
     typer.echo(f"wrote {n} samples to {out}")
 
 
@@ -152,14 +138,14 @@ def sample(
 def eval_(
     run: Path = typer.Argument(..., help="a run folder"),
     nfe: int | None = typer.Option(None, help="network evaluations (default: the run's)"),
+    solver: str | None = typer.Option(None, "--solver", help="ODE solver (default: the run's)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     last: bool = typer.Option(False, "--last", help="use the last checkpoint, not the best"),
 ) -> None:
     """Metrics of a run's EMA model (its best checkpoint if it kept one) against its held-out
     data."""
     try:
-        trainer = _load_run(run, last)
-        metrics = trainer.evaluate(nfe=nfe)
+        metrics = _load(run, last).evaluate(nfe=nfe, solver=solver)
     except _user_errors() as err:
         _fail(err)
     if as_json:

@@ -42,6 +42,14 @@ def test_train_sample_eval_roundtrip(tmp_path) -> None:
     assert png.stat().st_size > 1000
     result = runner.invoke(app, ["eval", str(run), "--nfe", "4", "--json"])
     assert result.exit_code == 0 and '"sliced_w2"' in result.output
+    heun = tmp_path / "heun.npy"
+    args = ["sample", str(run), "--nfe", "4", "--n", "10", "--solver", "heun", "--out", str(heun)]
+    assert runner.invoke(app, args).exit_code == 0
+    assert not np.allclose(np.load(heun), np.load(out))  # another solver, other samples
+    result = runner.invoke(app, ["sample", str(run), "--method", "heun"])
+    assert result.exit_code == 2  # --method (the solver) is now --solver
+    result = runner.invoke(app, ["sample", str(run), "--solver", "nope", "--out", str(heun)])
+    assert result.exit_code == 2 and "nope" in result.output
 
 
 def test_bad_override_is_one_line_exit_2(tmp_path) -> None:
