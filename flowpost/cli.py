@@ -94,7 +94,7 @@ def _load(run: Path, last: bool):  # type: ignore[no-untyped-def]
     from flowpost.run import load
 
     loaded = load(run, last=last)
-    if loaded.best:
+    if loaded.best and loaded.checkpoint is not None:
         typer.echo(
             f"using the best checkpoint ({loaded.checkpoint.relative_to(run)}, scored on "
             "held-out demonstrations; --last for the last one)",

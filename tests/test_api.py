@@ -97,6 +97,12 @@ def test_sft_from_a_run_moves_to_the_new_target_and_leaves_the_run_alone(
     assert (x.mean(0) - new_center).abs().max() < 0.2
     assert torch.equal(run.sample(500, nfe=8, seed=1), before)  # fine-tuned a copy
     assert sft.config.init_from == str(run.path)
+    # post-training keeps the best checkpoint on held-out demos; load uses it, as fit's Run does
+    best = flowpost.load(sft.path, model=Velocity())
+    assert best.best and best.checkpoint is not None and best.checkpoint.parent.name == "best"
+    assert torch.equal(best.sample(200, nfe=4, seed=3), sft.sample(200, nfe=4, seed=3))
+    last = flowpost.load(sft.path, model=Velocity(), last=True)
+    assert not last.best and last.checkpoint.name == "step_00000200"
 
 
 def test_init_from_a_folder_or_a_module_starts_from_those_weights(pretrained, tmp_path) -> None:

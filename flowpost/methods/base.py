@@ -121,6 +121,9 @@ class Method(nn.Module, ABC):
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     toy_settings: ClassVar[dict[str, Any]] = {}
     toy_recipe: ClassVar[dict[str, dict[str, Any]]] = {}
+    # whether the method's aim is the distribution of its training data (so held-out data
+    # scores its progress); False for a method that maximises a reward
+    targets_data: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -59,7 +59,8 @@ class TrainConfig:
     holdout_fraction: float | None = option(
         None,
         "fraction of the training samples (demonstrations) held out to score checkpoints and "
-        "keep the best (null: 0.1 when the run post-trains, i.e. init_from is set, else 0)",
+        "keep the best (null: 0.1 when the run post-trains toward its data, i.e. init_from is "
+        "set and the method is not reward fine-tuning, else 0)",
         min=0.0,
         max=0.5,
     )

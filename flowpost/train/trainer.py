@@ -160,7 +160,7 @@ class Trainer:
         self.selector: Selector | None = None
         fraction = tc.holdout_fraction
         if fraction is None:
-            fraction = 0.1 if config.init_from else 0.0
+            fraction = 0.1 if config.init_from and method.targets_data else 0.0
         if fraction > 0:  # demonstrations held out to score checkpoints and keep the best
             kept, held = split_holdout(data.train, fraction, config.data.seed)
             self.data = dataclasses.replace(data, train=kept)
