@@ -63,28 +63,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from flowpost.data.base import Batch, DataSpec
-from flowpost.methods.base import Method, OptimizerSpec, Updater, frozen_copy, register_method
+from flowpost.methods.base import register_method
 from flowpost.methods.components.adversarial import adversarial_policy_loss, fail_reward
-from flowpost.methods.components.common import Rollout
-from flowpost.methods.components.imitation import (
-    ImitationConfig,
-    adversarial_step,
-    build_imitation_discriminator,
-    discriminator_optimizer,
-    expert_pd_terms,
-    imitation_guard,
-    imitation_phase,
-)
-from flowpost.methods.components.policy import PolicyConfig, policy_update
-from flowpost.nets.config import NetConfig
+from flowpost.methods.components.sampler_method import SamplerPolicyConfig, SamplerPolicyMethod
 
 __all__ = ["FAILConfig", "FAILMethod", "POLICY_RENAMES", "IMITATION_RENAMES"]
 
@@ -107,17 +93,17 @@ IMITATION_RENAMES = {"r1_weight": "gp_weight", "expert_in_policy_loss": "pd_expe
 
 
 @dataclass
-class FAILConfig(PolicyConfig, ImitationConfig):
+class FAILConfig(SamplerPolicyConfig):
     """FAIL's settings (the ``method`` section of a recipe): the deployed sampler and its
-    estimator (:class:`PolicyConfig`) and the discriminator (:class:`ImitationConfig`)."""
+    estimator (``PolicyConfig``) and the discriminator (``ImitationConfig``)."""
 
     renamed_keys = {**POLICY_RENAMES, **IMITATION_RENAMES}
 
 
 @register_method("fail")
-class FAILMethod(Method):
-    """FAIL post-training: roles ``policy`` (trained flow), ``reference`` (frozen start) and
-    ``discriminator``."""
+class FAILMethod(SamplerPolicyMethod):
+    """FAIL post-training: roles ``policy`` (trained flow, or your ``model=``), ``reference``
+    (frozen start) and ``discriminator`` (or your ``discriminator=``)."""
 
     config_class = FAILConfig
     config: FAILConfig
@@ -129,83 +115,13 @@ class FAILMethod(Method):
         "discriminator": {"hidden": 16, "depth": 1},
     }
 
-    def __init__(
-        self,
-        config: FAILConfig,
-        spec: DataSpec,
-        net: NetConfig,
-        *,
-        model: nn.Module | None = None,
-        discriminator: nn.Module | None = None,
-    ) -> None:
-        super().__init__(config, spec, net, model=model)
-        self.policy = self.velocity_net()
-        self.reference = frozen_copy(self.policy)
-        self.discriminator = build_imitation_discriminator(config, spec, discriminator)
-        self.guard = imitation_guard(config)
-
-    def extra_state(self) -> dict[str, Any]:
-        return {} if self.guard is None else {"guard": self.guard.state()}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        if self.guard is not None and "guard" in state:
-            self.guard.load_state(state["guard"])
-
-    def optimizers(self) -> dict[str, OptimizerSpec]:
-        return {
-            "policy": OptimizerSpec(list(self.policy.parameters()), lr=self.config.lr),
-            "discriminator": discriminator_optimizer(self.discriminator, self.config),
-        }
-
-    def phase(self, step: int) -> str:
-        c = self.config
-        return imitation_phase(
-            step, cold_start_steps=c.cold_start_steps, warmup_steps=c.disc_warmup_steps
-        )
-
-    # ---- what a policy sample is scored by
-
     def score(self, x: Tensor, cond: Tensor | None) -> dict[str, Tensor]:
         """Per-sample PD loss: ``softplus(-D(x))`` (the policy wants the expert label)."""
+        assert self.discriminator is not None
         return {"adv": adversarial_policy_loss(self.discriminator(x, cond))}
 
     def sample_reward(self, x: Tensor, cond: Tensor | None) -> Tensor:
         """Black-box PG reward ``softplus(D(x))``, no grad."""
+        assert self.discriminator is not None
         with torch.no_grad():
             return fail_reward(self.discriminator(x, cond))
-
-    # ---- the iteration
-
-    def _policy_step(
-        self, batch: Batch, update: Updater, first: Rollout | None
-    ) -> dict[str, float]:
-        c = self.config
-        return policy_update(
-            self.policy,
-            self.reference,
-            batch,
-            c,
-            update,
-            score=self.score,
-            reward=self.sample_reward,
-            pd_rollout=first,
-            extra_pd_terms=(
-                (lambda: expert_pd_terms(self.policy, self.discriminator, batch, c, 1.0))
-                if c.pd_expert
-                else None
-            ),
-        )
-
-    def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
-        return adversarial_step(
-            self.phase(step),
-            batch,
-            update,
-            policy=self.policy,
-            discriminator=self.discriminator,
-            cfg=self.config,
-            nfe=self.config.nfe,
-            solver=self.config.solver,
-            policy_step=lambda first: self._policy_step(batch, update, first),
-            guard=self.guard,
-        )

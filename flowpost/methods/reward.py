@@ -42,19 +42,11 @@ import torch
 from torch import Tensor, nn
 
 from flowpost.config import option
-from flowpost.data.base import Batch, DataSpec
-from flowpost.methods.base import Method, OptimizerSpec, Updater, frozen_copy, register_method
+from flowpost.data.base import DataSpec
+from flowpost.methods.base import register_method
 from flowpost.methods.components.adversarial import adversarial_policy_loss, fail_reward
-from flowpost.methods.components.common import Rollout, load_object, per_sample_mse
-from flowpost.methods.components.imitation import (
-    ImitationConfig,
-    adversarial_step,
-    build_imitation_discriminator,
-    discriminator_optimizer,
-    expert_pd_terms,
-    imitation_phase,
-)
-from flowpost.methods.components.policy import PolicyConfig, policy_update
+from flowpost.methods.components.common import load_object, per_sample_mse
+from flowpost.methods.components.sampler_method import SamplerPolicyConfig, SamplerPolicyMethod
 from flowpost.methods.fail import IMITATION_RENAMES, POLICY_RENAMES
 from flowpost.nets.config import NetConfig
 
@@ -183,9 +175,9 @@ def as_reward_fn(fn: Callable[..., Tensor]) -> RewardFn:
 
 
 @dataclass
-class RewardConfig(PolicyConfig, ImitationConfig):
-    """Reward fine-tuning: the reward, the policy estimator (:class:`PolicyConfig`) and,
-    with ``fail_weight > 0``, FAIL's discriminator (:class:`ImitationConfig`)."""
+class RewardConfig(SamplerPolicyConfig):
+    """Reward fine-tuning: the reward, the policy estimator (``PolicyConfig``) and, with
+    ``fail_weight > 0``, FAIL's discriminator (``ImitationConfig``)."""
 
     renamed_keys = {**POLICY_RENAMES, **IMITATION_RENAMES}
 
@@ -208,7 +200,7 @@ class RewardConfig(PolicyConfig, ImitationConfig):
 
 
 @register_method("reward")
-class RewardMethod(Method):
+class RewardMethod(SamplerPolicyMethod):
     """Maximise ``R(x)`` (+ FAIL regulariser). Roles: ``policy``, ``reference`` and, with
     ``fail_weight > 0``, ``discriminator``.
 
@@ -234,6 +226,7 @@ class RewardMethod(Method):
         "disc_lr": 1e-3,
         "discriminator": {"hidden": 16, "depth": 1},
     }
+    solo_phase = "reward"
 
     def __init__(
         self,
@@ -245,33 +238,19 @@ class RewardMethod(Method):
         reward: Callable[..., Tensor] | None = None,
         discriminator: nn.Module | None = None,
     ) -> None:
-        super().__init__(config, spec, net, model=model)
         self._reward_fn: RewardFn | None = None
         if reward is not None:
             self._reward_fn = as_reward_fn(reward)
         elif config.reward is not None:
             self._reward_fn = make_reward(config.reward, **config.reward_args)
-        self.policy = self.velocity_net()
-        self.reference = frozen_copy(self.policy)
-        self.discriminator: nn.Module | None = (
-            build_imitation_discriminator(config, spec, discriminator)
-            if config.fail_weight > 0
-            else None
-        )
+        super().__init__(config, spec, net, model=model, discriminator=discriminator)
 
-    def optimizers(self) -> dict[str, OptimizerSpec]:
-        specs = {"policy": OptimizerSpec(list(self.policy.parameters()), lr=self.config.lr)}
-        if self.discriminator is not None:
-            specs["discriminator"] = discriminator_optimizer(self.discriminator, self.config)
-        return specs
+    def uses_discriminator(self) -> bool:
+        return self.config.fail_weight > 0
 
-    def phase(self, step: int) -> str:
-        c = self.config
-        if self.discriminator is None:
-            return "cold_start" if step < c.cold_start_steps else "reward"
-        return imitation_phase(
-            step, cold_start_steps=c.cold_start_steps, warmup_steps=c.disc_warmup_steps
-        )
+    @property
+    def expert_weight(self) -> float:
+        return self.config.fail_weight
 
     def reward(self, x: Tensor, cond: Tensor | None) -> Tensor:
         """The user's reward, checked to give one value per sample."""
@@ -305,35 +284,3 @@ class RewardMethod(Method):
             if self.discriminator is not None:
                 r = r + self.config.fail_weight * fail_reward(self.discriminator(x, cond))
             return r
-
-    def _policy_step(
-        self, batch: Batch, update: Updater, first: Rollout | None
-    ) -> dict[str, float]:
-        c, disc = self.config, self.discriminator
-        expert = None
-        if c.pd_expert and disc is not None:
-            expert = lambda: expert_pd_terms(self.policy, disc, batch, c, c.fail_weight)  # noqa: E731
-        return policy_update(
-            self.policy,
-            self.reference,
-            batch,
-            c,
-            update,
-            score=self.score,
-            reward=self.sample_reward,
-            pd_rollout=first,
-            extra_pd_terms=expert,
-        )
-
-    def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
-        return adversarial_step(
-            self.phase(step),
-            batch,
-            update,
-            policy=self.policy,
-            discriminator=self.discriminator,
-            cfg=self.config,
-            nfe=self.config.nfe,
-            solver=self.config.solver,
-            policy_step=lambda first: self._policy_step(batch, update, first),
-        )
