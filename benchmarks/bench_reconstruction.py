@@ -1,0 +1,348 @@
+"""FT-FM / ResFT-FM experiments (docs/methods/reconstruction.md reports what this writes).
+
+Sub-commands (each writes JSON under benchmarks/results/, updated after every cell, so an
+interrupted run resumes where it stopped; trained run folders are reused):
+
+* ``robot``: for each seed, the task's recipes as committed (``recipes/<task>/pretrain.yaml``,
+  then ``ft_fm.yaml`` and ``resft_fm.yaml`` from it, with ``train.seed`` set), then roll-outs
+  of every run at NFE 1, 2, 4, 10 (Euler) on the same evaluation episodes, beside the scripted
+  expert (the ceiling): success rate, mean final distance, return.
+* ``contraction``: end-point displacement when a perturbation is injected halfway
+  (t = 0.5) through sampling, pretrained against ResFT-FM, from the ``robot`` runs.
+* ``digits``: pretrain on sklearn digits, FT-FM at 2 NFE; reconstruction error (encode
+  held-out digits by 32 RK4 steps, decode at K Euler steps) and sample Frechet distance at
+  NFE 1, 2, 4, before and after.
+* ``plots``: figures from the JSON files into docs/figures/.
+
+    python benchmarks/bench_reconstruction.py robot --task reacher --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+FIGURES = ROOT / "docs" / "figures"
+WORK = Path(os.environ.get("BENCH_WORK", "/tmp/flowpost-bench/reconstruction"))
+NFES = (1, 2, 4, 10)
+RUNS = ("pretrain", "ft_fm", "resft_fm")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Cells:
+    """A JSON file of named result cells, written after every new cell."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, key: str, compute: Any) -> Any:
+        if key not in self.data:
+            started = time.perf_counter()
+            value = compute()
+            print(f"  {key}: {value}  ({time.perf_counter() - started:.0f} s)", flush=True)
+            self.put(key, value)
+        return self.data[key]
+
+    def put(self, key: str, value: Any) -> None:
+        """Store one cell; cells written meanwhile by another process (other seeds) are kept."""
+        if self.path.is_file():
+            self.data = {**json.loads(self.path.read_text()), **self.data}
+        self.data[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+        tmp.replace(self.path)
+
+
+def train_recipe(recipe: Path, out: Path, overrides: list[str]) -> float:
+    """Train one recipe (reused when its run folder has a summary); returns wall seconds."""
+    from flowpost.config import apply_overrides, load_yaml
+    from flowpost.train import run_training
+    from flowpost.train.config import build_run_config
+
+    done = out / "wall.json"
+    if done.is_file():
+        return float(json.loads(done.read_text())["wall_s"])
+    started = time.perf_counter()
+    cfg = build_run_config(apply_overrides(load_yaml(recipe), overrides))
+    run_training(cfg, out, overwrite=True) if _takes_overwrite() else run_training(cfg, out)
+    wall = round(time.perf_counter() - started, 1)
+    done.write_text(json.dumps({"wall_s": wall}))
+    return wall
+
+
+def _takes_overwrite() -> bool:
+    import inspect
+
+    from flowpost.train import run_training
+
+    return "overwrite" in inspect.signature(run_training).parameters
+
+
+def load_run(run: Path) -> Any:
+    """A trainer restored from a run folder's newest checkpoint (as ``flowpost eval`` does)."""
+    from flowpost.cli import _load_run
+
+    return _load_run(run)
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+# --------------------------------------------------------------------------- robot
+
+
+def robot(task: str, seeds: list[int], episodes: int) -> None:
+    from flowpost.envs.rollout import expert_rollouts
+    from flowpost.envs.tasks import get_task
+
+    cells = Cells(RESULTS / f"reconstruction_{task}.json")
+    eval_seed = 1234
+    cells.get(
+        "expert",
+        lambda: expert_rollouts(get_task(task), episodes=episodes, seed=eval_seed),
+    )
+    for seed in seeds:
+        base = WORK / task / f"seed{seed}"
+        for name in RUNS:
+            recipe = ROOT / "recipes" / task / f"{name}.yaml"
+            sets = [f"train.seed={seed}"]
+            if name != "pretrain":
+                sets.append(f"init_from={base / 'pretrain'}")
+            cells.get(
+                f"seed{seed}/{name}/train_wall_s",
+                lambda r=recipe, o=base / name, s=sets: train_recipe(r, o, s),
+            )
+            trainer = None
+            for nfe in NFES:
+                key = f"seed{seed}/{name}/nfe{nfe}"
+                if key in cells.data:
+                    continue
+                trainer = trainer or load_run(base / name)
+                ev = trainer.evaluator()
+                cells.get(key, lambda ev=ev, k=nfe: ev.rollouts(k, episodes=episodes, seed=1234))
+    summary: dict[str, Any] = {}
+    for name in RUNS:
+        for nfe in NFES:
+            rows = [cells.data.get(f"seed{s}/{name}/nfe{nfe}") for s in seeds]
+            rows = [r for r in rows if r is not None]
+            if rows:
+                summary[f"{name}/nfe{nfe}"] = {
+                    k: mean_std([r[k] for r in rows]) for k in ("success_rate", "final_distance")
+                }
+    cells.put("summary", summary)
+    _print_robot(cells.data, seeds)
+
+
+def _print_robot(data: dict[str, Any], seeds: list[int]) -> None:
+    e = data["expert"]
+    print(f"expert: success {e['success_rate']:.2f}, final distance {e['final_distance']:.4f}")
+    for key, row in sorted(data.get("summary", {}).items()):
+        s, d = row["success_rate"], row["final_distance"]
+        print(
+            f"{key:18s} success {s['mean']:.3f} +- {s['std']:.3f}   "
+            f"final distance {d['mean']:.4f} +- {d['std']:.4f}  (n={s['n']})"
+        )
+
+
+# --------------------------------------------------------------------------- contraction
+
+
+def displacement(
+    field: Any, x0: torch.Tensor, cond: torch.Tensor, delta: torch.Tensor, nfe: int
+) -> torch.Tensor:
+    """Per-sample ``|x1(perturbed) - x1| / |delta|`` with ``delta`` added at t = 0.5 of an
+    Euler solve with ``nfe`` steps (``nfe`` even)."""
+    from flowpost.flows.solvers import odeint
+    from flowpost.flows.timesteps import time_grid
+
+    grid = time_grid(nfe)
+    half = nfe // 2
+    mid = odeint(field, x0, grid[: half + 1], cond=cond)
+    end = odeint(field, mid, grid[half:], cond=cond)
+    end_p = odeint(field, mid + delta, grid[half:], cond=cond)
+    return (end_p - end).flatten(1).norm(dim=1) / delta.flatten(1).norm(dim=1)
+
+
+def contraction(task: str, seeds: list[int], scale: float) -> None:
+    cells = Cells(RESULTS / f"reconstruction_contraction_{task}.json")
+    for seed in seeds:
+        base = WORK / task / f"seed{seed}"
+        for name in ("pretrain", "resft_fm"):
+            for nfe in (2, 4, 10, 32):
+                key = f"seed{seed}/{name}/nfe{nfe}"
+                if key in cells.data:
+                    continue
+
+                def compute(run: Path = base / name, nfe: int = nfe) -> dict[str, float]:
+                    trainer = load_run(run)
+                    held = trainer.data.heldout
+                    g = torch.Generator().manual_seed(7)
+                    n = min(512, len(held))
+                    cond = held.cond[:n]
+                    x0 = torch.randn((n, *held.spec.shape), generator=g)
+                    delta = scale * torch.randn(x0.shape, generator=g)
+                    field = trainer.ema_roles()["policy"].eval()
+                    ratio = displacement(field, x0, cond, delta, nfe)
+                    return {"mean": float(ratio.mean()), "median": float(ratio.median())}
+
+                cells.get(key, compute)
+    for key, value in sorted(cells.data.items()):
+        print(f"{key:32s} end-point displacement / perturbation: {value['mean']:.3f}")
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def digits(seeds: list[int], pretrain_steps: int | None) -> None:
+    from flowpost.flows.solvers import encode, sample
+
+    cells = Cells(RESULTS / "reconstruction_digits.json")
+    base = WORK / "digits"
+    sets = [] if pretrain_steps is None else [f"train.steps={pretrain_steps}"]
+    cells.get("pretrain/overrides", lambda: sets)
+    cells.get(
+        "pretrain/train_wall_s",
+        lambda: train_recipe(ROOT / "recipes/digits/pretrain.yaml", base / "pretrain", sets),
+    )
+    for seed in seeds:
+        out = base / f"ft_fm_seed{seed}"
+        cells.get(
+            f"seed{seed}/ft_fm/train_wall_s",
+            lambda o=out, s=seed: train_recipe(
+                ROOT / "recipes/digits/ft_fm.yaml",
+                o,
+                [f"train.seed={s}", f"init_from={base / 'pretrain'}"],
+            ),
+        )
+    runs = {"pretrain": base / "pretrain"} | {
+        f"seed{s}/ft_fm": base / f"ft_fm_seed{s}" for s in seeds
+    }
+    for name, run in runs.items():
+        for nfe in (1, 2, 4):
+            key = f"{name}/nfe{nfe}"
+            if key in cells.data:
+                continue
+
+            def compute(run: Path = run, nfe: int = nfe) -> dict[str, float]:
+                trainer = load_run(run)
+                held = trainer.data.heldout
+                field = trainer.ema_roles()["policy"].eval()
+                x1, cond = held.x, held.cond
+                z = encode(field, x1, 32, "rk4", cond=cond)
+                x_hat = sample(field, z, nfe, "euler", cond=cond)
+                rec = float((x_hat - x1).pow(2).flatten(1).mean(1).mean())
+                m = trainer.evaluator().evaluate(nfe, n_samples=1000, seed=1234)
+                return {"reconstruction_mse": rec, "frechet": m["frechet"]}
+
+            cells.get(key, compute)
+    for key, value in sorted(cells.data.items()):
+        print(key, value)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def table(task: str) -> None:
+    """Markdown tables of the robot and contraction results (pasted into the docs)."""
+    data = json.loads((RESULTS / f"reconstruction_{task}.json").read_text())
+    seeds = sorted({k.split("/")[0] for k in data if k.startswith("seed")})
+    e = data["expert"]
+    print("| policy | NFE | success rate | final distance | seeds |\n|---|---|---|---|---|")
+    print(f"| scripted expert | - | {e['success_rate']:.2f} | {e['final_distance']:.5f} | - |")
+    for name, label in zip(RUNS, ("pretrained (FM)", "FT-FM", "ResFT-FM")):
+        for nfe in NFES:
+            rows = [data.get(f"{s}/{name}/nfe{nfe}") for s in seeds]
+            rows = [r for r in rows if r is not None]
+            if not rows:
+                continue
+            sr = mean_std([r["success_rate"] for r in rows])
+            fd = mean_std([r["final_distance"] for r in rows])
+            print(
+                f"| {label} | {nfe} | {sr['mean']:.3f} +- {sr['std']:.3f} | "
+                f"{fd['mean']:.4f} +- {fd['std']:.4f} | {len(rows)} |"
+            )
+    path = RESULTS / f"reconstruction_contraction_{task}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        print("\n| Euler steps | pretrained | ResFT-FM |\n|---|---|---|")
+        for nfe in (2, 4, 10, 32):
+            cols = []
+            for name in ("pretrain", "resft_fm"):
+                vals = [v["mean"] for k, v in data.items() if k.endswith(f"/{name}/nfe{nfe}")]
+                cols.append(f"{statistics.fmean(vals):.3f} (n={len(vals)})" if vals else "-")
+            print(f"| {nfe} | {cols[0]} | {cols[1]} |")
+
+
+def plots(task: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = RESULTS / f"reconstruction_contraction_{task}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for name, label in (("pretrain", "pretrained"), ("resft_fm", "ResFT-FM")):
+            nfes = (2, 4, 10, 32)
+            rows = [
+                [v["mean"] for k, v in data.items() if k.endswith(f"{name}/nfe{n}")] for n in nfes
+            ]
+            means = [statistics.fmean(r) if r else float("nan") for r in rows]
+            ax.plot(nfes, means, "o-", label=label)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("Euler steps (perturbation injected at t = 0.5)")
+        ax.set_ylabel("end-point displacement / perturbation")
+        ax.set_title(f"{task}: contraction of the sampling flow")
+        ax.legend()
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(FIGURES / f"reconstruction_contraction_{task}.png", dpi=120)
+        print("wrote", FIGURES / f"reconstruction_contraction_{task}.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["robot", "contraction", "digits", "plots", "table"])
+    parser.add_argument("--task", default="reacher")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--scale", type=float, default=0.3, help="perturbation std")
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=None, help="digits: shorter pretraining"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.command == "robot":
+        robot(args.task, args.seeds, args.episodes)
+    elif args.command == "contraction":
+        contraction(args.task, args.seeds, args.scale)
+    elif args.command == "digits":
+        digits(args.seeds, args.pretrain_steps)
+    elif args.command == "table":
+        table(args.task)
+    else:
+        plots(args.task)
+
+
+if __name__ == "__main__":
+    main()
