@@ -1,0 +1,148 @@
+"""Real multi-process training (flowpost/flows/distributed.py and the trainer under torchrun).
+
+Two CPU processes (torchrun, gloo, ``train.device: auto``) train flow matching and FAIL-PD
+with the same seed and global batch as one process. The final weights must agree to 1e-4
+(relative), and each process must have computed on its own half of the global batch: the
+two halves differ, and side by side they are the one-process batch, step by step. So the
+equality cannot come from every process repeating the whole job.
+
+Run as a script (``torchrun --nproc_per_node 2 tests/train/test_distributed.py OUT``), this
+file is the job each process runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowpost.flows.distributed import all_gather_rows, all_mean, any_true, mean_scalars
+
+TINY = {"hidden": 32, "depth": 2}
+EVAL = {"nfe": 4, "n_samples": 200, "plots": False, "extra_nfe": []}
+JOBS: dict[str, dict[str, Any]] = {
+    "fm": {
+        "data": {"name": "8gaussians", "n_heldout": 200},
+        "model": TINY,
+        "method": {"name": "flow_matching"},
+        "train": {"steps": 12, "batch_size": 64, "checkpoint_every": 6, "lr": 2e-3},
+        "eval": EVAL,
+    },
+    "fail_pd": {
+        "data": {"name": "8gaussians", "transform": "rotate:22.5", "n_train": 256, "seed": 1},
+        "model": TINY,
+        "method": {
+            "name": "fail",
+            "variant": "pd",
+            "nfe": 4,
+            "disc_warmup_steps": 3,
+            "discriminator": {"hidden": 32, "depth": 2},
+        },
+        "train": {"steps": 10, "batch_size": 64, "checkpoint_every": 5, "lr": 5e-4},
+        "eval": EVAL,
+    },
+}
+
+
+def run_job(name: str, out: Path, init_from: Path | None) -> None:
+    """Train job ``name`` into ``out/<name>``, recording every train_step's local batch in
+    ``out/<name>-batches-rank<r>.npy``."""
+    from flowpost.train import Trainer
+    from flowpost.train.config import build_run_config
+
+    recipe = dict(JOBS[name])
+    if init_from is not None:
+        recipe["init_from"] = str(init_from)
+    trainer = Trainer.from_config(build_run_config(recipe), out / name, progress=False)
+    seen: list[np.ndarray] = []
+    step_once = trainer.method.train_step
+
+    def recorded(batch, step, update):  # type: ignore[no-untyped-def]
+        seen.append(batch.x.detach().cpu().numpy().copy())
+        return step_once(batch, step, update)
+
+    trainer.method.train_step = recorded  # type: ignore[method-assign]
+    trainer.fit()
+    rank = trainer.accelerator.process_index
+    np.save(out / f"{name}-batches-rank{rank}.npy", np.stack(seen))
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from flowpost.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    tensors, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "ema."))}
+
+
+def test_reductions_are_no_ops_on_one_process() -> None:
+    x = torch.randn(3, 2)
+    assert all_mean(x) is x and all_gather_rows(x) is x
+    assert any_true(True) and not any_true(False)
+    assert mean_scalars({"a": 0.25}) == {"a": 0.25}
+
+
+def test_two_processes_equal_one_process_and_each_computes_its_half(tmp_path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    run_job("fm", one, None)
+    run_job("fail_pd", one, one / "fm")
+    root = str(Path(__file__).resolve().parents[2])  # the checkout, for the worker's imports
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*torchrun, "--standalone", __file__, str(two), str(one / "fm")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    reductions = json.loads((two / "reductions.json").read_text())
+    assert reductions["mean"] == [0.5, 1.5] and reductions["gathered"] == [0.0, 1.0]
+    assert reductions["any"] == [True, True] and reductions["logs"] == {"loss": 0.5}
+
+    report = {}
+    for name in JOBS:
+        summary = json.loads((two / name / "summary.json").read_text())
+        assert summary["num_processes"] == 2
+        # each process computed on its own half of the global batch
+        full = np.load(one / f"{name}-batches-rank0.npy")
+        halves = [np.load(two / f"{name}-batches-rank{r}.npy") for r in (0, 1)]
+        assert halves[0].shape[1] == halves[1].shape[1] == full.shape[1] // 2
+        assert not np.array_equal(halves[0], halves[1])
+        np.testing.assert_array_equal(np.concatenate(halves, axis=1), full)
+        # ... and the result is the one-process result
+        a, b = _weights(one / name), _weights(two / name)
+        assert a.keys() == b.keys()
+        rel = max(float((a[k] - b[k]).abs().max() / (a[k].abs().max() + 1e-12)) for k in a)
+        assert rel <= 1e-4, f"{name}: 2-process weights differ by {rel:.2e} (relative)"
+        report[name] = rel
+    print(f"max relative weight difference, 2 vs 1 process: {report}")
+
+
+def _worker(out: Path, init_from: Path) -> None:
+    """What each torchrun process runs: the reductions, then both jobs."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_job("fm", out, None)  # sets up the process group (train.device: auto -> gloo)
+    rank = int(os.environ["RANK"])
+    checks = {
+        "mean": all_mean(torch.tensor([0.0, 1.0]) + rank).tolist(),
+        "gathered": all_gather_rows(torch.tensor([float(rank)])).tolist(),
+        "any": [any_true(rank == 1), not any_true(False)],
+        "logs": mean_scalars({"loss": float(rank)}),
+    }
+    if rank == 0:
+        (out / "reductions.json").write_text(json.dumps(checks))
+    run_job("fail_pd", out, init_from)
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]), Path(sys.argv[2]))
