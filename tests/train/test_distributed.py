@@ -1,13 +1,14 @@
 """Real multi-process training (flowpost/flows/distributed.py and the trainer under torchrun).
 
-Two CPU processes (torchrun, gloo, ``train.device: auto``) train flow matching and FAIL-PD
-with the same seed and global batch as one process. The final weights must agree to 1e-4
-(relative), and each process must have computed on its own half of the global batch: the
-two halves differ, and side by side they are the one-process batch, step by step. So the
-equality cannot come from every process repeating the whole job.
+Two CPU processes (torchrun, gloo, ``train.device: auto``) train flow matching, FAIL-PD and
+FAIL-PG (whose groups never straddle two processes) with the same seed and global batch as
+one process. The final weights must agree to 1e-4 (relative), and each process must have
+computed on its own half of the global batch: the two halves differ, and side by side they
+are the one-process batch, step by step. So the equality cannot come from every process
+repeating the whole job.
 
-Run as a script (``torchrun --nproc_per_node 2 tests/train/test_distributed.py OUT``), this
-file is the job each process runs.
+Run as a script (``torchrun --nproc_per_node 2 tests/train/test_distributed.py OUT INIT``),
+this file is the job each process runs.
 """
 
 from __future__ import annotations
@@ -45,6 +46,20 @@ JOBS: dict[str, dict[str, Any]] = {
             "discriminator": {"hidden": 32, "depth": 2},
         },
         "train": {"steps": 10, "batch_size": 64, "checkpoint_every": 5, "lr": 5e-4},
+        "eval": EVAL,
+    },
+    "fail_pg": {
+        "data": {"name": "8gaussians", "transform": "rotate:22.5", "n_train": 256, "seed": 1},
+        "model": TINY,
+        "method": {
+            "name": "fail",
+            "variant": "pg",
+            "nfe": 4,
+            "disc_warmup_steps": 3,
+            "pg_group_size": 4,
+            "discriminator": {"hidden": 32, "depth": 2},
+        },
+        "train": {"steps": 8, "batch_size": 64, "checkpoint_every": 4, "lr": 5e-4},
         "eval": EVAL,
     },
 }
@@ -92,6 +107,7 @@ def test_two_processes_equal_one_process_and_each_computes_its_half(tmp_path) ->
     one.mkdir()
     run_job("fm", one, None)
     run_job("fail_pd", one, one / "fm")
+    run_job("fail_pg", one, one / "fm")
     root = str(Path(__file__).resolve().parents[2])  # the checkout, for the worker's imports
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
@@ -142,6 +158,7 @@ def _worker(out: Path, init_from: Path) -> None:
     if rank == 0:
         (out / "reductions.json").write_text(json.dumps(checks))
     run_job("fail_pd", out, init_from)
+    run_job("fail_pg", out, init_from)
 
 
 if __name__ == "__main__":

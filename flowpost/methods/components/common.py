@@ -20,6 +20,7 @@ from torch import Tensor
 
 from flowpost.flows import random
 from flowpost.flows.couplings import Coupling, IndependentCoupling
+from flowpost.flows.distributed import all_gather_rows
 from flowpost.flows.paths import LinearPath, ProbabilityPath
 from flowpost.flows.solvers import Trajectory, sample, steps_for_nfe
 from flowpost.flows.timesteps import TimeSampler, UniformTime, time_grid
@@ -120,6 +121,7 @@ def rollout_noise(
     ``group_size`` times (consecutive rows form a group), as group advantages need.
     """
     n = like.shape[0]
+    shard = random.current_shard()
     if group_size is not None:
         groups = n // group_size
         if groups < 1:
@@ -127,8 +129,18 @@ def rollout_noise(
                 f"policy gradient needs a batch of at least group_size={group_size} samples, "
                 f"got {n}; raise train.batch_size or lower method.pg_group_size"
             )
+        split = shard is not None and shard.local == n and shard.total != n
+        if split and n % group_size:  # a group would straddle two processes
+            raise ValueError(
+                f"each process's share of the batch ({n}) must be a multiple of "
+                f"method.pg_group_size={group_size}; change train.batch_size"
+            )
         n = groups * group_size
-        if cond is not None:
+        if cond is not None and split and shard is not None:
+            # the process's slice of the groups the whole batch forms (1 or N processes alike)
+            full = all_gather_rows(cond)[: shard.total // group_size]
+            cond = full.repeat_interleave(group_size, dim=0)[shard.offset : shard.offset + n]
+        elif cond is not None:
             cond = cond[:groups].repeat_interleave(group_size, dim=0)
     elif cond is not None:
         cond = cond[:n]
