@@ -9,7 +9,10 @@ samples; and refuses an unknown or renamed config key with one line."""
 from __future__ import annotations
 
 import copy
+import re
 import shutil
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +144,29 @@ def test_config_round_trips_through_the_run_folder(name: str) -> None:
     written = run_config_to_dict(cfg)
     assert written["method"]["name"] == name == cfg.method.name
     assert build_run_config(written) == cfg
+
+
+def test_the_documented_example_keeps_the_contract(tmp_path: Path) -> None:
+    """docs/adding-a-method.md's complete example, loaded as a module and registered, passes
+    the same checks as every registered method."""
+    from flowpost.methods import base
+
+    doc = (Path(__file__).parents[2] / "docs" / "adding-a-method.md").read_text()
+    found = re.search(r"## A complete example.*?```python\n(.*?)```", doc, re.S)
+    assert found is not None
+    name = "flowpost.methods.anchored_sft"
+    module = types.ModuleType(name)
+    saved = dict(base._REGISTRY)
+    sys.modules[name] = module
+    try:
+        exec(compile(found.group(1), "docs/adding-a-method.md", "exec"), module.__dict__)
+        assert "anchored_sft" in method_registry()
+        for sub in ("train", "keys"):
+            (tmp_path / sub).mkdir()
+        test_trains_resumes_exactly_and_samples("anchored_sft", tmp_path / "train")
+        test_unknown_and_renamed_keys_are_one_line_errors("anchored_sft", tmp_path / "keys")
+        test_config_round_trips_through_the_run_folder("anchored_sft")
+    finally:
+        del sys.modules[name]
+        base._REGISTRY.clear()
+        base._REGISTRY.update(saved)
