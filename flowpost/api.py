@@ -43,6 +43,7 @@ def fit(
     init_from: Run | str | Path | nn.Module | None = None,
     reward: Callable[..., Tensor] | None = None,
     out: str | Path | None = None,
+    overwrite: bool = False,
     progress: bool = False,
     **sections: Mapping[str, Any],
 ) -> Run:
@@ -63,7 +64,9 @@ def fit(
       ``nn.Module`` (your network with its current weights; a copy is trained). ``model``
       itself is trained in place.
     * ``reward``: for ``"reward"``, a callable ``R(x)`` or ``R(x, cond)`` -> ``(B,)``.
-    * ``out``: the run folder (default ``runs/<method>``).
+    * ``out``: the run folder (default ``runs/<method>``); one that already holds a run is
+      refused unless ``overwrite`` (the old run is moved aside, and the new name printed).
+    * ``progress``: show a progress bar.
     * ``sections``: ``method=``, ``train=``, ``eval=`` dicts of config fields (``flowpost
       options <method>`` lists them) over their defaults.
 
@@ -153,7 +156,7 @@ def fit(
         meta["reward"] = _qualname(reward)
     files = {} if arrays is None else {DATA_FILE: _arrays_bytes(arrays)}
     trainer = Trainer(built, split, config, out_dir, progress=progress, meta=meta, files=files)
-    summary = trainer.fit()
+    summary = trainer.fit(overwrite=overwrite)
     return Run(
         out_dir,
         trainer.config,

@@ -213,3 +213,18 @@ def test_bad_arguments_are_one_line_errors(tmp_path) -> None:
         bad[3, 0] = float("nan")
         flowpost.fit("flow_matching", data=bad, out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()  # nothing written for a refused call
+
+
+def test_an_existing_run_is_kept_unless_overwrite(tmp_path) -> None:
+    from flowpost.train.runfolder import RunFolderError
+
+    x = _gaussian(64, CENTER)
+    tiny = {"model": {"hidden": 8, "depth": 1}, "train": {"steps": 2, "batch_size": 8}}
+    first = flowpost.fit("flow_matching", data=x, out=tmp_path / "r", eval=QUICK_EVAL, **tiny)
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        flowpost.fit("flow_matching", data=x + 1, out=first.path, eval=QUICK_EVAL, **tiny)
+    again = flowpost.fit(
+        "flow_matching", data=x + 1, out=first.path, overwrite=True, eval=QUICK_EVAL, **tiny
+    )
+    assert torch.equal(again.reference().x, flowpost.load(again.path).reference().x)
+    assert float(again.reference().x.mean()) > float(x.mean()) + 0.5  # the new data, not the old
