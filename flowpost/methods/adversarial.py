@@ -71,10 +71,11 @@ from flowpost.methods.components.adversarial import (
     GradientNormalizer,
     augment_pair,
     centering_penalty,
+    discriminator_accuracy,
     fd_gradient_penalty,
     relativistic_loss,
 )
-from flowpost.methods.components.guidance import noised_cross_entropy
+from flowpost.methods.components.guidance import noised_cross_entropy, target_cross_entropy
 from flowpost.methods.components.imitation import check_betas
 from flowpost.methods.components.jumps import (
     any_step_times,
@@ -162,7 +163,21 @@ class AFConfig(MethodConfig):
         max=1.0,
     )
     cg_weight: float = option(0.0, "classifier-guidance weight (needs class labels)", min=0.0)
-    cg_t_min: float = option(0.9, "guidance time t' ~ U(cg_t_min, 1)", min=0.0, max=1.0)
+    cg_at: str = option(
+        "auto",
+        "where the classifier scores the generator's output G: noised (re-noised to "
+        "t' ~ U(cg_t_min, 1)), target (G as it is, at its target time b, on the hops with "
+        "b >= cg_target_min), auto = noised for nfe 1, target otherwise (the authors')",
+        choices=["auto", "noised", "target"],
+    )
+    cg_t_min: float = option(0.9, "noised guidance: t' ~ U(cg_t_min, 1)", min=0.0, max=1.0)
+    cg_target_min: float = option(
+        0.51,
+        "target guidance: only hops whose target time b >= this are guided (the authors: "
+        "t_tgt <= 0.49 in their reversed time)",
+        min=0.0,
+        max=1.0,
+    )
     discriminator: DiscriminatorConfig = option(
         default_factory=DiscriminatorConfig,
         help="the discriminator network (sees x_b, b and the label only)",
@@ -245,6 +260,8 @@ class AdversarialFlow(Method):
             classifier = TimeClassifier(spec)
         self.classifier = classifier if config.cg_weight > 0 else None
         self.grad_norm = GradientNormalizer(config.grad_norm_decay)
+        # D's logits on real / fake at its last update (logged as its accuracy)
+        self.last_logits: tuple[Tensor, Tensor] = (torch.zeros(1), torch.zeros(1))
         self.residual = config.parameterization == "residual" or (
             config.parameterization == "auto" and config.nfe != 1
         )
@@ -339,6 +356,7 @@ class AdversarialFlow(Method):
         d = self.discriminator
         real, fake = augment_pair(real, fake, cfg.augment_p if self.spec.is_image else 0.0)
         r, f = d(real, cond, b), d(fake, cond, b)
+        self.last_logits = (r.detach(), f.detach())
         terms = {"adv": relativistic_loss(r, f)}
         m = int(math.ceil(cfg.gp_fraction * real.shape[0]))
         if cfg.gp_weight > 0 and m > 0:
@@ -370,12 +388,20 @@ class AdversarialFlow(Method):
         if lam > 0:
             terms["ot"] = lam * ot_loss(fake, x_a, (b - a).abs().clamp_min(1e-3))
         if self.classifier is not None and cond is not None:
-            # data estimate: the direct output, or the velocity extrapolated to t = 1
-            x_hat = x_a + expand_like(1 - a, x_a) * out if self.residual else out
             with frozen(self.classifier):
-                ce = noised_cross_entropy(self.classifier, x_hat, cond, cfg.cg_t_min)
-            terms["cg"] = cfg.cg_weight * ce
+                terms["cg"] = cfg.cg_weight * self.guidance_loss(fake, b, cond)
         return terms, fake
+
+    def guidance_loss(self, fake: Tensor, b: Tensor, cond: Tensor) -> Tensor:
+        """Classifier guidance of the generated ``fake`` (time ``b``): ``noised`` (one step)
+        re-noises it to ``t' ~ U(cg_t_min, 1)``; ``target`` (multi-step, the authors' code)
+        scores it at ``b`` as it is, on the hops with ``b >= cg_target_min``."""
+        cfg, clf = self.config, self.classifier
+        assert clf is not None
+        mode = cfg.cg_at if cfg.cg_at != "auto" else ("noised" if cfg.nfe == 1 else "target")
+        if mode == "noised":
+            return noised_cross_entropy(clf, fake, cond, cfg.cg_t_min)
+        return target_cross_entropy(clf, fake, b, cond, cfg.cg_target_min)
 
     # -- training ------------------------------------------------------------------------------
     def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
@@ -388,6 +414,8 @@ class AdversarialFlow(Method):
             logs.update(
                 update.step("discriminator", **self.discriminator_terms(x_b, fake, a, b, cond))
             )
+        # how well D separates (logits are centred by cp): the collapse guard's domination cue
+        logs.update(discriminator_accuracy(*self.last_logits))
         if self.classifier is not None and cond is not None:
             ce = noised_cross_entropy(self.classifier, x, cond)
             logs.update(update.step("classifier", ce=ce))

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowpost.data.base import Batch, DataSpec
@@ -364,6 +365,73 @@ def test_classifier_guidance_term() -> None:
     assert clf.s.grad is None  # the classifier is frozen during the generator's step
 
 
+class TimedSpy(nn.Module):
+    """Logits ``s * x.sum(1) + 2 t`` for class 1 and 0 otherwise; records ``(x, t)``."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor(0.5))
+        self.k = k
+        self.calls: list[tuple[Tensor, Tensor]] = []
+
+    def logits(self, x: Tensor, t: Tensor) -> Tensor:
+        out = torch.zeros(x.shape[0], self.k)
+        out[:, 1] = self.s * x.flatten(1).sum(1) + 2.0 * t
+        return out
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        self.calls.append((x.detach().clone(), t.detach().clone()))
+        return self.logits(x, t)
+
+
+def test_multistep_guidance_scores_the_output_at_its_target_time() -> None:
+    """The authors' multi-step guidance (``cg_flow: False``): C sees the generator's output G
+    itself, at its target time b, not re-noised; hops ending before b = 0.51 (their
+    ``t_tgt > 0.49``) are not guided but still count in the batch mean. Each wrong formula
+    (re-noising G, extrapolating to t = 1, scoring at t = 1, guiding every hop) differs."""
+    torch.manual_seed(0)
+    k, n = 3, 8
+    clf, g = TimedSpy(k), LinearG(2)
+    m = AdversarialFlow(
+        AFConfig(nfe=4, cg_weight=0.3, ot_weight=0.0),
+        DataSpec((2,), num_classes=k),
+        NetConfig(),
+        model=g,
+        discriminator=LinearD(2),
+        classifier=clf,
+    )
+    x_a, cond = torch.randn(n, 2), torch.arange(n) % k
+    a = torch.tensor([0.0, 0.25, 0.5, 0.75] * (n // 4))
+    b = a + 0.25
+    terms, fake = m.generator_terms(x_a, torch.randn(n, 2), a, b, cond, step=0)
+    seen_x, seen_t = clf.calls[-1]
+    assert torch.equal(seen_x, fake.detach()) and torch.equal(seen_t, b)
+    with torch.no_grad():
+        ce = F.cross_entropy(clf.logits(fake, b), cond, reduction="none")
+        expected = 0.3 * (ce * (b >= 0.51)).sum() / n
+        x_hat = x_a + (1 - a)[:, None] * (fake - x_a) / (b - a)[:, None]
+        wrong = {
+            "every hop": 0.3 * ce.mean(),
+            "scored at t = 1": 0.3
+            * (
+                F.cross_entropy(clf.logits(fake, b * 0 + 1), cond, reduction="none") * (b >= 0.51)
+            ).mean(),
+            "extrapolated to t = 1": 0.3
+            * (F.cross_entropy(clf.logits(x_hat, b), cond, reduction="none") * (b >= 0.51)).mean(),
+        }
+    assert terms["cg"].item() == pytest.approx(expected.item(), rel=1e-6)
+    for name, value in wrong.items():
+        assert abs(terms["cg"].item() - value.item()) > 1e-3, name
+    terms["cg"].backward()
+    assert g.lin.weight.grad is not None and float(g.lin.weight.grad.abs().sum()) > 0
+    assert clf.s.grad is None
+    # cg_at: noised forces the one-step formula on a multi-step model: C sees other inputs
+    m.config.cg_at = "noised"
+    m.generator_terms(x_a, torch.randn(n, 2), a, b, cond, step=0)
+    seen_x, seen_t = clf.calls[-1]
+    assert not torch.allclose(seen_x, fake.detach()) and bool((seen_t >= 0.9).all())
+
+
 def test_train_step_with_guidance_and_time_classifier() -> None:
     torch.manual_seed(0)
     spec = DataSpec((2,), num_classes=2)
@@ -374,6 +442,8 @@ def test_train_step_with_guidance_and_time_classifier() -> None:
     before = [p.detach().clone() for p in m.classifier.parameters()]
     logs = m.train_step(Batch(torch.randn(32, 2), torch.randint(0, 2, (32,))), 0, up)
     assert {"classifier/ce", "generator/cg", "discriminator/gp"} <= set(logs)
+    for key in ("discriminator/acc_real", "discriminator/acc_fake"):  # the guard's cue
+        assert 0.0 <= logs[key] <= 1.0
     assert all(math.isfinite(v) for v in logs.values())
     moved = [not torch.equal(b, p) for b, p in zip(before, m.classifier.parameters())]
     assert any(moved)
@@ -420,3 +490,44 @@ def test_trainer_resume_is_exact_with_grad_norm_state(tmp_path) -> None:  # type
     for key in a:
         if key.startswith(("model.", "ema.")):
             assert torch.equal(a[key], b[key]), key
+
+
+def test_collapse_guard_rolls_back_every_af_role(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """AF under the trainer's held-out guard (``train.holdout_fraction``): everything AF
+    trains or accumulates (generator, its EMA, discriminator, the gradient-norm statistic)
+    lives in the checkpoint, so a rollback after a collapse restores all of it."""
+    from flowpost.train.checkpoint import latest_checkpoint, load_checkpoint, split_prefixed
+    from flowpost.train.config import build_run_config
+    from flowpost.train.selection import BEST_DIR
+    from flowpost.train.trainer import Trainer
+
+    cfg = build_run_config(
+        {
+            "data": {"name": "8gaussians", "toy_size": 400, "n_heldout": 100},
+            "model": {"hidden": 16, "depth": 1},
+            "method": {"name": "adversarial", "lr": 1e-3, "discriminator": {"hidden": 16}},
+            "train": {"steps": 6, "batch_size": 32, "holdout_fraction": 0.25},
+            "eval": {"nfe": 1, "n_samples": 100, "plots": False},
+        }
+    )
+    cfg.train.validate_every, cfg.train.checkpoint_every = 2, 0
+    trainer = Trainer.from_config(cfg, tmp_path / "run", progress=False)
+    trainer.run_steps(2)  # validated at steps 0 and 2: the better one is in best/
+    found = latest_checkpoint(tmp_path / "run" / BEST_DIR)
+    assert found is not None
+    tensors = load_checkpoint(found)[0]
+    best, best_ema = split_prefixed(tensors, "model"), split_prefixed(tensors, "ema.generator")
+    method = trainer.method
+    assert isinstance(method, AdversarialFlow)
+    with torch.no_grad():  # a collapse: every sample thrown far away, D and phi disturbed
+        for module in (method.generator, trainer.emas["generator"].module):
+            module.out[1].bias.add_(100.0)  # type: ignore[index, union-attr, operator]
+        for p in method.discriminator.parameters():
+            p.add_(1.0)
+        method.grad_norm.square_avg.fill_(123.0)
+    assert trainer.validate() == "collapse" and trainer.rollbacks == 1
+    for key, value in method.state_dict().items():
+        assert torch.equal(value, best[key]), key
+    for key, value in trainer.emas["generator"].module.state_dict().items():
+        assert torch.equal(value, best_ema[key]), key
+    assert {k.split(".")[0] for k in best} >= {"generator", "discriminator", "grad_norm"}

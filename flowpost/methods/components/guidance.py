@@ -1,5 +1,6 @@
 """Classifier guidance for generators: a time-conditional classifier ``C(x_t, t)`` scored on
-samples noised along the path.
+samples noised along the path (one-step generators), or on a multi-step generator's output at
+its own target time (:func:`target_cross_entropy`).
 
 Example:
     >>> import torch
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from flowpost.flows import random
 from flowpost.flows.paths import interpolate
 
-__all__ = ["noised_cross_entropy"]
+__all__ = ["noised_cross_entropy", "target_cross_entropy"]
 
 
 def noised_cross_entropy(
@@ -31,3 +33,19 @@ def noised_cross_entropy(
     t = t_min + (1 - t_min) * random.rand(x.shape[0], device=x.device)
     x_t = interpolate(random.randn_like(x), x, t)
     return F.cross_entropy(classifier(x_t, t), cond)
+
+
+def target_cross_entropy(
+    classifier: Callable[[Tensor, Tensor], Tensor],
+    x_b: Tensor,
+    b: Tensor,
+    cond: Tensor,
+    b_min: float = 0.0,
+) -> Tensor:
+    """``mean_i [b_i >= b_min] CE(C(x_b,i, b_i), c_i)``: a multi-step generator's output
+    ``x_b`` is already a sample of time ``b``, so it is scored there as it is, without
+    re-noising; hops that end before ``b_min`` count 0 in the batch mean (the authors' code
+    for multi-step models: ``cg_flow: False``, guidance on ``t_tgt <= 0.49`` of their reversed
+    time, i.e. ``b >= 0.51``)."""
+    ce = F.cross_entropy(classifier(x_b, b), cond, reduction="none")
+    return torch.where(b >= b_min, ce, torch.zeros_like(ce)).mean()

@@ -1,5 +1,6 @@
 """Tests of flowpost/methods/components/guidance.py: at the data end the noised cross-entropy is
-the classifier's cross-entropy on the sample itself, and gradients reach the sample."""
+the classifier's cross-entropy on the sample itself, and gradients reach the sample; the
+target-time cross-entropy scores each sample at its own time and drops early hops."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowpost.methods.components.guidance import noised_cross_entropy
+from flowpost.methods.components.guidance import noised_cross_entropy, target_cross_entropy
 
 torch.set_num_threads(1)
 
@@ -32,3 +33,17 @@ def test_at_the_data_end_it_is_the_plain_cross_entropy() -> None:
     assert float(got.detach()) == pytest.approx(float(want.detach()), abs=1e-6)
     got.backward()
     assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+
+
+def test_target_cross_entropy_is_masked_mean_at_each_samples_time() -> None:
+    torch.manual_seed(0)
+    c = Linear()
+    x = torch.randn(4, 2, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3])
+    b = torch.tensor([0.25, 0.5, 0.75, 1.0])
+    got = target_cross_entropy(c, x, b, y, b_min=0.51)
+    per = F.cross_entropy(c(x, b), y, reduction="none")
+    assert float(got.detach()) == pytest.approx(float(per[2:].sum().detach()) / 4, abs=1e-6)
+    got.backward()
+    assert x.grad is not None
+    assert bool((x.grad[:2] == 0).all()) and bool(x.grad[2:].abs().sum() > 0)
