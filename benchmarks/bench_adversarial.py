@@ -1,23 +1,22 @@
-"""Adversarial Flow Models (AF) at toy scale: the claims of METHODS.md section 2, measured.
+"""Adversarial Flow Models (AF) measured through the trainer and the command line.
 
-Experiments (each prints a table and writes ``benchmarks/results/af_<exp>.json``; plots go to
-``docs/figures/af_<exp>.png``):
+Every number comes from ``flowpost train`` / ``flowpost eval`` runs (no training loop of its
+own): a *cell* is one (task, contender, seed) run folder under ``--work``; the results JSON is
+rewritten after every cell, and a rerun skips the cells it already holds (resumable, cell by
+cell). ``--rescore`` re-evaluates the kept run folders with the current ``flowpost eval``
+(e.g. after new metrics land) without training again.
 
-* ``toy1d``: the authors' 1-D four-mode mixture at 1 NFE: mode weights and within-mode stds.
-* ``ot``: two seeds with ``lambda_ot > 0`` learn the same map (close to the exact monotone
-  1-D OT map ``F_data^{-1}(Phi(z))``); two seeds with ``lambda_ot = 0`` need not.
-* ``nfe``: 2-D toy, W2 vs NFE: AF at 1/2/4 NFE vs a flow-matching model of the same size
-  with 1, 2, 4, 8, 32 Euler steps.
-* ``throughput``: samples/s of 1-NFE AF generation vs one raw forward pass of the network.
+Experiments (each writes ``benchmarks/results/af_<exp>.json`` and prints a Markdown table):
 
-Everything runs on CPU with one thread, through the method interface (``train_step`` with an
-``OptimizerUpdater`` and an EMA of the generator), with networks much smaller than the
-authors' (width-1024 MLPs are too slow here).
+* ``suite``: every 2-D toy; AF at 1 NFE (``recipes/vectors/af.yaml`` as it is) against a
+  flow-matching model with the same network and the same number of iterations, sampled with
+  1, 2 and 4 Euler steps; and, on the ``--nfe-tasks``, AF trained for k = 2 and 4 steps
+  (``method.nfe=k``, everything else as the recipe). W2 beside the diversity metrics
+  ``flowpost eval`` reports.
+* ``throughput``: samples/s of ``generate(nfe=1)`` vs one raw forward pass (no training).
 
-    python benchmarks/bench_adversarial.py toy1d --steps 3000
-    python benchmarks/bench_adversarial.py ot --steps 3000
-    python benchmarks/bench_adversarial.py nfe --steps 3000
-    python benchmarks/bench_adversarial.py throughput
+    python benchmarks/bench_adversarial.py suite --seeds 0 1 2 --nfe-tasks 8gaussians
+    python benchmarks/bench_adversarial.py suite --report      # the table from the JSON only
 """
 
 from __future__ import annotations
@@ -25,459 +24,338 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
-from flowpost.data.base import Batch, DataSpec
-from flowpost.data.toys import sample_toy
-from flowpost.flows.paths import expand_like
-from flowpost.methods.adversarial import AdversarialFlow, AFConfig
-from flowpost.nets.config import DiscriminatorConfig, NetConfig
-from flowpost.nets.factory import build_velocity_net
-from flowpost.train.ema import EMA
-from flowpost.train.updater import OptimizerUpdater
-
 ROOT = Path(__file__).resolve().parent.parent
+MIXTURES = ("mixture1d", "8gaussians")
 RESULTS = ROOT / "benchmarks" / "results"
-FIGURES = ROOT / "docs" / "figures"
-CENTERS = torch.tensor([-1.5, -0.5, 0.5, 1.5])
+AF_RECIPE = "recipes/vectors/af.yaml"
+FM_RECIPE = "recipes/8gaussians/pretrain.yaml"  # the repository's flow-matching settings
+TASKS_2D = ("8gaussians", "moons", "checkerboard", "spirals", "rings")
+FM_NFES = (1, 2, 4)
+# what the tables show, in this order, when ``flowpost eval`` reports it
+COLUMNS = (
+    "w2",
+    "robust_spread",
+    "near_mode",
+    "mode_spread_ratio",
+    "between_modes",
+    "density",
+    "coverage",
+)
 
 
-def data_sampler(name: str) -> Callable[[int], Tensor]:
-    return lambda n: sample_toy(name, n)
+# ------------------------------------------------------------------------------ the CLI
 
 
-def train_af(
-    cfg: AFConfig,
-    net: NetConfig,
-    spec: DataSpec,
-    sample: Callable[[int], Tensor],
-    *,
-    steps: int,
-    batch: int,
-    seed: int,
-    ema_decay: float = 0.99,
-    log_every: int = 500,
-) -> tuple[AdversarialFlow, torch.nn.Module, list[dict]]:
-    """Train AF with the library's method + updater + EMA; returns (method, EMA G, logs)."""
-    torch.manual_seed(seed)
-    method = AdversarialFlow(cfg, spec, net)
-    opts: dict[str, torch.optim.Optimizer] = {
-        name: torch.optim.Adam(s.params, lr=s.lr or cfg.lr, betas=s.betas or (0.9, 0.999))
-        for name, s in method.optimizers().items()
-    }
-    ema = EMA(method.generator, ema_decay)
-    up = OptimizerUpdater(opts, emas={"generator": ema}, live={"generator": method.generator})
-    logs: list[dict] = []
-    window: dict[str, list[float]] = {}
-    start = time.perf_counter()
-    for step in range(steps):
-        out = method.train_step(Batch(sample(batch)), step, up)
-        for k, v in out.items():
-            window.setdefault(k, []).append(v)
-        if (step + 1) % log_every == 0:
-            rec = {"step": step + 1, "time_s": round(time.perf_counter() - start, 1)}
-            rec.update({k: round(sum(v) / len(v), 4) for k, v in window.items()})
-            logs.append(rec)
-            print(rec, flush=True)
-            window = {}
-    return method, ema.module, logs
-
-
-def train_fm(
-    net: NetConfig,
-    spec: DataSpec,
-    sample: Callable[[int], Tensor],
-    *,
-    steps: int,
-    batch: int,
-    seed: int,
-    lr: float = 1e-3,
-    ema_decay: float = 0.99,
-) -> torch.nn.Module:
-    """A plain flow-matching baseline of the same network (independent coupling)."""
-    torch.manual_seed(seed)
-    model = build_velocity_net(net, spec)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    ema = EMA(model, ema_decay)
-    for _ in range(steps):
-        x1 = sample(batch)
-        x0 = torch.randn_like(x1)
-        t = torch.rand(batch)
-        te = expand_like(t, x1)
-        xt = (1 - te) * x0 + te * x1
-        loss = (model(xt, t) - (x1 - x0)).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ema.update(model)
-    return ema.module
-
-
-@torch.no_grad()
-def euler(model: torch.nn.Module, z: Tensor, nfe: int) -> Tensor:
-    x = z
-    for i in range(nfe):
-        t = torch.full((z.shape[0],), i / nfe)
-        x = x + model(x, t) / nfe
-    return x
-
-
-@torch.no_grad()
-def af_sample(method: AdversarialFlow, gen: torch.nn.Module, z: Tensor, nfe: int) -> Tensor:
-    return method.generate(z, nfe=nfe, roles={"generator": gen})
-
-
-def mode_stats(x: Tensor, window: float = 0.25) -> dict[str, Any]:
-    """Mode weights (nearest centre), within-mode std of the samples within ``window`` of a
-    centre (5 data stds), the same std over all samples assigned to the mode, and the
-    fraction of samples farther than ``window`` from every centre."""
-    x = x.flatten()
-    dist = (x[:, None] - CENTERS[None]).abs()
-    idx = dist.argmin(1)
-    near = dist.min(1).values < window
-    weights = [float((idx == k).float().mean()) for k in range(4)]
-
-    def std(mask: Tensor) -> float:
-        return float(x[mask].std()) if int(mask.sum()) > 1 else float("nan")
-
-    return {
-        "weights": weights,
-        "stds": [std((idx == k) & near) for k in range(4)],
-        "stds_all_assigned": [std(idx == k) for k in range(4)],
-        "off_mode_fraction": float((~near).float().mean()),
-    }
-
-
-def w2(a: Tensor, b: Tensor) -> float:
-    """Exact W2 between two equal-size empirical measures (POT's EMD)."""
-    import ot
-
-    m = ot.dist(a.double().numpy(), b.double().numpy())
-    return float(math.sqrt(ot.emd2([], [], m, numItermax=10**7)))
-
-
-def ot_map_1d(z: Tensor, n_ref: int = 200_000) -> Tensor:
-    """The exact monotone map F_data^{-1}(Phi(z)) of the 1-D mixture (quantiles of a large
-    reference sample)."""
-    ref = sample_toy("mixture1d", n_ref, generator=torch.Generator().manual_seed(123)).flatten()
-    ref = ref.sort().values
-    u = 0.5 * (1 + torch.erf(z.flatten() / math.sqrt(2)))
-    return ref[(u * (n_ref - 1)).round().long()].reshape(z.shape)
-
-
-def toy1d_setup(args: argparse.Namespace, lambda_ot: float) -> tuple[AFConfig, NetConfig]:
-    net = NetConfig(arch="mlp", hidden=args.width, depth=args.depth, input_encoding=args.encoding)
-    disc = DiscriminatorConfig(
-        arch="mlp", hidden=args.width, depth=args.depth, input_encoding=args.encoding
+def flowpost(*args: str) -> str:
+    """Run ``python -m flowpost ...`` from the repository root; its stdout, or an error."""
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")
     )
-    cfg = AFConfig(
-        nfe=1,
-        ot_weight=lambda_ot,
-        gp_weight=args.gp,
-        cp_weight=0.01,
-        lr=args.lr,
-        discriminator=disc,
-        grad_norm=not args.no_grad_norm,
-        real_noise=args.real_noise,
-        disc_steps=args.d_updates,
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowpost", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
-    return cfg, net
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"flowpost {' '.join(args[:2])} failed: {' | '.join(tail)}")
+    return proc.stdout
 
 
-def save(name: str, payload: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"af_{name}.json").write_text(json.dumps(payload, indent=2))
-    print(f"wrote {RESULTS / f'af_{name}.json'}")
+def recipe_steps(recipe: str) -> dict[str, Any]:
+    """The model section and train.steps of a recipe (the FM baseline copies them)."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / recipe).read_text())
+    return {"model": data.get("model", {}), "steps": data.get("train", {}).get("steps")}
+
+
+def train_command(
+    task: str, contender: str, seed: int, out: Path, args: argparse.Namespace
+) -> list[str]:
+    """The ``flowpost train`` arguments of one cell."""
+    common = [
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        f"data.name={task}",
+        "--set",
+        "data.path=null",
+    ]
+    common += ["--set", f"train.seed={seed}", "--set", "eval.plots=false"]
+    if args.steps:
+        common += ["--set", f"train.steps={args.steps}"]
+    if contender.startswith("af"):
+        k = int(contender[2:])
+        return ["train", AF_RECIPE, *common, "--set", f"method.nfe={k}", "--set", f"eval.nfe={k}"]
+    af = recipe_steps(AF_RECIPE)
+    sets = [f"model.{key}={json.dumps(value)}" for key, value in af["model"].items()]
+    if not args.steps and af["steps"]:
+        sets.append(f"train.steps={af['steps']}")
+    sets += ["eval.nfe=1", f"eval.extra_nfe={list(FM_NFES[1:])}"]
+    return ["train", FM_RECIPE, *common, *[x for s in sets for x in ("--set", s)]]
+
+
+def train_seconds(out: Path) -> float | None:
+    """Wall-clock training time the run logged (its last ``time_s``)."""
+    last = None
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "time_s" in rec:
+            last = float(rec["time_s"])
+    return last
+
+
+def nfes_of(contender: str) -> tuple[int, ...]:
+    return (int(contender[2:]),) if contender.startswith("af") else FM_NFES
+
+
+def score(out: Path, nfe: int, rescore: bool) -> dict[str, float]:
+    """The metrics at ``nfe``: from the run's ``summary.json`` (the trainer's final
+    evaluation, ``eval.nfe`` and ``eval.extra_nfe``), or with ``rescore`` from
+    ``flowpost eval <run> --nfe k --json``; plus, for mixtures, the af-diversity acceptance
+    check's robust within-mode spread of 4000 ``flowpost sample`` draws."""
+    if rescore:
+        metrics: dict[str, float] = json.loads(
+            flowpost("eval", str(out), "--nfe", str(nfe), "--json")
+        )
+    else:
+        summary = json.loads((out / "summary.json").read_text())
+        prefix = "" if int(summary["nfe"]) == nfe else f"nfe{nfe}/"
+        metrics = {
+            k[len(prefix) :]: v
+            for k, v in summary.items()
+            if k.startswith(prefix) and "/" not in k[len(prefix) :]
+        }
+        metrics = {k: v for k, v in metrics.items() if k not in ("nfe", "solver", "step")}
+    if task_of(out) in MIXTURES:
+        sample_path = out / f"samples_nfe{nfe}.npy"
+        args = ("--nfe", str(nfe), "--n", "4000", "--seed", "3", "--out", str(sample_path))
+        flowpost("sample", str(out), *args)
+        metrics.update(robust_mode_spread(sample_path, task_of(out)))
+    return metrics
+
+
+def task_of(run: Path) -> str:
+    import yaml
+
+    name: str = yaml.safe_load((run / "config.yaml").read_text())["data"]["name"]
+    return name
+
+
+def robust_mode_spread(sample_path: Path, task: str) -> dict[str, float]:
+    """For mixtures: the median over modes of 1.4826 * MAD of the coordinates of the samples
+    within 0.3 of their mode (8gaussians: 0.10 for the data), and the fraction of samples
+    within 0.3 of a mode: the formula of the af-diversity acceptance check."""
+    import numpy as np
+
+    from flowpost.data.toys import mode_info
+
+    x = np.load(sample_path).reshape(4000, -1)
+    centers = mode_info(task).centers.numpy().reshape(-1, x.shape[1])
+    d = np.linalg.norm(x[:, None] - centers[None], axis=2)
+    idx, near = d.argmin(1), d.min(1) < 0.3
+    spreads = [
+        1.4826 * float(np.median(np.abs(x[(idx == k) & near] - centers[k])))
+        for k in range(len(centers))
+        if ((idx == k) & near).sum() > 2
+    ]
+    spread = float(np.median(spreads)) if len(spreads) == len(centers) else 0.0
+    return {"robust_spread": spread, "near_mode": float(near.mean())}
+
+
+def data_floor(task: str) -> float:
+    """W2 between two independent 2000-sample sets of the task (the metric's noise floor)."""
+    import torch
+
+    from flowpost.data.toys import sample_toy
+    from flowpost.eval.metrics import w2
+
+    a = sample_toy(task, 2000, generator=torch.Generator().manual_seed(11))
+    b = sample_toy(task, 2000, generator=torch.Generator().manual_seed(12))
+    return w2(a, b)
+
+
+# ------------------------------------------------------------------------------ results file
+
+
+def load_results(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    if path.is_file():
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    return {"config": config, "floor_w2": {}, "cells": {}}
+
+
+def save_results(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def save_cell(path: Path, config: dict[str, Any], key: str, cell: dict[str, Any]) -> None:
+    """Add one cell to the results file as it is on disk now (so that several bench
+    processes working on different cells do not overwrite each other's)."""
+    data = load_results(path, config)
+    data["cells"][key] = cell
+    save_results(path, data)
+
+
+def run_cells(
+    name: str, cells: list[tuple[str, str, int]], args: argparse.Namespace
+) -> dict[str, Any]:
+    path = RESULTS / f"af_{name}.json"
+    config = {
+        "af_recipe": AF_RECIPE,
+        "fm_recipe": FM_RECIPE,
+        "steps_override": args.steps,
+        "eval": "flowpost eval --nfe k --json (2000 samples vs the 2000 held-out points)",
+    }
+    data = load_results(path, config)
+    work = Path(args.work)
+    cells = [c for c in cells if not args.only or c[1] in args.only]
+    for task in sorted({c[0] for c in cells}):
+        if task not in data["floor_w2"]:
+            data["floor_w2"][task] = data_floor(task)
+    save_results(path, {**load_results(path, config), "floor_w2": data["floor_w2"]})
+    for task, contender, seed in cells:
+        key = f"{task}/{contender}/{seed}"
+        data = load_results(path, config)
+        out = work / task / f"{contender}-s{seed}"
+        if key in data["cells"] and not args.rescore:
+            continue
+        if args.rescore and not (out / "config.yaml").is_file():
+            continue
+        if not args.rescore:
+            cmd = train_command(task, contender, seed, out, args)
+            if not (out / "summary.json").is_file():  # a finished run folder is reused
+                if out.exists():
+                    shutil.rmtree(out)  # an interrupted cell starts again
+                flowpost(*cmd)
+            cell: dict[str, Any] = {"command": "flowpost " + " ".join(cmd)}
+            cell["train_s"] = train_seconds(out)
+        else:
+            cell = data["cells"].get(key, {})
+        cell["metrics"] = {str(k): score(out, k, args.rescore) for k in nfes_of(contender)}
+        save_cell(path, config, key, cell)
+        w = {k: round(v["w2"], 3) for k, v in cell["metrics"].items()}
+        print(f"{key}: W2 {w} ({cell.get('train_s', '-')} s)", flush=True)
+    return load_results(path, config)
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def summarise(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+
+
+def gather(data: dict[str, Any], task: str, contender: str, nfe: int, key: str) -> list[float]:
+    out = []
+    for cell_key, cell in data["cells"].items():
+        t, c, _ = cell_key.split("/")
+        if t == task and c == contender:
+            value = cell["metrics"].get(str(nfe), {}).get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                out.append(float(value))
+    return out
+
+
+def table(data: dict[str, Any], rows: list[tuple[str, str, int]], columns: tuple[str, ...]) -> str:
+    """Markdown: one line per (task, contender, nfe), mean ± std over seeds."""
+    present = [c for c in columns if any(gather(data, t, m, k, c) for t, m, k in rows)]
+    head = "| task | model | NFE | seeds | " + " | ".join(present) + " |"
+    lines = [head, "|" + "---|" * (4 + len(present))]
+    for task, contender, nfe in rows:
+        n = len(gather(data, task, contender, nfe, "w2"))
+        if not n:
+            continue
+        label = "AF" if contender.startswith("af") else "flow matching (Euler)"
+        if contender.startswith("af") and contender != "af1":
+            label = f"AF (k = {contender[2:]})"
+        cells = [summarise(gather(data, task, contender, nfe, c)) for c in present]
+        lines.append(f"| {task} | {label} | {nfe} | {n} | " + " | ".join(cells) + " |")
+    floors = ", ".join(f"{t} {v:.3f}" for t, v in sorted(data["floor_w2"].items()))
+    lines.append("")
+    lines.append(f"W2 between two independent 2000-sample data sets: {floors}.")
+    return "\n".join(lines)
+
+
+def verdict(data: dict[str, Any], tasks: tuple[str, ...]) -> list[str]:
+    """AF@1 against FM@1 and FM@2, per task, on the mean W2 over seeds."""
+    lines = []
+    for task in tasks:
+        af = gather(data, task, "af1", 1, "w2")
+        fm1 = gather(data, task, "fm", 1, "w2")
+        fm2 = gather(data, task, "fm", 2, "w2")
+        if not (af and fm1 and fm2):
+            continue
+        a, f1, f2 = (statistics.fmean(v) for v in (af, fm1, fm2))
+        ok = a < f1 and a < f2
+        lines.append(
+            f"{task}: AF@1 {a:.3f} vs FM@1 {f1:.3f}, FM@2 {f2:.3f}: "
+            f"{'AF@1 better than both' if ok else 'AF@1 does NOT beat both'}"
+        )
+    return lines
 
 
 # ------------------------------------------------------------------------------ experiments
 
 
-def exp_toy1d(args: argparse.Namespace) -> None:
-    cfg, net = toy1d_setup(args, args.lambda_ot)
-    method, gen, logs = train_af(
-        cfg,
-        net,
-        DataSpec((1,)),
-        data_sampler("mixture1d"),
-        steps=args.steps,
-        batch=args.batch,
-        seed=args.seed,
+def suite_cells(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """Seed by seed (so a partial run still covers every task): AF@1 and flow matching on
+    every task, then AF trained for 2 and 4 steps on the ``--nfe-tasks``."""
+    tasks = tuple(args.tasks or TASKS_2D)
+    cells = []
+    for seed in args.seeds:
+        cells += [(t, c, seed) for t in tasks for c in ("af1", "fm")]
+        cells += [(t, c, seed) for t in args.nfe_tasks for c in ("af2", "af4")]
+    return cells
+
+
+def exp_suite(args: argparse.Namespace) -> None:
+    tasks = tuple(args.tasks or TASKS_2D)
+    path = RESULTS / "af_suite.json"
+    data = (
+        json.loads(path.read_text()) if args.report else run_cells("suite", suite_cells(args), args)
     )
-    z = torch.randn(20000, 1, generator=torch.Generator().manual_seed(7))
-    x = af_sample(method, gen, z, 1)
-    stats = mode_stats(x)
-    ok_w = max(abs(w - 0.25) for w in stats["weights"]) <= 0.03
-    ok_s = max(abs(s - 0.05) / 0.05 for s in stats["stds"]) <= 0.25
-    print("mode  weight  std(|x-c|<0.25)  std(all assigned)")
-    for k in range(4):
-        print(
-            f"{float(CENTERS[k]):+.1f}  {stats['weights'][k]:.3f}   {stats['stds'][k]:.4f}"
-            f"           {stats['stds_all_assigned'][k]:.4f}"
-        )
-    print(
-        f"off-mode fraction (farther than 0.25 from every mode): {stats['off_mode_fraction']:.4f}"
-    )
-    print(f"weights within 0.03 of 0.25: {ok_w}; stds within 25% of 0.05: {ok_s}")
-    live = mode_stats(af_sample(method, method.generator, z, 1))
-    print(
-        "live (non-EMA) generator: weights "
-        + ", ".join(f"{w:.3f}" for w in live["weights"])
-        + "; stds "
-        + ", ".join(f"{s:.4f}" for s in live["stds"])
-    )
-    save(
-        "toy1d",
-        {
-            "config": vars(args),
-            "stats": stats,
-            "weights_ok": ok_w,
-            "stds_ok": ok_s,
-            "live_generator_stats": live,
-            "logs": logs,
-        },
-    )
-    _plot_toy1d(x, ot_map_1d(z), z, method, gen)
-
-
-def _plot_toy1d(
-    x: Tensor, ot_target: Tensor, z: Tensor, method: AdversarialFlow, gen: torch.nn.Module
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ref = sample_toy("mixture1d", 20000, generator=torch.Generator().manual_seed(1))
-    ax[0].hist(ref.flatten().numpy(), bins=200, range=(-2, 2), alpha=0.5, label="data")
-    ax[0].hist(x.flatten().numpy(), bins=200, range=(-2, 2), alpha=0.5, label="AF, 1 NFE")
-    ax[0].legend()
-    ax[0].set_title("1-D mixture: samples")
-    zz = torch.linspace(-3, 3, 400)[:, None]
-    ax[1].plot(zz.numpy(), af_sample(method, gen, zz, 1).numpy(), label="AF G(z)")
-    ax[1].plot(zz.numpy(), ot_map_1d(zz).numpy(), "--", label="OT map")
-    ax[1].set_xlabel("z")
-    ax[1].legend()
-    ax[1].set_title("learned map vs monotone OT map")
-    fig.tight_layout()
-    fig.savefig(FIGURES / "af_toy1d.png", dpi=120)
-    plt.close(fig)
-
-
-def exp_ot(args: argparse.Namespace) -> None:
-    z = torch.randn(20000, 1, generator=torch.Generator().manual_seed(7))
-    target = ot_map_1d(z)
-    zz = torch.linspace(-3, 3, 400)[:, None]
-    results: dict[str, Any] = {"config": vars(args)}
-    curves: dict[str, list[Tensor]] = {}
-    for lam in (args.lambda_ot, 0.0):
-        maps, runs = [], []
-        for seed in (args.seed, args.seed + 1):
-            cfg, net = toy1d_setup(args, lam)
-            method, gen, logs = train_af(
-                cfg,
-                net,
-                DataSpec((1,)),
-                data_sampler("mixture1d"),
-                steps=args.steps,
-                batch=args.batch,
-                seed=seed,
-            )
-            x = af_sample(method, gen, z, 1)
-            maps.append(x)
-            curves.setdefault(f"lambda_ot={lam}", []).append(af_sample(method, gen, zz, 1))
-            runs.append(
-                {
-                    "seed": seed,
-                    "dist_to_ot_map": float((x - target).abs().mean()),
-                    "stats": mode_stats(x),
-                    "final_log": logs[-1] if logs else {},
-                }
-            )
-        agree = float((maps[0] - maps[1]).abs().mean())
-        results[f"lambda_ot={lam}"] = {"seed_disagreement": agree, "runs": runs}
-        print(
-            f"lambda_ot={lam}: mean |G1(z) - G2(z)| = {agree:.4f}; distance to OT map: "
-            + ", ".join(f"{r['dist_to_ot_map']:.4f}" for r in runs)
-        )
-    save("ot", results)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for ax, (key, cs) in zip(axes, curves.items()):
-        for i, c in enumerate(cs):
-            ax.plot(zz.numpy(), c.numpy(), label=f"seed {args.seed + i}")
-        ax.plot(zz.numpy(), ot_map_1d(zz).numpy(), "k--", lw=1, label="OT map")
-        ax.set_title(key)
-        ax.set_xlabel("z")
-        ax.legend()
-    axes[0].set_ylabel("G(z)")
-    fig.tight_layout()
-    fig.savefig(FIGURES / "af_ot.png", dpi=120)
-    plt.close(fig)
-
-
-def exp_nfe(args: argparse.Namespace) -> None:
-    name = args.dataset
-    spec = DataSpec((2,))
-    net = NetConfig(arch="mlp", hidden=args.width, depth=args.depth)
-    disc = DiscriminatorConfig(arch="mlp", hidden=args.width, depth=args.depth)
-    sample = data_sampler(name)
-    ref = sample_toy(name, args.n_eval, generator=torch.Generator().manual_seed(99))
-    z = torch.randn(args.n_eval, 2, generator=torch.Generator().manual_seed(5))
-    table: dict[str, dict[int, float]] = {"flow_matching": {}, "af": {}}
-    fm = train_fm(net, spec, sample, steps=args.steps, batch=args.batch, seed=args.seed)
-    for nfe in (1, 2, 4, 8, 32):
-        table["flow_matching"][nfe] = w2(euler(fm, z, nfe), ref)
-    for k in (1, 2, 4):
-        cfg = AFConfig(
-            nfe=k,
-            ot_weight=args.lambda_ot,
-            gp_weight=args.gp,
-            lr=args.lr,
-            discriminator=disc,
-            grad_norm=not args.no_grad_norm,
-            disc_steps=args.d_updates,
-        )
-        method, gen, _ = train_af(
-            cfg, net, spec, sample, steps=args.steps, batch=args.batch, seed=args.seed
-        )
-        table["af"][k] = w2(af_sample(method, gen, z, k), ref)
-    table["data_vs_data"] = {
-        0: w2(sample_toy(name, args.n_eval, torch.Generator().manual_seed(3)), ref)
-    }
-    print(f"W2 to held-out {name} ({args.n_eval} samples)")
-    print("NFE   flow matching (Euler)   AF (trained for k = NFE)")
-    for nfe in (1, 2, 4, 8, 32):
-        af = table["af"].get(nfe)
-        print(
-            f"{nfe:>3}   {table['flow_matching'][nfe]:.4f}                  "
-            f"{'-' if af is None else f'{af:.4f}'}"
-        )
-    print(f"data vs data: {table['data_vs_data'][0]:.4f}")
-    save(f"nfe_{name}", {"config": vars(args), "w2": table})
-    plot_nfe(name)
-
-
-def plot_nfe(name: str) -> None:
-    """W2 vs NFE from ``af_nfe_<name>.json`` (``--plot-only`` redraws without training)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    table = json.loads((RESULTS / f"af_nfe_{name}.json").read_text())["w2"]
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for key, label, style in (
-        ("flow_matching", "flow matching, Euler", "o-"),
-        ("af", "AF, trained for k = NFE", "s-"),
-    ):
-        pts = sorted((int(k), v) for k, v in table[key].items())
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
-    floor = next(iter(table["data_vs_data"].values()))
-    ax.axhline(floor, color="gray", ls=":", label="data vs data (sampling noise)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("NFE")
-    ax.set_ylabel("W2 to held-out data")
-    ax.set_title(f"{name}: W2 vs NFE (same network size)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(FIGURES / f"af_nfe_{name}.png", dpi=120)
-    plt.close(fig)
-
-
-def exp_digits(args: argparse.Namespace) -> None:
-    """Unconditional sklearn digits (8x8): flow matching vs AF with the same MLP, scored by
-    the Frechet distance in the shipped digits classifier's features."""
-    from flowpost.data import DataConfig, load_data
-    from flowpost.eval import evaluate_samples
-
-    split = load_data(DataConfig(name="digits"))
-    x_train, ref = split.train.x, split.heldout.x
-    spec = DataSpec(tuple(x_train.shape[1:]))  # unconditional
-
-    def sample(n: int) -> Tensor:
-        return x_train[torch.randint(0, x_train.shape[0], (n,))]
-
-    net = NetConfig(arch="mlp", hidden=args.width, depth=args.depth)
-    disc = DiscriminatorConfig(arch="mlp", hidden=args.width, depth=args.depth)
-    z = torch.randn(ref.shape[0], *spec.shape, generator=torch.Generator().manual_seed(5))
-    rows: dict[str, dict[int, dict[str, float]]] = {"flow_matching": {}, "af": {}}
-
-    def score(x: Tensor) -> dict[str, float]:
-        m = evaluate_samples(x.clamp(-1, 1), ref, dataset="digits")
-        return {k: float(m[k]) for k in ("frechet", "sliced_w2", "confidence") if k in m}
-
-    grids: dict[str, Tensor] = {}
-    fm = train_fm(net, spec, sample, steps=args.steps, batch=args.batch, seed=args.seed)
-    for nfe in (1, 2, 4, 8, 32):
-        x = euler(fm, z, nfe)
-        rows["flow_matching"][nfe] = score(x)
-        if nfe in (1, 32):
-            grids[f"flow matching, {nfe} Euler step{'s' if nfe > 1 else ''}"] = x[:64]
-    for k in (1, 2):
-        cfg = AFConfig(
-            nfe=k,
-            ot_weight=args.lambda_ot,
-            gp_weight=args.gp,
-            lr=args.lr,
-            discriminator=disc,
-            disc_steps=args.d_updates,
-        )
-        method, gen, _ = train_af(
-            cfg, net, spec, sample, steps=args.steps, batch=args.batch, seed=args.seed
-        )
-        x = af_sample(method, gen, z, k)
-        rows["af"][k] = score(x)
-        grids[f"AF, {k} NFE"] = x[:64]
-    rows["data_vs_data"] = {0: score(x_train[: ref.shape[0]])}
-    print("digits, Frechet distance in classifier features (lower is better)")
-    print("NFE   flow matching   AF")
-    for nfe in (1, 2, 4, 8, 32):
-        af = rows["af"].get(nfe)
-        print(
-            f"{nfe:>3}   {rows['flow_matching'][nfe]['frechet']:>10.3f}   "
-            f"{'-' if af is None else format(af['frechet'], '.3f')}"
-        )
-    print(f"train vs held-out: {rows['data_vs_data'][0]['frechet']:.3f}")
-    save("nfe_digits", {"config": vars(args), "metrics": rows})
-    grids["held-out data"] = ref[:64]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, len(grids), figsize=(2.6 * len(grids), 2.9))
-    for ax, (title, x) in zip(axes, grids.items()):
-        img = x.clamp(-1, 1).reshape(8, 8, 8, 8).permute(0, 2, 1, 3).reshape(64, 64)
-        ax.imshow(img.numpy(), cmap="gray", vmin=-1, vmax=1)
-        ax.set_title(title, fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(FIGURES / "af_digits.png", dpi=120)
-    plt.close(fig)
+    rows = [(t, c, k) for t in tasks for c in ("fm", "af1") for k in nfes_of(c)]
+    print("AF at 1 NFE against flow matching (same network, same iterations)\n")
+    print(table(data, rows, COLUMNS))
+    print("\n".join(verdict(data, tasks)))
+    rows = [(t, c, k) for t in args.nfe_tasks for c in ("af1", "af2", "af4") for k in nfes_of(c)]
+    print("\nAF trained for k steps, sampled with k steps\n")
+    print(table(data, rows, COLUMNS))
 
 
 def exp_throughput(args: argparse.Namespace) -> None:
+    import torch
+
+    from flowpost.data.base import DataSpec
+    from flowpost.methods.adversarial import AdversarialFlow, AFConfig
+    from flowpost.nets.config import NetConfig
+
     torch.manual_seed(0)
-    spec = DataSpec((2,))
     net = NetConfig(arch="mlp", hidden=args.width, depth=args.depth)
-    method = AdversarialFlow(AFConfig(nfe=1), spec, net).eval()
+    method = AdversarialFlow(AFConfig(), DataSpec((2,)), net).eval()
     gen = method.generator
     z = torch.randn(args.batch, 2)
     t0, t1 = torch.zeros(args.batch), torch.ones(args.batch)
@@ -500,13 +378,12 @@ def exp_throughput(args: argparse.Namespace) -> None:
     af_m = sorted(r[1] for r in rows)[len(rows) // 2]
     ratio = raw_m / af_m
     print(
-        f"raw forward: {raw_m:,.0f} samples/s; AF generate(nfe=1): {af_m:,.0f} samples/s; "
-        f"time ratio {ratio:.3f}"
+        f"raw forward: {raw_m:,.0f} samples/s; AF generate(nfe=1): {af_m:,.0f}; ratio {ratio:.3f}"
     )
-    save(
-        "throughput",
+    save_results(
+        RESULTS / "af_throughput.json",
         {
-            "config": vars(args),
+            "config": {k: v for k, v in vars(args).items() if k != "func"},
             "raw_samples_per_s": raw_m,
             "af_samples_per_s": af_m,
             "time_ratio": ratio,
@@ -516,38 +393,25 @@ def exp_throughput(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("exp", choices=["toy1d", "ot", "nfe", "digits", "throughput"])
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--encoding", type=int, default=16, help="sinusoidal input features (1-D)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--gp", type=float, default=0.01)
-    p.add_argument("--lambda-ot", type=float, default=0.05)
-    p.add_argument("--no-grad-norm", action="store_true")
-    p.add_argument("--d-updates", type=int, default=1, help="D updates per G update")
-    p.add_argument("--real-noise", default="fresh", choices=["fresh", "shared"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", default="8gaussians")
-    p.add_argument("--n-eval", type=int, default=2000)
-    p.add_argument("--reps", type=int, default=200)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--plot-only", action="store_true", help="nfe: redraw from the JSON")
+    p.add_argument("exp", choices=["suite", "throughput"])
+    p.add_argument("--tasks", nargs="*", help="2-D toys (default: all five)")
+    p.add_argument(
+        "--nfe-tasks", nargs="*", default=["8gaussians"], help="tasks that also get AF k=2, 4"
+    )
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=0, help="override train.steps (0: the recipes')")
+    p.add_argument("--work", default="/tmp/flowpost-bench-af", help="where the run folders go")
+    p.add_argument("--only", nargs="*", help="run only these contenders (af1 af2 af4 fm)")
+    p.add_argument("--report", action="store_true", help="print the tables from the JSON only")
+    p.add_argument("--rescore", action="store_true", help="re-evaluate kept runs, no training")
+    p.add_argument("--batch", type=int, default=1024, help="throughput: batch")
+    p.add_argument("--width", type=int, default=256, help="throughput: MLP width")
+    p.add_argument("--depth", type=int, default=4, help="throughput: MLP depth")
+    p.add_argument("--reps", type=int, default=100, help="throughput: calls per round")
+    p.add_argument("--rounds", type=int, default=7, help="throughput: interleaved rounds")
     args = p.parse_args()
-    if args.plot_only and args.exp == "nfe":
-        plot_nfe(args.dataset)
-        return
-    experiments = {
-        "toy1d": exp_toy1d,
-        "ot": exp_ot,
-        "nfe": exp_nfe,
-        "digits": exp_digits,
-        "throughput": exp_throughput,
-    }
-    experiments[args.exp](args)
+    {"suite": exp_suite, "throughput": exp_throughput}[args.exp](args)
 
 
 if __name__ == "__main__":
