@@ -13,6 +13,8 @@ Experiments (each writes ``benchmarks/results/af_<exp>.json`` and prints a Markd
   1, 2 and 4 Euler steps; and, on the ``--nfe-tasks``, AF trained for k = 2 and 4 steps
   (``method.nfe=k``, everything else as the recipe). W2 beside the diversity metrics
   ``flowpost eval`` reports.
+* ``diagnose``: why AF's 1-NFE modes came out narrow: the kept samples of ``flowpost train``
+  runs of ``recipes/8gaussians/af_4nfe.yaml`` with the overrides in ``DIAGNOSIS``, scored.
 * ``throughput``: samples/s of ``generate(nfe=1)`` vs one raw forward pass (no training).
 
     python benchmarks/bench_adversarial.py suite --seeds 0 1 2 --nfe-tasks 8gaussians
@@ -346,6 +348,55 @@ def exp_suite(args: argparse.Namespace) -> None:
     print(table(data, rows, COLUMNS))
 
 
+# the diagnosis runs: flowpost train recipes/8gaussians/af_4nfe.yaml + these overrides (run
+# before the key rename of d49bc8c: method.nfe/ot_weight were method.steps/lambda_ot), then
+# flowpost sample <run> --nfe k --n 4000 --seed 3 --out <work>/<name>.npy
+DIAGNOSIS = {
+    "base1": "method.nfe=1 eval.nfe=1 (as the recipe: OT 0.2 -> 0.005, lr 3e-4 constant)",
+    "ema0": "method.nfe=1 eval.nfe=1 train.ema_decay=0 (the live generator)",
+    "otc02": "method.nfe=1 eval.nfe=1 method.ot_schedule=constant method.ot_weight=0.2",
+    "otc02ema0": "as otc02, train.ema_decay=0 (live)",
+    "otc02cos": "as otc02, train.schedule=cosine (lr to 10 %)",
+    "c1": "as otc02, train.schedule=cosine train.min_lr_ratio=0.01",
+    "basecos": "method.nfe=1 eval.nfe=1 train.schedule=cosine train.min_lr_ratio=0.02",
+    "c4": "as c1 with method.nfe=4 eval.nfe=4",
+}
+
+
+def exp_diagnose(args: argparse.Namespace) -> None:
+    """Score the diagnosis runs' kept samples (``--work``/<name>.npy, 4000 each) with
+    ``flowpost.eval.evaluate_samples`` against the 8gaussians held-out set, and the
+    acceptance check's robust spread."""
+    import numpy as np
+    import torch
+
+    from flowpost.data import DataConfig, load_data
+    from flowpost.eval import evaluate_samples
+
+    ref = load_data(DataConfig(name="8gaussians")).heldout.x
+    rows: dict[str, Any] = {}
+    for name, what in DIAGNOSIS.items():
+        path = Path(args.work) / f"{name}.npy"
+        if not path.is_file():
+            continue
+        x = torch.from_numpy(np.load(path)).float()
+        m = evaluate_samples(x[:2000], ref[:2000], dataset="8gaussians")
+        m.update(robust_mode_spread(path, "8gaussians"))
+        rows[name] = {"overrides": what, "metrics": m}
+        print(
+            f"{name:10s} W2 {m['w2']:.3f} robust spread {m['robust_spread']:.3f} "
+            f"near {m['near_mode']:.3f} spread ratio {m['mode_spread_ratio']:.2f}  ({what})"
+        )
+    save_results(
+        RESULTS / "af_diagnose.json",
+        {
+            "recipe": "recipes/8gaussians/af_4nfe.yaml",
+            "floor_w2": data_floor("8gaussians"),
+            "runs": rows,
+        },
+    )
+
+
 def exp_throughput(args: argparse.Namespace) -> None:
     import torch
 
@@ -394,7 +445,7 @@ def exp_throughput(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("exp", choices=["suite", "throughput"])
+    p.add_argument("exp", choices=["suite", "diagnose", "throughput"])
     p.add_argument("--tasks", nargs="*", help="2-D toys (default: all five)")
     p.add_argument(
         "--nfe-tasks", nargs="*", default=["8gaussians"], help="tasks that also get AF k=2, 4"
@@ -411,7 +462,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=100, help="throughput: calls per round")
     p.add_argument("--rounds", type=int, default=7, help="throughput: interleaved rounds")
     args = p.parse_args()
-    {"suite": exp_suite, "throughput": exp_throughput}[args.exp](args)
+    {"suite": exp_suite, "diagnose": exp_diagnose, "throughput": exp_throughput}[args.exp](args)
 
 
 if __name__ == "__main__":
