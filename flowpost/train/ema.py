@@ -24,20 +24,29 @@ class EMA:
     ``min(decay, (1 + k) / (10 + k))``, so that early averages are not dominated by the
     random initial weights (with 0.999 and no warm-up, 13% of the average after 2000 steps
     would still be the initialisation).
+
+    A live module may define ``make_ema()`` returning its own averaged module (an adapted
+    model averages its adapters only, not a copy of its frozen base); that module then
+    defines ``ema_pairs(live) -> (averaged tensors, live tensors)``.
     """
 
     def __init__(self, live: nn.Module, decay: float) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
-        self.module = copy.deepcopy(live).eval()
+        make = getattr(live, "make_ema", None)
+        self.module = make() if callable(make) else copy.deepcopy(live).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, live: nn.Module, num_updates: int | None = None) -> None:
-        ema_params: list[torch.Tensor] = list(self.module.parameters())
-        live_params: list[torch.Tensor] = list(live.parameters())
+        pairs = getattr(self.module, "ema_pairs", None)
+        if callable(pairs):
+            ema_params, live_params = pairs(live)
+        else:
+            ema_params = list(self.module.parameters())
+            live_params = list(live.parameters())
         decay = self.decay
         if num_updates is not None:
             decay = min(decay, (1.0 + num_updates) / (10.0 + num_updates))
