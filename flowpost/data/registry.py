@@ -23,7 +23,7 @@ from flowpost.data.toys import TOYS, sample_toy
 
 # robot tasks: demonstrations of a scripted expert (flowpost.envs, the [robot] extra)
 ROBOT_TASKS: tuple[str, ...] = ("reacher",)
-DATASETS: tuple[str, ...] = (*TOYS, *IMAGE_DATASETS, "file", "folder", *ROBOT_TASKS)
+DATASETS: tuple[str, ...] = (*TOYS, *IMAGE_DATASETS, "file", "folder", *ROBOT_TASKS, "latents")
 
 # Held-out toy samples come from a generator seeded with seed + this offset, a stream the
 # training set (seeded with `seed`) never uses for any seed below it.
@@ -38,7 +38,8 @@ class DataConfig:
     path: str | None = option(
         None,
         "for name=file: a .npy/.npz/.safetensors file; for name=folder: an image folder; "
-        "for a robot task: your own demonstrations .npz (obs, actions, episode)",
+        "for a robot task: your own demonstrations .npz (obs, actions, episode); "
+        "for name=latents: a folder of latent + text-embedding shards (docs/scaling.md)",
     )
     transform: str = option(
         "none",
@@ -85,7 +86,7 @@ class DataSplit:
     ``@transform`` when a target transform is applied (``"digits@thick"``); pass it as
     ``dataset=`` to :func:`flowpost.eval.evaluate_samples`."""
 
-    train: ArrayData
+    train: ArrayData  # or LatentData (name=latents): read from disk a batch at a time
     heldout: ArrayData
     name: str
     robot: Any = None  # flowpost.envs.data.RobotData for robot tasks: roll-out evaluation
@@ -166,6 +167,8 @@ def load_data(cfg: DataConfig) -> DataSplit:
             heldout_fraction=cfg.heldout_fraction,
         )
         return DataSplit(_subset(train, cfg.n_train, cfg.seed), heldout, key, robot)
+    if cfg.name == "latents":
+        return _load_latents(cfg, key)
     if cfg.name in IMAGE_DATASETS:
         train, heldout = load_image_dataset(cfg.name, transform, seed=cfg.seed)
     else:
@@ -201,6 +204,36 @@ def split_arrays(full: ArrayData, cfg: DataConfig) -> DataSplit:
     if not cfg.labels:
         train, heldout = _drop_labels(train), _drop_labels(heldout)
     return DataSplit(train, heldout, cfg.name)
+
+
+def _load_latents(cfg: DataConfig, key: str) -> DataSplit:
+    from flowpost.data.latents import LatentData
+
+    if cfg.path is None:
+        raise ValueError("data.name=latents needs data.path (a folder of latent shards)")
+    if transform_name(cfg) != "none":
+        raise ValueError("data.transform is not available for latents; leave transform=none")
+    full = LatentData(cfg.path, name=key)
+    n = len(full)
+    k = int(round(cfg.heldout_fraction * n))
+    if cfg.heldout_fraction == 0.0:
+        train, heldout = full, full
+    else:
+        if k < 1 or k >= n:
+            raise ValueError(
+                f"{cfg.path}: {n} samples are too few to hold out a fraction "
+                f"{cfg.heldout_fraction}; add samples or set data.heldout_fraction=0"
+            )
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+        train, heldout = full.subset(perm[k:].sort().values), full.subset(perm[:k].sort().values)
+    if cfg.n_train is not None and cfg.n_train < len(train):
+        g = torch.Generator().manual_seed(cfg.seed)
+        train = train.subset(torch.randperm(len(train), generator=g)[: cfg.n_train].sort().values)
+    return DataSplit(train, heldout, key)  # type: ignore[arg-type]
+
+
+def transform_name(cfg: DataConfig) -> str:
+    return cfg.transform.strip() or "none"
 
 
 __all__ = ["ROBOT_TASKS", "DATASETS", "DataConfig", "DataSplit", "load_data", "split_arrays"]
