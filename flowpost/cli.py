@@ -1,8 +1,8 @@
 """The ``flowpost`` command (also ``python -m flowpost``).
 
-Verbs: ``train``, ``sample``, ``eval``, ``demo``, ``methods``, ``options``. Every user error
-(bad recipe key, missing file, damaged checkpoint, run folder in use, unwritable folder,
-non-finite loss) ends in a one-line message and exit code 2 (1 for a run that diverged,
+Verbs: ``train``, ``sample``, ``eval``, ``export``, ``demo``, ``methods``, ``options``. Every
+user error (bad recipe key, missing file, damaged checkpoint, run folder in use, unwritable
+folder, non-finite loss) ends in a one-line message and exit code 2 (1 for a run that diverged,
 128 + the signal for a run stopped by SIGTERM/SIGINT), never a traceback. Under several
 processes (torchrun, accelerate launch) only the main process prints.
 """
@@ -153,6 +153,23 @@ def eval_(
     else:
         for key, value in sorted(metrics.items()):
             typer.echo(f"{key:>24s}  {value:.5g}")
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="a run folder"),
+    out: Path = typer.Option(..., "--out", help="folder to write the exported model into"),
+) -> None:
+    """Export a run's EMA model alone: diffusers LoRA weights for adapter runs, else
+    model.safetensors + config.json (no optimiser or RNG state)."""
+    from flowpost.export import export_run
+
+    try:
+        files = export_run(run, out)
+    except _user_errors() as err:
+        _fail(str(err))
+    for f in files:
+        typer.echo(f"wrote {f}")
 
 
 @app.command()

@@ -253,13 +253,18 @@ def optimizer_from_flat(
 def load_policy_state(run_dir: str | Path, role: str = "policy") -> dict[str, Tensor]:
     """The EMA weights (or, without EMA, the live weights) of ``role`` from a finished run.
 
-    ``run_dir`` is a run folder (its newest checkpoint is used) or a checkpoint folder.
+    ``run_dir`` is a run folder (its newest checkpoint is used), a checkpoint folder or a
+    folder written by ``flowpost export``.
     For a generator-style method the evaluated role may be named differently; the first of
     ``ema.<role>``, ``model.<role>`` found is returned.
     """
     path = Path(run_dir)
     if not path.exists():
         raise CheckpointError(f"pretrained run not found: {path}")
+    from flowpost.export import exported_state, is_export
+
+    if is_export(path):  # a folder written by `flowpost export`
+        return exported_state(path)
     if not (path / STATE).exists():
         found = latest_checkpoint(path / "checkpoints")
         if found is None:

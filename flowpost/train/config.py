@@ -1,8 +1,9 @@
 """The run config: one dataclass per recipe section, assembled and validated in one place.
 
-A recipe is YAML with the sections ``data``, ``model``, ``method``, ``train``, ``eval`` and an
-optional ``init_from`` (a pretrained run folder). ``method.name`` picks the method, whose own
-config dataclass then validates the rest of the ``method`` section.
+A recipe is YAML with the sections ``data``, ``model``, ``method``, ``train``, ``eval``, an
+optional ``init_from`` (a pretrained run folder, or a diffusers model folder) and an optional
+``diffusers`` section (a diffusers transformer with LoRA as the flow model). ``method.name``
+picks the method, whose own config dataclass then validates the rest of the ``method`` section.
 
 It lives in ``train/`` rather than ``config.py`` because assembling a run needs every folder's
 config (data, nets, methods); ``config.py`` keeps the generic, dependency-free machinery.
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flowpost.adapters.diffusers.config import DiffusersConfig
 from flowpost.config import ConfigError, from_dict, option, to_dict
 from flowpost.data import DataConfig
 from flowpost.methods.base import MethodConfig, get_method_class
@@ -119,9 +121,11 @@ class RunConfig:
     train: TrainConfig
     eval: EvalConfig
     init_from: str | None = None
+    # a diffusers transformer (with LoRA) as the flow model; needs the [diffusers] extra
+    diffusers: DiffusersConfig | None = None
 
 
-SECTIONS = ("data", "model", "method", "train", "eval", "init_from")
+SECTIONS = ("data", "model", "method", "train", "eval", "init_from", "diffusers")
 
 
 def build_run_config(data: Mapping[str, Any]) -> RunConfig:
@@ -129,7 +133,7 @@ def build_run_config(data: Mapping[str, Any]) -> RunConfig:
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
         raise ConfigError(f"unknown key '{unknown[0]}' (known sections: {', '.join(SECTIONS)})")
-    for section in ("data", "model", "method", "train", "eval"):
+    for section in ("data", "model", "method", "train", "eval", "diffusers"):
         value = data.get(section)
         if value is not None and not isinstance(value, Mapping):
             raise ConfigError(f"{section}: expected a mapping of fields, got {value!r}")
@@ -144,7 +148,10 @@ def build_run_config(data: Mapping[str, Any]) -> RunConfig:
         method_data.pop("name", None)
     init_from = data.get("init_from")
     if init_from is not None and not isinstance(init_from, str):
-        raise ConfigError(f"init_from: expected a run folder path, got {init_from!r}")
+        raise ConfigError(
+            f"init_from: expected a run folder or diffusers model folder path, got {init_from!r}"
+        )
+    diffusers = data.get("diffusers")
     run = RunConfig(
         data=from_dict(DataConfig, data.get("data"), prefix="data"),
         model=from_dict(NetConfig, data.get("model"), prefix="model"),
@@ -152,6 +159,9 @@ def build_run_config(data: Mapping[str, Any]) -> RunConfig:
         train=from_dict(TrainConfig, data.get("train"), prefix="train"),
         eval=from_dict(EvalConfig, data.get("eval"), prefix="eval"),
         init_from=init_from,
+        diffusers=None
+        if diffusers is None
+        else from_dict(DiffusersConfig, diffusers, prefix="diffusers"),
     )
     # A method config may check itself against the other sections (GFT: the temperature
     # must reach 0 within train.steps); it raises ConfigError naming the keys.

@@ -159,8 +159,17 @@ class Trainer:
         self.data = data
         self.selector: Selector | None = None
         fraction = tc.holdout_fraction
+        # streamed data (latents on disk) is read a batch at a time, never moved whole
+        self.streamed = bool(getattr(data.train, "streamed", False))
         if fraction is None:
-            fraction = 0.1 if config.init_from and method.targets_data else 0.0
+            fraction = (
+                0.1 if config.init_from and method.targets_data and not self.streamed else 0.0
+            )
+        if fraction > 0 and self.streamed:
+            raise ValueError(
+                "train.holdout_fraction: checkpoint selection needs in-memory data; set it to 0 "
+                "for data read from disk (data.name: latents)"
+            )
         if fraction > 0:  # demonstrations held out to score checkpoints and keep the best
             kept, held = split_holdout(data.train, fraction, config.data.seed)
             self.data = dataclasses.replace(data, train=kept)
@@ -173,9 +182,11 @@ class Trainer:
         self.method = method
         self.method.to(self.device)
         self._build_optimisers()
-        self.train_x = self.data.train.x.to(self.device)
+        self.train_x = None if self.streamed else self.data.train.x.to(self.device)
         self.train_cond = (
-            None if self.data.train.cond is None else self.data.train.cond.to(self.device)
+            None
+            if self.streamed or self.data.train.cond is None
+            else self.data.train.cond.to(self.device)
         )
         self.step = 0
         self._wrapped: list[str] = []
@@ -199,6 +210,15 @@ class Trainer:
         seed_everything(config.train.seed)
         data = load_data(config.data)
         method_cls = get_method_class(config.method.name)
+        if config.diffusers is not None:  # a diffusers transformer with LoRA ([diffusers] extra)
+            from flowpost.adapters.diffusers.build import build_method, load_init_state
+
+            method = build_method(
+                method_cls, config.method, data.spec, config.diffusers, config.init_from
+            )
+            if config.init_from and load_init:
+                load_init_state(method, config.init_from)
+            return cls(method, data, config, out_dir, progress=progress)
         method = method_cls(config.method, data.spec, config.model)
         if config.init_from and load_init:
             state = load_policy_state(config.init_from)
@@ -282,12 +302,17 @@ class Trainer:
     def _next_batch(self) -> tuple[Batch, tuple[int, int, int]]:
         """This process's slice of the global batch, and the shard ``(offset, local, total)``.
 
-        Every process draws the same global indices (their random streams are identical)."""
-        n = self.train_x.shape[0]
+        Every process draws the same global indices (their random streams are identical).
+        Streamed data (latents on disk) reads only this process's rows."""
         total = self.config.train.batch_size
-        index = torch.randint(0, n, (total,))
         local = total // self.accelerator.num_processes
         offset = self.accelerator.process_index * local
+        if self.streamed:
+            index = torch.randint(0, len(self.data.train), (total,))[offset : offset + local]
+            return self.data.train.batch(index).to(self.device), (offset, local, total)
+        assert self.train_x is not None
+        n = self.train_x.shape[0]
+        index = torch.randint(0, n, (total,))
         index = index[offset : offset + local].to(self.device)
         cond = None if self.train_cond is None else self.train_cond[index]
         return Batch(self.train_x[index], cond), (offset, local, total)
