@@ -26,7 +26,7 @@ RECIPE = {
 
 
 def _trained(tmp_path, recipe=RECIPE):
-    trainer = Trainer(build_run_config(recipe), tmp_path / "run", progress=False)
+    trainer = Trainer.from_config(build_run_config(recipe), tmp_path / "run", progress=False)
     trainer.fit()
     return trainer
 
@@ -53,7 +53,7 @@ def test_an_export_is_a_valid_init_from(tmp_path) -> None:
     export_run(tmp_path / "run", tmp_path / "out")
     state = load_policy_state(tmp_path / "out")
     follow = dict(RECIPE, init_from=str(tmp_path / "out"), method={"name": "flow_matching"})
-    trainer = Trainer(build_run_config(follow), tmp_path / "next", progress=False)
+    trainer = Trainer.from_config(build_run_config(follow), tmp_path / "next", progress=False)
     for key, value in trainer.method.policy.state_dict().items():
         assert torch.equal(value, state[key])
 

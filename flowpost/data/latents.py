@@ -127,13 +127,14 @@ class LatentData:
         self.index = torch.arange(total) if index is None else index.long()
         self.root = root
         self.name = name
-        self.spec = DataSpec(tuple(first.shapes["latents"][1:]), None)
         self.cond_dim = (
             first.shapes["prompt_embeds"][1] * first.shapes["prompt_embeds"][2]
             + first.shapes["pooled_prompt_embeds"][1]
             if self.conditional
             else 0
         )
+        shape = tuple(first.shapes["latents"][1:])
+        self.spec = DataSpec(shape, None, self.cond_dim if self.conditional else None)
 
     def __len__(self) -> int:
         return int(self.index.numel())

@@ -222,7 +222,14 @@ class Method(nn.Module, ABC):
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` with gradients off, in eval mode (a frozen reference)."""
+    """A deep copy of ``module`` with gradients off, in eval mode (a frozen reference).
+
+    A module may provide its own ``frozen_reference()`` instead: an adapted model (LoRA)
+    returns its base with the adapters switched off, without copying the base's weights."""
+    own = getattr(module, "frozen_reference", None)
+    if callable(own):
+        reference: nn.Module = own()
+        return reference
     return copy.deepcopy(module).requires_grad_(False).eval()
 
 

@@ -161,6 +161,13 @@ class DiffusersFlow(nn.Module):
 
         return LoRAEMA(self)
 
+    def frozen_reference(self) -> nn.Module:
+        """The frozen reference methods regularise toward: this model with its adapters
+        off (:class:`FrozenBase`, no copy of the weights; used by ``frozen_copy``)."""
+        from flowpost.adapters.diffusers.lora import FrozenBase
+
+        return FrozenBase(self)
+
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         """The trained parameters (the LoRA adapters), in a fixed order."""
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]

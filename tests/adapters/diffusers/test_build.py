@@ -21,24 +21,24 @@ from flowpost.methods.base import Method, get_method_class
 from flowpost.train.ema import EMA
 from flowpost.train.updater import OptimizerUpdater
 
-SPEC = DataSpec((16, 8, 8))
-PD = {"variant": "pd", "cold_start_steps": 0, "disc_warmup_steps": 0, "nfe": 2, "beta": 0.05}
+SPEC = DataSpec((16, 8, 8), cond_dim=3 * 32 + 32)  # 3 prompt tokens + pooled
+PD = {"variant": "pd", "cold_start_steps": 0, "disc_warmup_steps": 0, "nfe": 2, "ref_weight": 0.05}
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "sft": ("flow_matching", {"label_dropout": 0.0}),
     "fail_pd_local": ("fail", {**PD, "pd_estimator": "local", "disc_lr": 1e-2}),
     "fail_pd_pathwise": ("fail", {**PD, "pd_estimator": "pathwise", "disc_lr": 1e-2}),
     "fail_pg": (
         "fail",
-        {**PD, "variant": "pg", "group_size": 2, "mc_draws": 2, "disc_lr": 1e-2},
+        {**PD, "variant": "pg", "pg_group_size": 2, "pg_draws": 2, "disc_lr": 1e-2},
     ),
-    "af": ("adversarial", {"steps": 2, "lr": 1e-2}),
+    "af": ("adversarial", {"nfe": 2, "lr": 1e-2}),
 }
 
 
 def make(family: str, key: str, **kw: Any) -> Method:
     name, overrides = METHODS[key]
     cls = get_method_class(name)
-    cfg = from_dict(cls.config_class, {"name": name, **overrides}, prefix="method")
+    cfg = from_dict(cls.config_class, overrides, prefix="method")
     return build_method(cls, cfg, SPEC, tiny_config(family, **kw))
 
 
@@ -120,4 +120,4 @@ def test_bad_inputs_are_one_line_errors() -> None:
         build_method(cls, cfg, DataSpec((4, 8, 8)), tiny_config("sd3"))
     af = get_method_class("adversarial")
     with pytest.raises(ValueError, match="any-step AF"):
-        build_method(af, af.config_class(steps=0), SPEC, tiny_config("flux"))
+        build_method(af, af.config_class(nfe=0), SPEC, tiny_config("flux"))

@@ -62,15 +62,15 @@ def test_cli_trains_and_exports_the_tiny_recipes(tmp_path) -> None:
 
 def test_checkpoint_holds_adapters_only_and_resumes_exactly(tmp_path) -> None:
     cfg = recipe(tmp_path / "data")
-    straight = Trainer(build_run_config(cfg), tmp_path / "a", progress=False)
+    straight = Trainer.from_config(build_run_config(cfg), tmp_path / "a", progress=False)
     assert straight.streamed and straight.train_x is None  # never moved whole
     straight.fit()
     tensors, _ = load_checkpoint(latest_checkpoint(tmp_path / "a" / "checkpoints"))
     weights = [k for k in tensors if k.startswith(("model.", "ema."))]
     assert weights and all("lora_" in k for k in weights)
     half = dict(cfg, train=dict(cfg["train"], steps=2))
-    Trainer(build_run_config(half), tmp_path / "b", progress=False).fit()
-    resumed = Trainer(build_run_config(cfg), tmp_path / "b", progress=False, load_init=False)
+    Trainer.from_config(build_run_config(half), tmp_path / "b", progress=False).fit()
+    resumed = Trainer.from_config(build_run_config(cfg), tmp_path / "b", progress=False, load_init=False)
     resumed.fit(resume=True)
     pairs = zip(straight.method.policy.trainable(), resumed.method.policy.trainable())
     for (n, p), (_, q) in pairs:
@@ -80,7 +80,7 @@ def test_checkpoint_holds_adapters_only_and_resumes_exactly(tmp_path) -> None:
 def test_export_loads_with_diffusers_loader_and_equals_the_fine_tuned_model(tmp_path) -> None:
     cfg = recipe(tmp_path / "data", name="fail", variant="pd", cold_start_steps=1,
                  disc_warmup_steps=1, nfe=2)  # fmt: skip
-    trainer = Trainer(build_run_config(cfg), tmp_path / "run", progress=False)
+    trainer = Trainer.from_config(build_run_config(cfg), tmp_path / "run", progress=False)
     trainer.fit()
     export_run(tmp_path / "run", tmp_path / "out")
     dcfg = build_run_config(cfg).diffusers
@@ -106,7 +106,7 @@ def test_init_from_a_diffusers_folder_and_from_a_lora_run(tmp_path) -> None:
     base.save_pretrained(tmp_path / "base")
     folder = dict(cfg, init_from=str(tmp_path / "base"))
     folder["diffusers"] = {k: v for k, v in cfg["diffusers"].items() if k != "transformer"}
-    trainer = Trainer(build_run_config(folder), tmp_path / "r1", progress=False)
+    trainer = Trainer.from_config(build_run_config(folder), tmp_path / "r1", progress=False)
     x, cond = latents_and_cond(2)
     t = torch.rand(2)
     with torch.no_grad():
@@ -115,7 +115,7 @@ def test_init_from_a_diffusers_folder_and_from_a_lora_run(tmp_path) -> None:
     follow = dict(folder, init_from=None)
     follow["diffusers"] = dict(folder["diffusers"], pretrained=str(tmp_path / "base"))
     follow["init_from"] = str(tmp_path / "r1")
-    nxt = Trainer(build_run_config(follow), tmp_path / "r2", progress=False)
+    nxt = Trainer.from_config(build_run_config(follow), tmp_path / "r2", progress=False)
     ema = trainer.ema_roles()["policy"].averaged()
     for n, p in nxt.method.policy.trainable():
         assert torch.equal(p, ema[n]), n
