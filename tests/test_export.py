@@ -59,7 +59,7 @@ def test_an_export_is_a_valid_init_from(tmp_path) -> None:
 
 
 def test_generator_export_keeps_its_end_time_input(tmp_path) -> None:
-    recipe = dict(RECIPE, method={"name": "adversarial", "steps": 1})
+    recipe = dict(RECIPE, method={"name": "adversarial", "nfe": 1})
     recipe["eval"] = dict(RECIPE["eval"], nfe=1)
     trainer = _trained(tmp_path, recipe)
     export_run(tmp_path / "run", tmp_path / "out")

@@ -70,7 +70,8 @@ def test_checkpoint_holds_adapters_only_and_resumes_exactly(tmp_path) -> None:
     assert weights and all("lora_" in k for k in weights)
     half = dict(cfg, train=dict(cfg["train"], steps=2))
     Trainer.from_config(build_run_config(half), tmp_path / "b", progress=False).fit()
-    resumed = Trainer.from_config(build_run_config(cfg), tmp_path / "b", progress=False, load_init=False)
+    full = build_run_config(cfg)
+    resumed = Trainer.from_config(full, tmp_path / "b", progress=False, load_init=False)
     resumed.fit(resume=True)
     pairs = zip(straight.method.policy.trainable(), resumed.method.policy.trainable())
     for (n, p), (_, q) in pairs:
