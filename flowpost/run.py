@@ -193,8 +193,17 @@ def load(
             f"{root} was trained with your own network ({user}); pass a fresh one: "
             f"flowpost.load({str(root)!r}, model={cls}(...))"
         )
-    spec = DataSpec(tuple(info["data"]["shape"]), info["data"].get("num_classes"))
-    method = build_method(config.method.name, config.method, spec, config.model, model=model)
+    spec = DataSpec(
+        tuple(info["data"]["shape"]), info["data"].get("num_classes"), info["data"].get("cond_dim")
+    )
+    if config.diffusers is not None:  # a diffusers transformer with LoRA ([diffusers] extra)
+        from flowpost.adapters.diffusers.build import build_method as build_adapted
+        from flowpost.methods.base import get_method_class
+
+        cls = get_method_class(config.method.name)
+        method = build_adapted(cls, config.method, spec, config.diffusers, config.init_from)
+    else:
+        method = build_method(config.method.name, config.method, spec, config.model, model=model)
     try:
         method.load_state_dict(split_prefixed(tensors, "model"))
     except RuntimeError as err:
@@ -205,7 +214,9 @@ def load(
     for role in method.ema_roles():
         part = split_prefixed(tensors, f"ema.{role}")
         if part:
-            module = copy.deepcopy(method.role(role))
+            live = method.role(role)
+            make = getattr(live, "make_ema", None)  # an adapted model averages its adapters only
+            module = make() if callable(make) else copy.deepcopy(live)
             module.load_state_dict(part)
             roles[role] = module.requires_grad_(False).eval()
     method.to(device).eval()

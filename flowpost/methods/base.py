@@ -177,12 +177,18 @@ class Method(nn.Module, ABC):
         """Samples from ``noise`` (t = 0) with ``nfe`` network evaluations of the ``policy``
         role's ODE. ``roles`` replaces some of the method's modules (the trainer passes EMA
         copies)."""
+        policy = self.role("policy", roles)
+        # a model may declare its sampling time shift (diffusers adapters: FLUX, SD3)
+        shift = getattr(policy, "time_shift", 1.0)
+        shift = float(shift) if isinstance(shift, (int, float)) else 1.0
         out = sample(
-            self.role("policy", roles),
+            policy,
             noise,
             nfe,
             solver,
             cond=cond,
+            grid="uniform" if shift == 1.0 else "shifted",
+            shift=shift,
             guidance=self.guidance(cond),
             num_classes=self.spec.num_classes,
         )

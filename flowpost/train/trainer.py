@@ -272,7 +272,12 @@ class Trainer:
         """What a loaded run needs besides the config: the data spec and dataset name (so
         sampling never loads the data) and the ``meta`` given at construction."""
         spec = self.data.spec
-        data = {"shape": list(spec.shape), "num_classes": spec.num_classes, "name": self.data.name}
+        data = {
+            "shape": list(spec.shape),
+            "num_classes": spec.num_classes,
+            "cond_dim": spec.cond_dim,
+            "name": self.data.name,
+        }
         return {"data": data, **self.meta}
 
     def save(self) -> Path | None:

@@ -78,7 +78,7 @@ def build_method(
             "data.name: latents with prompt embeddings"
         )
     flow = build_adapted_flow(cfg, init_from)
-    flow.check_latents(spec.shape)
+    flow.fit_latents(spec.shape)  # checks them; FLUX's time shift depends on their size
     if spec.cond_dim is not None:  # checks the size: L * joint_attention_dim + pooled
         from flowpost.adapters.diffusers.model import unpack_condition
 

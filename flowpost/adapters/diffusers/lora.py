@@ -90,6 +90,10 @@ class FrozenBase(nn.Module):
         super().__init__()
         self._live = [live]
 
+    @property
+    def time_shift(self) -> float:
+        return float(getattr(self._live[0], "time_shift", 1.0))
+
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         live = self._live[0]
         transformer = getattr(live, "transformer", live)
@@ -117,6 +121,10 @@ class LoRAEMA(nn.Module):
         self.shadow = nn.ParameterDict(
             {_safe(n): nn.Parameter(p.detach().clone(), requires_grad=False) for n, p in pairs}
         )
+
+    @property
+    def time_shift(self) -> float:
+        return float(getattr(self._live[0], "time_shift", 1.0))
 
     def ema_pairs(self, live: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
         """``(ema tensors, live tensors)`` in the same order, for the EMA update."""

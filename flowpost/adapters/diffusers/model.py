@@ -145,6 +145,9 @@ class DiffusersFlow(nn.Module):
         self.uses_guidance = bool(getattr(cfg, "guidance_embeds", False))
         self.dynamic_shift = self.family == "flux" if dynamic_shift is None else dynamic_shift
         self.shift = shift if shift is not None else (1.0 if self.family == "flux" else SD3_SHIFT)
+        # the shift methods sample with (flowpost.methods.components.common.grid_shift); set
+        # for the data's latent size by fit_latents
+        self.time_shift = 1.0 if self.dynamic_shift else self.shift
         self._frozen_keys: set[str] = set()
         self.register_load_state_dict_post_hook(_ignore_missing_frozen)
 
@@ -195,6 +198,11 @@ class DiffusersFlow(nn.Module):
             )
         if self.family == "flux" and (h % 2 or w % 2):
             raise ValueError(f"FLUX latents need an even height and width, got {h}x{w}")
+
+    def fit_latents(self, shape: tuple[int, ...]) -> None:
+        """Check latents of ``shape`` ``(C, H, W)`` and sample with their time shift."""
+        self.check_latents(shape)
+        self.time_shift = self.sampling_shift(shape)
 
     def sampling_shift(self, shape: tuple[int, ...]) -> float:
         """The time shift for latents of ``shape`` ``(C, H, W)``: FLUX's resolution-dependent

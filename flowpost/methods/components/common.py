@@ -34,6 +34,7 @@ __all__ = [
     "repeat_rows",
     "load_object",
     "solver_grid",
+    "grid_shift",
     "solve",
     "rollout",
     "rollout_noise",
@@ -72,17 +73,31 @@ def load_object(path: str, what: str) -> Any:
     return getattr(module, attr)
 
 
+def grid_shift(model: Any) -> float:
+    """The sampling time shift ``model`` declares as ``time_shift`` (1: the uniform grid). The
+    diffusers adapters declare FLUX's resolution-dependent shift and SD3's 3.0, so that the
+    sampler methods deploy and train is the one the model is used with.
+
+    >>> grid_shift(torch.nn.Linear(1, 1))
+    1.0
+    """
+    shift = getattr(model, "time_shift", 1.0)
+    return float(shift) if isinstance(shift, (int, float)) else 1.0
+
+
 def solver_grid(
-    nfe: int, solver: str = "euler", device: torch.device | str | None = None
+    nfe: int, solver: str = "euler", device: torch.device | str | None = None, shift: float = 1.0
 ) -> Tensor:
     """The step times ``0 = t_0 < ... < t_K = 1`` of the deployed fixed-step sampler.
 
-    ``K = nfe // evaluations_per_step(solver)`` (Euler 1, midpoint/Heun 2, RK4 4).
+    ``K = nfe // evaluations_per_step(solver)`` (Euler 1, midpoint/Heun 2, RK4 4); with
+    ``shift != 1`` the shifted grid of :func:`~flowpost.flows.timesteps.time_grid`.
 
     >>> solver_grid(4, "euler").tolist()
     [0.0, 0.25, 0.5, 0.75, 1.0]
     """
-    return time_grid(steps_for_nfe(nfe, solver), device=device)
+    kind = "uniform" if shift == 1.0 else "shifted"
+    return time_grid(steps_for_nfe(nfe, solver), kind, shift, device=device)
 
 
 def solve(
@@ -95,8 +110,13 @@ def solve(
     grad: bool = False,
     checkpoint: bool = False,
 ) -> Tensor:
-    """The deployed sampler's output from ``x0`` (no classifier-free guidance)."""
-    out = sample(model, x0, nfe, solver, cond=cond, grad=grad, checkpoint=checkpoint)
+    """The deployed sampler's output from ``x0`` (no classifier-free guidance), on the
+    model's own grid (:func:`grid_shift`)."""
+    shift = grid_shift(model)
+    out = sample(
+        model, x0, nfe, solver, cond=cond, grid="uniform" if shift == 1.0 else "shifted",
+        shift=shift, grad=grad, checkpoint=checkpoint,
+    )  # fmt: skip
     assert isinstance(out, Tensor)
     return out
 

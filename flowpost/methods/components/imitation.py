@@ -32,7 +32,14 @@ from flowpost.methods.components.adversarial import (
     discriminator_loss,
     r1_penalty,
 )
-from flowpost.methods.components.common import Field, Rollout, load_object, rollout, solver_grid
+from flowpost.methods.components.common import (
+    Field,
+    Rollout,
+    grid_shift,
+    load_object,
+    rollout,
+    solver_grid,
+)
 from flowpost.methods.components.guards import DiscriminatorGuard
 from flowpost.methods.components.pathwise import local_pd_points
 from flowpost.methods.components.policy import PolicyConfig, cold_start_update
@@ -210,7 +217,7 @@ def expert_pd_terms(
 ) -> dict[str, Tensor]:
     """``adv_expert``: re-noised expert samples through the local estimator, scored by the
     discriminator (``weight * softplus(-D(x_hat))``)."""
-    grid = solver_grid(cfg.nfe, cfg.solver, device=batch.x.device)
+    grid = solver_grid(cfg.nfe, cfg.solver, device=batch.x.device, shift=grid_shift(policy))
     noise = random.randn_like(batch.x)
     pts = local_pd_points(
         policy, noise, batch.x, grid, batch.cond, mc_timesteps=cfg.pd_timesteps, t_min=cfg.pd_t_min

@@ -35,6 +35,7 @@ from flowpost.methods.components.common import (
     Field,
     Rollout,
     flow_matching_loss,
+    grid_shift,
     rollout,
     rollout_noise,
     solver_grid,
@@ -132,7 +133,7 @@ def policy_rollout(policy: Field, batch: Batch, cfg: PolicyConfig, *, grouped: b
     group = cfg.pg_group_size if grouped else None
     if grouped and cfg.pg_estimator == "sde":
         x0, cond = rollout_noise(batch.x, batch.cond, group)
-        grid = solver_grid(cfg.nfe, cfg.solver, device=batch.x.device)
+        grid = solver_grid(cfg.nfe, cfg.solver, batch.x.device, grid_shift(policy))
         traj = sde_rollout(policy, x0, grid, cfg.pg_sde_noise, cond)
         return Rollout(x0, traj.final, cond, states=traj)
     return rollout(policy, batch.x, batch.cond, cfg.nfe, cfg.solver, group_size=group)
@@ -143,7 +144,7 @@ def pd_terms(
 ) -> dict[str, Tensor]:
     """PD loss terms: the batch means of ``score``'s terms at the differentiable sample, and
     the reference regulariser ``reg`` when ``ref_weight > 0``."""
-    grid = solver_grid(cfg.nfe, cfg.solver, device=roll.x0.device)
+    grid = solver_grid(cfg.nfe, cfg.solver, device=roll.x0.device, shift=grid_shift(policy))
     terms: dict[str, Tensor] = {}
     if cfg.pd_estimator == "pathwise":
         x_hat = pathwise_sample(

@@ -121,3 +121,27 @@ def test_bad_inputs_are_one_line_errors() -> None:
     af = get_method_class("adversarial")
     with pytest.raises(ValueError, match="any-step AF"):
         build_method(af, af.config_class(nfe=0), SPEC, tiny_config("flux"))
+
+
+def test_methods_sample_and_train_on_the_model_time_shift() -> None:
+    from flowpost.adapters.diffusers.model import flux_shift
+    from flowpost.flows.solvers import sample
+    from flowpost.methods.components.common import grid_shift, solver_grid
+
+    method = make("flux", "fail_pd_local")
+    flow = flow_of(method)
+    assert flow.time_shift == pytest.approx(flux_shift(16))  # 8x8 latents: 16 packed tokens
+    assert grid_shift(method.policy) == flow.time_shift
+    assert grid_shift(method.reference) == flow.time_shift
+    grid = solver_grid(4, "euler", shift=grid_shift(flow))
+    assert torch.allclose(grid, flow.sampling_grid(4, (16, 8, 8)), atol=1e-6)
+    noise, cond = latents_and_cond(2)
+    ema = EMA(flow, 0.9).module
+    assert grid_shift(ema) == flow.time_shift
+    with torch.no_grad():
+        expected = sample(flow, noise, None, "euler", cond=cond, grid=grid)
+        assert torch.allclose(method.generate(noise, cond, nfe=4), expected, atol=1e-6)
+        roles = {"policy": ema}
+        assert torch.allclose(method.generate(noise, cond, nfe=4, roles=roles), expected, atol=1e-6)
+    sd3 = make("sd3", "sft")
+    assert grid_shift(sd3.policy) == 3.0

@@ -16,6 +16,7 @@ from diffusers_helpers import FLUX_TINY, TARGETS, latents_and_cond
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import flowpost
 from flowpost.adapters.diffusers.model import DiffusersFlow, load_transformer
 from flowpost.cli import app
 from flowpost.config import from_dict
@@ -97,6 +98,8 @@ def test_export_loads_with_diffusers_loader_and_equals_the_fine_tuned_model(tmp_
         expected = tuned(x, t, cond)
         assert (expected - trainer.method.reference(x, t, cond)).abs().max() > 1e-6  # moved
         assert torch.allclose(DiffusersFlow(fresh)(x, t, cond), expected, atol=1e-5)
+        loaded = flowpost.load(tmp_path / "run")  # the object API rebuilds the adapted model
+        assert torch.allclose(loaded.roles["policy"](x, t, cond), expected, atol=1e-6)
 
 
 def test_init_from_a_diffusers_folder_and_from_a_lora_run(tmp_path) -> None:
