@@ -298,6 +298,91 @@ def memory(size: int) -> list[dict[str, Any]]:
     return rows
 
 
+FLUX_DEV = {
+    "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56],
+}  # fmt: skip
+SD3_MEDIUM = {
+    "sample_size": 128, "patch_size": 2, "in_channels": 16, "num_layers": 24,
+    "attention_head_dim": 64, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536, "pooled_projection_dim": 2048, "out_channels": 16,
+    "pos_embed_max_size": 192,
+}  # fmt: skip
+GB = 1e9
+
+
+def estimates(memory_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Memory of FLUX.1-dev / SD3-medium LoRA fine-tuning, per method, from exact parameter
+    counts (the architectures built on the meta device: no weights) and the activation bytes
+    per (sample x token x block x width) measured above on the tiny FLUX (fp32, halved for bf16).
+    Estimates, not GPU measurements."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    tiny_blocks = FLUX["num_layers"] + FLUX["num_single_layers"]
+    tiny_width = FLUX["attention_head_dim"] * FLUX["num_attention_heads"]
+    per: dict[str, float] = {}
+    for row in memory_rows:
+        size = row["latent"][1]
+        tokens = (size // 2) ** 2 + TOKENS
+        samples = BATCH * (MC if row["estimator"] == "local" else 1)
+        key = f"{row['estimator']}_ckpt{int(row['transformer_checkpointing'])}"
+        if row["estimator"] == "pathwise" and not row["solver_step_checkpointing"]:
+            continue
+        per[key] = (
+            row["saved_for_backward_MiB"] * 2**20 / (samples * tokens * tiny_blocks * tiny_width)
+        )
+    # one forward with gradients per sample: the local rows (MC copies counted as samples)
+    act = {"no_checkpointing": per["local_ckpt0"] / 2, "checkpointing": per["local_ckpt1"] / 2}
+    out: dict[str, Any] = {"activation_bytes_per_sample_token_block_width_bf16": act}
+    models = {
+        "FLUX.1-dev": (FluxTransformer2DModel, FLUX_DEV, 1024 + 512, 19 + 38, 3072),
+        "SD3-medium": (SD3Transformer2DModel, SD3_MEDIUM, 1024 + 333, 24, 1536),
+    }
+    for name, (cls, cfg, tokens, blocks, width) in models.items():
+        with torch.device("meta"):
+            model = cls(**cfg)
+        params = sum(p.numel() for p in model.parameters())
+        targets = ["to_q", "to_k", "to_v", "to_out.0"]
+        lora = sum(
+            16 * (m.in_features + m.out_features)
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear)
+            and any(n == t or n.endswith("." + t) for t in targets)
+        )
+        a_full = act["no_checkpointing"] * tokens * blocks * width / GB
+        a_ckpt = act["checkpointing"] * tokens * blocks * width / GB
+        out[name] = {
+            "params_billion": round(params / 1e9, 3),
+            "tokens_at_512px": tokens,
+            "base_bf16_GB": round(2 * params / GB, 2),
+            "deep_copied_reference_bf16_GB (what the adapters-off reference saves)": round(
+                2 * params / GB, 2
+            ),
+            "lora_rank16_params_million": round(lora / 1e6, 2),
+            "lora_weights_grads_adam_ema_fp32_GB": round(5 * 4 * lora / GB, 3),
+            "full_finetune_fp32_weights_grads_adam_GB (what LoRA saves)": round(
+                16 * params / GB, 1
+            ),
+            "activations_per_sample_GB": {
+                "no_checkpointing": round(a_full, 2),
+                "checkpointing": round(a_ckpt, 2),
+            },  # fmt: skip
+            "policy_update_activations_per_prompt_GB": {
+                "sft": [round(a_full, 2), round(a_ckpt, 2)],
+                "fail_pd_local (pd_timesteps=2)": [round(2 * a_full, 2), round(2 * a_ckpt, 2)],
+                "fail_pd_pathwise (per-step recompute, ref_weight=0)": [
+                    round(a_full, 2),
+                    round(a_ckpt, 2),
+                ],
+                "fail_pg_fpo (pg_draws=8)": [round(8 * a_full, 2), round(8 * a_ckpt, 2)],
+                "af (generator + discriminator backward)": [round(a_full, 2), round(a_ckpt, 2)],
+                "_columns": ["no_checkpointing", "checkpointing"],
+            },  # fmt: skip
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
@@ -320,6 +405,9 @@ def main() -> None:
     }
     print(json.dumps(result["speed"], indent=1), flush=True)
     result["memory"] = memory(args.size) + memory(2 * args.size)
+    result["estimates"] = estimates(
+        [r for r in result["memory"] if r["latent"][1] == 2 * args.size]
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
     print(f"wrote {RESULTS}")
