@@ -22,7 +22,7 @@ looks at a method's losses.
 
 Example:
     >>> import torch
-    >>> from flowpost.data.base import ArrayData
+    >>> from flowpost.data.base import ArrayData, DataSpec
     >>> demos = ArrayData(torch.randn(200, 2, generator=torch.Generator().manual_seed(0)))
     >>> train, held = split_holdout(demos, 0.1, seed=0)
     >>> len(train), len(held)
@@ -37,15 +37,18 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from flowpost.data.base import ArrayData
+from flowpost.data.base import ArrayData, DataSpec
 from flowpost.eval.metrics import knn_precision_recall, w2
+from flowpost.train.checkpoint import checkpoint_dirs
 
 MIN_HOLDOUT = 5
 BEST_DIR = "best"
@@ -74,6 +77,28 @@ def split_holdout(data: ArrayData, fraction: float, seed: int) -> tuple[ArrayDat
             )
         )
     return parts[0], parts[1]
+
+
+def check_pretrained_data(init_from: str | Path, spec: DataSpec) -> None:
+    """One clear error when the data's sample shape differs from the pretrained run's (read
+    from its newest checkpoint's record; silent when the run recorded none)."""
+    root = Path(init_from)
+    candidates = (
+        [root] if (root / "state.json").is_file() else checkpoint_dirs(root / "checkpoints")
+    )
+    if not candidates:
+        return
+    try:
+        state = json.loads((candidates[-1] / "state.json").read_text())
+        shape = tuple(state["run"]["data"]["shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if shape != tuple(spec.shape):
+        raise ValueError(
+            f"the data's samples have shape {tuple(spec.shape)} but the pretrained flow in "
+            f"{init_from} was trained on shape {shape}; give demonstrations of the same "
+            "dimension as the pretrained flow's data"
+        )
 
 
 def energy_u(x: Tensor, y: Tensor) -> float:
@@ -208,6 +233,7 @@ __all__ = [
     "MIN_HOLDOUT",
     "Check",
     "Selector",
+    "check_pretrained_data",
     "energy_u",
     "scale_learning_rates",
     "split_holdout",

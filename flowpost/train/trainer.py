@@ -59,7 +59,13 @@ from flowpost.train.checkpoint import (
 from flowpost.train.config import RunConfig
 from flowpost.train.ema import EMA
 from flowpost.train.logger import ProgressBar, RunLogger
-from flowpost.train.selection import BEST_DIR, Selector, scale_learning_rates, split_holdout
+from flowpost.train.selection import (
+    BEST_DIR,
+    Selector,
+    check_pretrained_data,
+    scale_learning_rates,
+    split_holdout,
+)
 from flowpost.train.signals import StopRequest
 from flowpost.train.state import load_method_weights, restore_payload, state_payload
 from flowpost.train.updater import OptimizerUpdater
@@ -221,6 +227,7 @@ class Trainer:
             return cls(method, data, config, out_dir, progress=progress)
         method = method_cls(config.method, data.spec, config.model)
         if config.init_from and load_init:
+            check_pretrained_data(config.init_from, data.spec)
             state = load_policy_state(config.init_from)
             for role in ("policy", "generator"):  # the role a pretrained flow is loaded into
                 if isinstance(getattr(method, role, None), nn.Module):

@@ -131,3 +131,36 @@ def test_doctests():
 
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_bad_demonstrations_are_one_line_errors(pretrained, tmp_path):
+    """Too few demonstrations for the held-out fraction, and demonstrations of another
+    dimension than the pretrained flow's, are each one clear line from the command line."""
+    import numpy as np
+    import yaml
+    from typer.testing import CliRunner
+
+    from flowpost.cli import app
+
+    def recipe(path, n, d):
+        np.save(tmp_path / "demos.npy", np.random.default_rng(0).normal(size=(n, d)))
+        cfg = {
+            "init_from": str(pretrained),
+            "data": {"name": "file", "path": str(tmp_path / "demos.npy")},
+            "model": {"hidden": 64, "depth": 2},
+            "method": {"name": "flow_matching"},
+            "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 0},
+            "eval": {"nfe": 2, "n_samples": 10, "plots": False},
+        }
+        path.write_text(yaml.safe_dump(cfg))
+        return str(path)
+
+    runner = CliRunner()
+    few = runner.invoke(app, ["train", recipe(tmp_path / "few.yaml", 40, 2), "--out",
+                              str(tmp_path / "few")])  # fmt: skip
+    assert few.exit_code == 2 and "too few to hold out" in few.output
+    assert "Traceback" not in few.output and len(few.output.strip().splitlines()) == 1
+    dim = runner.invoke(app, ["train", recipe(tmp_path / "dim.yaml", 400, 3), "--out",
+                              str(tmp_path / "dim")])  # fmt: skip
+    assert dim.exit_code == 2 and "shape (3,)" in dim.output and "(2,)" in dim.output
+    assert len(dim.output.strip().splitlines()) == 1
