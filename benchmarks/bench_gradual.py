@@ -14,6 +14,7 @@ already there is skipped; the pretrained flows are kept under ``--work``).
 
     python benchmarks/bench_gradual.py run --tasks rotated unbalanced --seeds 0 1 2
     python benchmarks/bench_gradual.py report     # tables (markdown) + docs/figures/gradual_*.png
+    python benchmarks/bench_gradual.py floor      # W2 of a perfect sampler (two target sets)
 """
 
 from __future__ import annotations
@@ -282,6 +283,24 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"wrote {p.relative_to(ROOT)}")
 
 
+def cmd_floor(args: argparse.Namespace) -> None:
+    """W2 between two independent target sets of the evaluation's size (2000): the value a
+    perfect sampler would score, and its spread (mode counts fluctuate between sets)."""
+    from flowpost.data.toys import sample_toy
+    from flowpost.eval.metrics import w2
+
+    out = {}
+    for task, transform in (("rotated", "rotate:22.5"), ("unbalanced", "unbalanced")):
+        vals = []
+        for s in range(10):
+            g = torch.Generator().manual_seed(100 + s)
+            a = sample_toy("8gaussians", 2000, g, transform=transform)
+            vals.append(w2(a, sample_toy("8gaussians", 2000, g, transform=transform)))
+        out[task] = {"w2_mean": statistics.fmean(vals), "w2_std": statistics.stdev(vals)}
+        print(f"{task}: W2 floor {out[task]['w2_mean']:.3f} ± {out[task]['w2_std']:.3f}")
+    _save(out, RESULTS.with_name("gradual_floor.json"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -298,6 +317,8 @@ def main() -> None:
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("report", help="markdown tables and figures from the JSON")
     s.set_defaults(func=cmd_report)
+    f = sub.add_parser("floor", help="W2 between two target sample sets (the metric's floor)")
+    f.set_defaults(func=cmd_floor)
     for sp in (r, s):
         sp.add_argument("--results", default=str(RESULTS), help="the JSON of the cells")
     args = p.parse_args()
