@@ -92,10 +92,13 @@ def _takes_overwrite() -> bool:
 
 
 def load_run(run: Path) -> Any:
-    """A trainer restored from a run folder's newest checkpoint (as ``flowpost eval`` does)."""
-    from flowpost.cli import _load_run
+    """The run in a run folder (``flowpost.load``, as ``flowpost eval`` does), its held-out
+    data and robot task loaded."""
+    from flowpost.run import load
 
-    return _load_run(run)
+    loaded = load(run)
+    loaded.reference()
+    return loaded
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -136,7 +139,7 @@ def robot(task: str, seeds: list[int], episodes: int) -> None:
                 if key in cells.data:
                     continue
                 trainer = trainer or load_run(base / name)
-                ev = trainer.evaluator()
+                ev = trainer.evaluator(with_reference=True)
                 cells.get(key, lambda ev=ev, k=nfe: ev.rollouts(k, episodes=episodes, seed=1234))
     summary: dict[str, Any] = {}
     for name in RUNS:
@@ -193,13 +196,13 @@ def contraction(task: str, seeds: list[int], scale: float) -> None:
 
                 def compute(run: Path = base / name, nfe: int = nfe) -> dict[str, float]:
                     trainer = load_run(run)
-                    held = trainer.data.heldout
+                    held = trainer.reference()
                     g = torch.Generator().manual_seed(7)
                     n = min(512, len(held))
                     cond = held.cond[:n]
                     x0 = torch.randn((n, *held.spec.shape), generator=g)
                     delta = scale * torch.randn(x0.shape, generator=g)
-                    field = trainer.ema_roles()["policy"].eval()
+                    field = trainer.model.eval()
                     ratio = displacement(field, x0, cond, delta, nfe)
                     return {"mean": float(ratio.mean()), "median": float(ratio.median())}
 
@@ -243,13 +246,13 @@ def digits(seeds: list[int], pretrain_steps: int | None) -> None:
 
             def compute(run: Path = run, nfe: int = nfe) -> dict[str, float]:
                 trainer = load_run(run)
-                held = trainer.data.heldout
-                field = trainer.ema_roles()["policy"].eval()
+                held = trainer.reference()
+                field = trainer.model.eval()
                 x1, cond = held.x, held.cond
                 z = encode(field, x1, 32, "rk4", cond=cond)
                 x_hat = sample(field, z, nfe, "euler", cond=cond)
                 rec = float((x_hat - x1).pow(2).flatten(1).mean(1).mean())
-                m = trainer.evaluator().evaluate(nfe, n_samples=1000, seed=1234)
+                m = trainer.evaluate(nfe, n_samples=1000, seed=1234)
                 return {"reconstruction_mse": rec, "frechet": m["frechet"]}
 
             cells.get(key, compute)

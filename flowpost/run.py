@@ -64,8 +64,11 @@ class Run:
         self.summary: dict[str, Any] = summary or {}
         self._data = data
         self._reference: ArrayData | None = data.heldout if data is not None else None
+        self._robot: Any = data.robot if data is not None else None  # robot task roll-outs
         shape = info["data"]["shape"]
-        self.spec = DataSpec(tuple(shape), info["data"].get("num_classes"))
+        self.spec = DataSpec(
+            tuple(shape), info["data"].get("num_classes"), info["data"].get("cond_dim")
+        )
         self.dataset: str | None = info["data"].get("name")
         self.checkpoint: Path | None = None  # the checkpoint loaded (None: fresh from fit)
         self.best = False  # whether it is the best on held-out demonstrations, not the last
@@ -91,7 +94,8 @@ class Run:
         if self._reference is None:
             from flowpost.data import load_data
 
-            self._reference = load_data(self.config.data).heldout
+            split = load_data(self.config.data)
+            self._reference, self._robot = split.heldout, split.robot
         return self._reference
 
     def evaluator(self, *, with_reference: bool = False) -> Evaluator:
@@ -104,6 +108,7 @@ class Run:
             spec=self.spec,
             reference=self.reference() if with_reference else self._reference,
             dataset=self.dataset,
+            robot=self._robot,
         )
 
     def sample(
@@ -141,6 +146,7 @@ class Run:
             seed=ec.seed if seed is None else seed,
             plot=plot,
             title=f"{self.path.name} nfe={nfe or ec.nfe}",
+            episodes=ec.episodes,
         )
 
 
@@ -186,6 +192,8 @@ def load(
         split = load_data(config.data)
         shape, classes = split.spec.shape, split.spec.num_classes
         info["data"] = {"shape": list(shape), "num_classes": classes, "name": split.name}
+        if split.spec.cond_dim is not None:
+            info["data"]["cond_dim"] = split.spec.cond_dim
     user = (info.get("model") or {}).get("user")
     if user is not None and model is None:
         cls = user.rsplit(".", 1)[-1]
