@@ -188,7 +188,8 @@ def load(
     found = best or found
     tensors, state = load_checkpoint(found)
     info = dict(state.get("run") or {})
-    if "data" not in info:  # a run folder written before checkpoints recorded the data spec
+    if "data" not in info or "cond_dim" not in info["data"]:
+        # a run folder written before checkpoints recorded the data spec (or its cond_dim)
         split = load_data(config.data)
         shape, classes = split.spec.shape, split.spec.num_classes
         info["data"] = {"shape": list(shape), "num_classes": classes, "name": split.name}
