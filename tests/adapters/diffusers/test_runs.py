@@ -129,3 +129,24 @@ def test_recipes_parse() -> None:
     for path in sorted((ROOT / "recipes").glob("*_tiny/*.yaml")):
         cfg = build_run_config(yaml.safe_load(path.read_text()))
         assert cfg.diffusers is not None and cfg.data.name == "latents", path
+
+
+def test_bad_inputs_are_one_line_cli_errors(tmp_path) -> None:
+    runner = CliRunner()
+    r = str(ROOT / "recipes" / "flux_tiny" / "sft.yaml")
+    data = f"data.path={ROOT / 'recipes' / 'latents_tiny'}"
+    vae = tmp_path / "vae"
+    vae.mkdir()
+    (vae / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    cases = {
+        "diffusers.lora_rank=0": "lora_rank: 0 trains nothing",
+        "diffusers.lora_targets=[to_qq]": "'to_qq' matches no linear layer",
+        "diffusers.transformer.in_channels=16": "latents have 16 channels but Flux",
+        f"init_from={vae}": "holds a diffusers AutoencoderKL, not a transformer",
+    }
+    for i, (override, message) in enumerate(cases.items()):
+        args = ["train", r, "--out", str(tmp_path / f"r{i}"), "--no-progress", "--set", data]
+        result = runner.invoke(app, [*args, "--set", override])
+        assert result.exit_code == 2, (override, result.output)
+        assert message in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
