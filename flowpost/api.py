@@ -157,7 +157,7 @@ def fit(
     files = {} if arrays is None else {DATA_FILE: _arrays_bytes(arrays)}
     trainer = Trainer(built, split, config, out_dir, progress=progress, meta=meta, files=files)
     summary = trainer.fit(overwrite=overwrite)
-    return Run(
+    run = Run(
         out_dir,
         trainer.config,
         trainer.method,
@@ -166,6 +166,12 @@ def fit(
         summary=summary,
         data=split,
     )
+    # the weights the trainer ends with: the best on held-out demonstrations, when it kept one
+    kept = summary.get("checkpoints") or {}
+    run.best = summary.get("model") == "best" and kept.get("best") is not None
+    chosen = kept.get("best") if run.best else kept.get("last")
+    run.checkpoint = None if chosen is None else out_dir / chosen
+    return run
 
 
 def _sections(method: str, sections: Mapping[str, Any]) -> dict[str, Any]:

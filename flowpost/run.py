@@ -70,7 +70,7 @@ class Run:
             tuple(shape), info["data"].get("num_classes"), info["data"].get("cond_dim")
         )
         self.dataset: str | None = info["data"].get("name")
-        self.checkpoint: Path | None = None  # the checkpoint loaded (None: fresh from fit)
+        self.checkpoint: Path | None = None  # the checkpoint whose weights the run holds
         self.best = False  # whether it is the best on held-out demonstrations, not the last
 
     def __repr__(self) -> str:

@@ -101,6 +101,7 @@ def test_sft_from_a_run_moves_to_the_new_target_and_leaves_the_run_alone(
     best = flowpost.load(sft.path, model=Velocity())
     assert best.best and best.checkpoint is not None and best.checkpoint.parent.name == "best"
     assert torch.equal(best.sample(200, nfe=4, seed=3), sft.sample(200, nfe=4, seed=3))
+    assert sft.best and sft.checkpoint == best.checkpoint
     last = flowpost.load(sft.path, model=Velocity(), last=True)
     assert not last.best and last.checkpoint.name == "step_00000200"
 
