@@ -102,7 +102,7 @@ def run_cell(task: str, variant: str, seed: int, pre: Path, work: Path, steps: i
     if steps:  # a shorter budget for both methods alike (anneal scaled the same way)
         overrides += [f"train.steps={steps}"]
         if recipe == "gft.yaml":
-            overrides += [f"method.anneal_steps={int(0.8 * steps)}"]
+            overrides += [f"method.temperature_steps={int(0.8 * steps)}"]
     cfg = _config(f"{folder}/{recipe}", overrides)
     out = work / f"{task}_{variant}_s{seed}"
     trainer = Trainer.from_config(cfg, out, progress=False)

@@ -12,7 +12,7 @@ mean, the marginal drift (``objective: marginal``); both objectives have the sam
 in expectation when the marginal is exact, hence the same minimiser
 ``b*_tau = (1 - tau) b_marg + tau b_pre``, which moves on a straight segment from the
 pretrained drift (``tau = 1``) to the target's drift (``tau = 0``). The temperature follows a
-schedule (linear, cosine, exponential, adaptive) that reaches 0 after ``anneal_steps``
+schedule (linear, cosine, exponential, adaptive) that reaches 0 after ``temperature_steps``
 iterations; the rest of the run trains at the target. Derivation: ``docs/methods/gradual.md``.
 
 With ``sigma = 0``, ``tau = 0`` and the independent coupling the loss is flow matching's,
@@ -23,7 +23,7 @@ Example:
     >>> import torch
     >>> from flowpost.data.base import DataSpec
     >>> from flowpost.nets.config import NetConfig
-    >>> cfg = GradualConfig(sigma=0.1, anneal_steps=10)
+    >>> cfg = GradualConfig(sigma=0.1, temperature_steps=10)
     >>> method = Gradual(cfg, DataSpec((2,)), NetConfig(hidden=16, depth=1))
     >>> method.temperature.value(0), method.temperature.value(5), method.temperature.value(10)
     (1.0, 0.5, 0.0)
@@ -87,15 +87,15 @@ class GradualConfig(MethodConfig):
     temperature_start: float = option(
         1.0, "initial temperature (1: start at the pretrained drift)", min=0.0, max=1.0
     )
-    anneal_steps: int = option(
+    temperature_steps: int = option(
         800, "training iterations over which the temperature reaches 0 (<= train.steps)", min=1
     )
-    exp_rate: float = option(4.0, "decay rate of the exponential schedule", min=1e-6)
-    adaptive_levels: int = option(10, "temperature levels of the adaptive schedule", min=1)
-    adaptive_patience: int = option(
+    temperature_rate: float = option(4.0, "decay rate of the exponential schedule", min=1e-6)
+    temperature_levels: int = option(10, "temperature levels of the adaptive schedule", min=1)
+    temperature_patience: int = option(
         25, "adaptive: iterations without improvement before lowering the temperature", min=1
     )
-    adaptive_tolerance: float = option(
+    temperature_tolerance: float = option(
         0.02, "adaptive: relative loss improvement that counts as progress", min=0.0
     )
     label_dropout: float = option(
@@ -108,11 +108,12 @@ class GradualConfig(MethodConfig):
     def check_run(self, run: Any) -> None:
         """Cross-section check: the temperature must reach 0 within the run."""
         steps = run.train.steps
-        if self.anneal_steps > steps:
+        if self.temperature_steps > steps:
             raise ConfigError(
-                f"method.anneal_steps ({self.anneal_steps}) exceeds train.steps ({steps}): the "
-                "temperature would not reach 0, so the run would never train on the target; "
-                "lower method.anneal_steps or raise train.steps"
+                f"method.temperature_steps ({self.temperature_steps}) exceeds train.steps "
+                f"({steps}): the temperature would not reach 0, so the run would never train on "
+                "the target; "
+                "lower method.temperature_steps or raise train.steps"
             )
         if self.objective == "marginal" and self.coupling != "independent" and self.sigma == 0:
             raise ConfigError(
@@ -145,7 +146,7 @@ class Gradual(Method):
 
     config_class = GradualConfig
     config: GradualConfig
-    toy_settings = {"anneal_steps": 1}
+    toy_settings = {"temperature_steps": 1}
 
     def __init__(
         self,
@@ -165,11 +166,11 @@ class Gradual(Method):
         self.temperature = TemperatureSchedule(
             config.temperature_schedule,
             start=config.temperature_start,
-            steps=config.anneal_steps,
-            rate=config.exp_rate,
-            levels=config.adaptive_levels,
-            patience=config.adaptive_patience,
-            tolerance=config.adaptive_tolerance,
+            steps=config.temperature_steps,
+            rate=config.temperature_rate,
+            levels=config.temperature_levels,
+            patience=config.temperature_patience,
+            tolerance=config.temperature_tolerance,
         )
 
     def optimizers(self) -> dict[str, OptimizerSpec]:

@@ -149,7 +149,7 @@ def test_sigma_zero_generate_is_the_deterministic_flow_exactly() -> None:
 def test_training_anneals_keeps_the_anchor_frozen_and_moves_to_the_target() -> None:
     torch.manual_seed(0)
     net = NetConfig(hidden=32, depth=2)
-    method = Gradual(GradualConfig(sigma=0.1, anneal_steps=60), DataSpec((2,)), net)
+    method = Gradual(GradualConfig(sigma=0.1, temperature_steps=60), DataSpec((2,)), net)
     ref_before = [p.clone() for p in method.reference.parameters()]
     opt = torch.optim.Adam(method.policy.parameters(), lr=3e-3)
     up = OptimizerUpdater({"policy": opt})
@@ -174,7 +174,9 @@ def test_generate_refuses_other_solvers() -> None:
 
 
 def test_adaptive_state_is_checkpointed() -> None:
-    cfg = GradualConfig(temperature_schedule="adaptive", anneal_steps=100, adaptive_patience=3)
+    cfg = GradualConfig(
+        temperature_schedule="adaptive", temperature_steps=100, temperature_patience=3
+    )
     a = Gradual(cfg, DataSpec((2,)), NetConfig(hidden=8, depth=1))
     for k in range(10):
         a.temperature.observe(k, 1.0)
@@ -194,7 +196,7 @@ RECIPE = {
     ("override", "message"),
     [
         ({"anchor_steps": 1}, "unknown key 'method.anchor_steps'"),
-        ({"anneal_steps": 2000}, "temperature would not reach 0"),
+        ({"temperature_steps": 2000}, "temperature would not reach 0"),
         ({"sigma": -0.1}, "method.sigma: -0.1 is below the minimum 0"),
         ({"coupling": "sinkhron"}, "method.coupling: 'sinkhron' is not one of"),
         ({"temperature_schedule": "step"}, "method.temperature_schedule: 'step' is not one of"),

@@ -235,7 +235,7 @@ def test_evaluation_reports_the_path_length_of_the_sampler_that_ran(tmp_path) ->
     trainer = Trainer.from_config(build_run_config(dict(TINY, train={"steps": 0})), tmp_path / "fm")
     m4, m32 = trainer.evaluate(nfe=4), trainer.evaluate(nfe=32)
     assert 0 < m4["path_length"] < 10 and 0 < m32["path_length"] < 10
-    gft = dict(TINY, method={"name": "gft", "anneal_steps": 5}, train={"steps": 5})
+    gft = dict(TINY, method={"name": "gft", "temperature_steps": 5}, train={"steps": 5})
     metrics = run_training(gft, tmp_path / "gft")
     assert 0 < metrics["path_length"] < 10 and "nfe8/path_length" not in metrics
 
