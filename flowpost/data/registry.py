@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from flowpost.config import option
 from flowpost.data.base import ArrayData, DataSpec
@@ -100,13 +101,28 @@ def _subset(data: ArrayData, n: int | None, seed: int) -> ArrayData:
     if n is None or n >= len(data):
         return data
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data), generator=g)[:n].sort().values
+    return take(data, torch.randperm(len(data), generator=g)[:n].sort().values)
+
+
+def take(data: ArrayData, idx: Tensor) -> ArrayData:
+    """The samples ``idx`` of ``data`` (with their conditions), as an :class:`ArrayData`."""
     return ArrayData(
         data.x[idx],
         None if data.cond is None else data.cond[idx],
         num_classes=data.spec.num_classes,
         name=data.name,
     )
+
+
+def split_off(data: ArrayData, k: int, seed: int) -> tuple[ArrayData, ArrayData]:
+    """(the rest, ``k`` samples): a seeded random split of ``data``, each part in data order.
+
+    >>> rest, held = split_off(ArrayData(torch.arange(10.0)[:, None]), 3, seed=0)
+    >>> len(rest), len(held)
+    (7, 3)
+    """
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return take(data, perm[k:].sort().values), take(data, perm[:k].sort().values)
 
 
 def _split_file(data: ArrayData, fraction: float, seed: int) -> tuple[ArrayData, ArrayData]:
@@ -119,18 +135,7 @@ def _split_file(data: ArrayData, fraction: float, seed: int) -> tuple[ArrayData,
             f"{data.name}: {n} samples are too few to hold out a fraction {fraction}; add "
             "samples or set data.heldout_fraction=0"
         )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    parts = []
-    for idx in (perm[k:].sort().values, perm[:k].sort().values):
-        parts.append(
-            ArrayData(
-                data.x[idx],
-                None if data.cond is None else data.cond[idx],
-                num_classes=data.spec.num_classes,
-                name=data.name,
-            )
-        )
-    return parts[0], parts[1]
+    return split_off(data, k, seed)
 
 
 def _drop_labels(data: ArrayData) -> ArrayData:
@@ -236,4 +241,13 @@ def transform_name(cfg: DataConfig) -> str:
     return cfg.transform.strip() or "none"
 
 
-__all__ = ["ROBOT_TASKS", "DATASETS", "DataConfig", "DataSplit", "load_data", "split_arrays"]
+__all__ = [
+    "ROBOT_TASKS",
+    "DATASETS",
+    "DataConfig",
+    "DataSplit",
+    "load_data",
+    "split_arrays",
+    "split_off",
+    "take",
+]

@@ -32,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -199,17 +199,7 @@ def mode_weights(samples: ArrayLike, centers: ArrayLike, radius: float) -> tuple
 def within_mode_std(samples: ArrayLike, centers: ArrayLike, radius: float) -> Tensor:
     """Per-mode standard deviation (K,) of the samples assigned to each mode (RMS over
     coordinates of the per-coordinate std); NaN for modes with fewer than 2 samples."""
-    from flowpost.data.toys import assign_modes
-
-    x = _flat(samples)
-    c = _flat(centers, "centers")
-    idx = assign_modes(x, c, radius)
-    out = torch.full((c.shape[0],), float("nan"), dtype=torch.float64)
-    for k in range(c.shape[0]):
-        pts = x[idx == k]
-        if pts.shape[0] >= 2:
-            out[k] = pts.var(dim=0).mean().sqrt()
-    return out
+    return _per_mode(samples, centers, radius, lambda pts: float(pts.var(dim=0).mean().sqrt()))
 
 
 def robust_mode_spread(samples: ArrayLike, centers: ArrayLike, radius: float) -> Tensor:
@@ -226,6 +216,17 @@ def robust_mode_spread(samples: ArrayLike, centers: ArrayLike, radius: float) ->
     >>> float(robust_mode_spread(x, torch.zeros(1, 2), 0.6)[0])  # 90% in a point: 0
     0.0
     """
+
+    def mad(pts: Tensor) -> float:
+        return 1.4826 * float(_median((pts - pts.median(dim=0).values).abs().flatten()))
+
+    return _per_mode(samples, centers, radius, mad)
+
+
+def _per_mode(
+    samples: ArrayLike, centers: ArrayLike, radius: float, stat: Callable[[Tensor], float]
+) -> Tensor:
+    """``stat`` of the samples assigned to each mode (K,); NaN where fewer than 2."""
     from flowpost.data.toys import assign_modes
 
     x = _flat(samples)
@@ -235,8 +236,7 @@ def robust_mode_spread(samples: ArrayLike, centers: ArrayLike, radius: float) ->
     for k in range(c.shape[0]):
         pts = x[idx == k]
         if pts.shape[0] >= 2:
-            dev = (pts - pts.median(dim=0).values).abs().flatten()
-            out[k] = 1.4826 * float(_median(dev))
+            out[k] = stat(pts)
     return out
 
 

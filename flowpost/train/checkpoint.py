@@ -91,13 +91,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries to disk (after a rename into it); best effort."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError:  # some file systems cannot sync a directory
+        pass
     finally:
         os.close(fd)
 
@@ -168,7 +171,7 @@ def save_checkpoint(
     if final.exists():
         _remove_atomically(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in checkpoint_dirs(root)[:-keep]:
         _remove_atomically(old)
     return final

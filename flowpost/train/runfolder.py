@@ -40,6 +40,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
+from flowpost.train.checkpoint import fsync_dir
+
 LOCK = ".lock"
 # what makes a folder a run (anything else, e.g. an empty folder, may be trained into)
 RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "summary.json")
@@ -47,19 +49,6 @@ RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "summary.json")
 
 class RunFolderError(RuntimeError):
     """A run folder cannot be used as asked (in use, holds another run, not writable)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def writable_error(err: OSError, path: Path | str) -> RunFolderError:
@@ -85,7 +74,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from flowpost.data.base import ArrayData, DataSpec
+from flowpost.data.registry import split_off
 from flowpost.eval.metrics import knn_precision_recall, w2
 from flowpost.train.checkpoint import checkpoint_dirs
 
@@ -65,18 +66,7 @@ def split_holdout(data: ArrayData, fraction: float, seed: int) -> tuple[ArrayDat
             f"(it needs {MIN_HOLDOUT} held out and {MIN_HOLDOUT} to train on: give at least "
             f"{max(need, 2 * MIN_HOLDOUT)}, or set train.holdout_fraction=0)"
         )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7717))
-    parts = []
-    for idx in (perm[k:].sort().values, perm[:k].sort().values):
-        parts.append(
-            ArrayData(
-                data.x[idx],
-                None if data.cond is None else data.cond[idx],
-                num_classes=data.spec.num_classes,
-                name=data.name,
-            )
-        )
-    return parts[0], parts[1]
+    return split_off(data, k, seed + 7717)
 
 
 def check_pretrained_data(init_from: str | Path, spec: DataSpec) -> None:
