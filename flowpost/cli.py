@@ -61,6 +61,15 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
 ) -> None:
     """Train (pretrain or post-train) from a recipe; writes a run folder."""
+    from flowpost.train.signals import StopRequest
+
+    with StopRequest():  # from the start: a SIGTERM while the run is being built is not lost
+        _train(recipe, set_, out, resume, overwrite, progress)
+
+
+def _train(
+    recipe: Path, set_: list[str], out: Path | None, resume: bool, overwrite: bool, progress: bool
+) -> None:
     from flowpost.config import apply_overrides, load_yaml
     from flowpost.train import run_training
     from flowpost.train.config import build_run_config

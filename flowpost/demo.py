@@ -69,6 +69,7 @@ def run_demo(out: str | Path, *, quick: bool = False) -> Path:
             "eval": eval_cfg,
         },
         pre_dir,
+        overwrite=True,  # a demo re-run replaces its own runs (the old ones are moved aside)
         progress=not quick,
     )
     results: dict[str, dict[str, Any]] = {}
@@ -83,6 +84,7 @@ def run_demo(out: str | Path, *, quick: bool = False) -> Path:
             "init_from": str(pre_dir),
         },
         out / "before",
+        overwrite=True,
         progress=False,
     )
     for label, method in _finetune_methods().items():
@@ -107,6 +109,7 @@ def run_demo(out: str | Path, *, quick: bool = False) -> Path:
                 "init_from": str(pre_dir),
             },
             out / label,
+            overwrite=True,
             progress=not quick,
         )
     return _write_report(out, results)

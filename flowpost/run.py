@@ -124,9 +124,8 @@ class Run:
         ``eval.nfe``) of ``solver`` (default ``eval.solver``); ``cond``: one label per sample
         or one label for all (class-conditional runs); ``seed``: the noise."""
         ec = self.config.eval
-        return self.evaluator().sample(
-            n, nfe or ec.nfe, solver=solver or ec.solver, cond=cond, seed=seed
-        )
+        nfe = ec.nfe if nfe is None else nfe  # 0 is refused by the evaluator, not replaced
+        return self.evaluator().sample(n, nfe, solver=solver or ec.solver, cond=cond, seed=seed)
 
     def evaluate(
         self,
@@ -139,13 +138,14 @@ class Run:
     ) -> dict[str, float]:
         """Metrics against the held-out data (defaults from the run's ``eval`` section)."""
         ec = self.config.eval
+        nfe = ec.nfe if nfe is None else nfe  # 0 is refused by the evaluator, not replaced
         return self.evaluator(with_reference=True).evaluate(
-            nfe or ec.nfe,
+            nfe,
             solver=solver or ec.solver,
             n_samples=n_samples or ec.n_samples,
             seed=ec.seed if seed is None else seed,
             plot=plot,
-            title=f"{self.path.name} nfe={nfe or ec.nfe}",
+            title=f"{self.path.name} nfe={nfe}",
             episodes=ec.episodes,
         )
 

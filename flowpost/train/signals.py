@@ -43,23 +43,39 @@ class TrainingInterrupted(RuntimeError):
 
 
 class StopRequest:
-    """A context that turns the first SIGTERM/SIGINT into a flag (``signum``)."""
+    """A context that turns the first SIGTERM/SIGINT into a flag (``signum``).
+
+    Requests nest: an inner one (the trainer's) shares the outer one's flag (the command
+    line opens one before it builds anything, so a signal during start-up is not lost: the
+    run then stops after its first step, with a checkpoint).
+    """
+
+    _active: StopRequest | None = None
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self._signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._outer: StopRequest | None = None
+
+    @property
+    def signum(self) -> int | None:
+        """The first signal received while open (None: none yet)."""
+        return self._outer.signum if self._outer is not None else self._signum
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None:  # second signal: the default action
+        if self._signum is not None:  # second signal: the default action
             signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
             signal.raise_signal(signum)
             return
-        self.signum = signum
+        self._signum = signum
 
     def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
+        if StopRequest._active is not None:
+            self._outer = StopRequest._active
+        elif threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            StopRequest._active = self
         return self
 
     def __exit__(
@@ -71,3 +87,5 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+        if StopRequest._active is self:
+            StopRequest._active = None

@@ -33,3 +33,13 @@ def test_interrupted_message_and_exit_code() -> None:
     assert str(err) == "interrupted by SIGTERM at step 42; checkpoint run/checkpoints/step_00000042"
     assert err.exit_code == 143
     assert "no checkpoint written" in str(TrainingInterrupted(signal.SIGINT, 0, None))
+
+
+def test_nested_requests_share_the_outer_flag() -> None:
+    with StopRequest() as outer:
+        os.kill(os.getpid(), signal.SIGTERM)  # e.g. while the run is still being built
+        with StopRequest() as inner:
+            assert inner.signum == signal.SIGTERM
+        assert outer.signum == signal.SIGTERM
+    with StopRequest() as fresh:
+        assert fresh.signum is None
