@@ -11,11 +11,13 @@ looks at a method's losses.
   coverage (:func:`flowpost.eval.metrics.knn_precision_recall`) of the training
   demonstrations by as many model samples: about 0.97 when the model matches them, lower when
   it has collapsed, also inside its modes.
-* :meth:`Selector.judge` calls a check ``best`` (lowest score so far, the start included, so
-  the kept model is never worse than the start on the held-out set), ``collapse`` (the score
+* :meth:`Selector.judge` calls a check ``best`` (within the held-out score's noise ``sd`` of
+  the lowest score so far, the start included, the later model winning ties; so the kept
+  model is never worse than the start on the held-out set by more than that noise),
+  ``collapse`` (the score
   above ``best + tolerance * max(best - floor, sd) + 3 sd``, where ``floor`` and ``sd`` are
-  the mean and spread of the score of equal-size subsets of the training demonstrations, i.e.
-  of a perfect model; or the coverage below ``1 - coverage_drop`` times the best's; or
+  the mean and spread of the score of bootstrap resamples of the training demonstrations,
+  i.e. of a perfect model; or the coverage below ``1 - coverage_drop`` times the best's; or
   non-finite samples) or
   ``ok``. The trainer saves the best into ``best/`` and, on a collapse, rolls the weights back
   to it and lowers the learning rates.
@@ -146,17 +148,16 @@ class Selector:
         self.k = min(k, len(self.ref) - 1)
         self.tolerance = tolerance
         self.coverage_drop = coverage_drop
-        # the score of a perfect model: held-out vs random subsets of the training demos
-        m = min(len(self.heldout), len(self.ref))
+        # the score of a perfect model: held-out vs bootstrap resamples of the training demos
+        # (as many as a check draws), its mean and spread
+        n = len(self.ref)
         floor = torch.tensor(
-            [
-                self._score(self.ref[torch.randperm(len(self.ref), generator=g)[:m]])
-                for _ in range(5)
-            ]
+            [self._score(self.ref[torch.randint(0, n, (n,), generator=g)]) for _ in range(5)]
         )
         self.floor, self.noise = float(floor.mean()), float(floor.std())
         self.start: Check | None = None
         self.best: Check | None = None
+        self.lowest = float("inf")
 
     def _score(self, x: Tensor) -> float:
         return w2(x, self.heldout) if self.metric == "w2" else energy_u(x, self.heldout)
@@ -178,20 +179,26 @@ class Selector:
         if self.start is None:
             self.start = check
         best = self.best
-        if best is None or check.score < best.score:
-            self.best = check
+        if best is None:
+            self.best, self.lowest = check, check.score
             return "best", ""
         if not math.isfinite(check.score):
             return "collapse", "non-finite samples"
-        excess = max(best.score - self.floor, self.noise)
-        if check.score > best.score + self.tolerance * excess + 3 * self.noise:
-            return "collapse", (
-                f"held-out {self.metric} {check.score:.3g} vs {best.score:.3g} at step {best.step}"
-            )
         if check.coverage < (1 - self.coverage_drop) * best.coverage:
             return "collapse", (
                 f"coverage of the demonstrations {check.coverage:.2f} vs {best.coverage:.2f} "
                 f"at step {best.step} (mode collapse)"
+            )
+        # within the held-out set's own noise of the lowest score so far, the later (longer
+        # trained) model wins: with a few dozen held-out points the score's ripples are noise
+        if check.score <= min(self.lowest, best.score) + self.noise:
+            self.best = check
+            self.lowest = min(self.lowest, check.score)
+            return "best", ""
+        excess = max(best.score - self.floor, self.noise)
+        if check.score > best.score + self.tolerance * excess + 3 * self.noise:
+            return "collapse", (
+                f"held-out {self.metric} {check.score:.3g} vs {best.score:.3g} at step {best.step}"
             )
         return "ok", ""
 
@@ -199,9 +206,11 @@ class Selector:
         return {
             "start": None if self.start is None else self.start.as_dict(),
             "best": None if self.best is None else self.best.as_dict(),
+            "lowest": self.lowest,
         }
 
     def load_state(self, state: dict[str, object]) -> None:
+        self.lowest = float(state.get("lowest", self.lowest))  # type: ignore[arg-type]
         for name in ("start", "best"):
             value = state.get(name)
             if isinstance(value, dict):

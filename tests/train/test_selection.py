@@ -48,7 +48,7 @@ def test_selector_keeps_the_best_and_flags_divergence_and_collapse():
     assert sel.judge(good)[0] == "best" and sel.best is good and sel.start is start
     assert sel.judge(sel.measure(randn(600, 2, seed=3), step=20))[0] in ("ok", "best")
     verdict, reason = sel.judge(sel.measure(randn(600, 2, seed=4) + 2.0, step=30))
-    assert verdict == "collapse" and "held-out w2" in reason
+    assert verdict == "collapse" and ("held-out w2" in reason or "coverage" in reason)
     nan = torch.full((600, 2), float("nan"))
     assert sel.judge(sel.measure(nan, step=50)) == ("collapse", "non-finite samples")
     assert sel.best is not None and sel.best.step in (10, 20)
