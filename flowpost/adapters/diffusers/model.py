@@ -326,8 +326,17 @@ def load_transformer(cfg: DiffusersConfig, pretrained: str | None = None) -> nn.
             folder, name = found
             model = _model_class(name).from_pretrained(str(folder), torch_dtype=dtype)
         else:  # a Hub id: needs a network (and the model's licence accepted)
+            if source.startswith((".", "/", "~")) or source.count("/") != 1:
+                raise FileNotFoundError(f"diffusers model folder not found: {source}")
             cls = _model_class(cfg.model_class)
-            model = cls.from_pretrained(source, subfolder="transformer", torch_dtype=dtype)
+            try:
+                model = cls.from_pretrained(source, subfolder="transformer", torch_dtype=dtype)
+            except OSError as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err)
+                raise ValueError(
+                    f"cannot load {source!r} from the Hub ({first}); download it with "
+                    "save_pretrained and give the local folder instead"
+                ) from None
     else:
         if not cfg.transformer:
             raise ValueError(

@@ -113,3 +113,16 @@ def test_diffusers_layout_loads_with_diffusers_own_loader(tmp_path) -> None:
     t = torch.rand(2)
     with torch.no_grad():
         assert torch.allclose(DiffusersFlow(fresh)(x, t, cond), flow(x, t, cond), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_bf16_base_with_fp32_adapters_trains(family: str) -> None:
+    flow = build_flow(tiny_config(family, base_dtype="bf16"))
+    base = {p.dtype for p in flow.parameters() if not p.requires_grad}
+    assert base == {torch.bfloat16}
+    assert {p.dtype for _, p in flow.trainable()} == {torch.float32}
+    x, cond = latents_and_cond(2)
+    out = flow(x, torch.rand(2), cond)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    out.pow(2).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in flow.trainable())

@@ -173,3 +173,8 @@ def test_diffusers_folder_loads_and_a_vae_folder_is_refused(tmp_path) -> None:
         load_transformer(cfg, str(vae))
     with pytest.raises(ValueError, match="not a diffusers model folder"):
         load_transformer(cfg, str(tmp_path))
+
+
+def test_missing_folder_is_one_line_error() -> None:
+    with pytest.raises(FileNotFoundError, match="diffusers model folder not found"):
+        load_transformer(tiny_config("flux", pretrained="./no/such/folder"))
