@@ -168,13 +168,14 @@ def eval_(
 def export(
     run: Path = typer.Argument(..., help="a run folder"),
     out: Path = typer.Option(..., "--out", help="folder to write the exported model into"),
+    last: bool = typer.Option(False, "--last", help="export the last checkpoint, not the best"),
 ) -> None:
     """Export a run's EMA model alone: diffusers LoRA weights for adapter runs, else
     model.safetensors + config.json (no optimiser or RNG state)."""
     from flowpost.export import export_run
 
     try:
-        files = export_run(run, out)
+        files = export_run(run, out, last=last)
     except _user_errors() as err:
         _fail(str(err))
     for f in files:

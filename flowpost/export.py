@@ -9,7 +9,9 @@
   role) and ``config.json`` (network config, data shape, role), loadable with
   :func:`load_exported` or as ``init_from`` of another run, without the run folder.
 
-The EMA weights are exported (what the run evaluates); never optimiser or RNG state.
+The EMA weights are exported (what the run evaluates) from the checkpoint ``flowpost.load``
+picks (the best one when the run kept one, else the newest; ``last=True``: the newest);
+never optimiser or RNG state.
 
 Example:
     >>> import tempfile, torch
@@ -44,14 +46,19 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 FORMAT = "flowpost-model"
 
 
-def _run_state(run: Path) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Any]]:
+def _run_state(
+    run: Path, last: bool = False
+) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Any]]:
     from flowpost.config import load_yaml
+    from flowpost.train.selection import BEST_DIR
 
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run}: not a run folder (no config.yaml)")
     found = latest_checkpoint(run / "checkpoints")
     if found is None:
         raise CheckpointError(f"{run}: no checkpoint to export")
+    best = None if last else latest_checkpoint(run / BEST_DIR)
+    found = best or found
     tensors, state = load_checkpoint(found)
     return load_yaml(run / "config.yaml"), tensors, state
 
@@ -73,10 +80,12 @@ def _write_atomic(out: Path, name: str, write: Any) -> Path:
     return final
 
 
-def export_run(run: str | Path, out: str | Path) -> list[Path]:
-    """Export the newest checkpoint of ``run`` into folder ``out``; returns the files."""
+def export_run(run: str | Path, out: str | Path, *, last: bool = False) -> list[Path]:
+    """Export ``run`` into folder ``out``; returns the files. Like ``flowpost.load``, the
+    best checkpoint (scored on held-out demonstrations) when the run kept one, else (or with
+    ``last``) the newest."""
     run, out = Path(run), Path(out)
-    config, tensors, state = _run_state(run)
+    config, tensors, state = _run_state(run, last)
     role, prefix = _role(tensors)
     weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     out.mkdir(parents=True, exist_ok=True)

@@ -90,3 +90,19 @@ def test_the_core_never_imports_diffusers_or_peft() -> None:
         "sys.exit(1 if bad else 0)\n"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_export_picks_the_checkpoint_flowpost_load_picks(tmp_path) -> None:
+    import flowpost
+
+    _trained(tmp_path)
+    post = dict(RECIPE, init_from=str(tmp_path / "run"), method={"name": "flow_matching"})
+    post["data"] = dict(RECIPE["data"], n_train=200)
+    Trainer.from_config(build_run_config(post), tmp_path / "post", progress=False).fit()
+    x, t = torch.randn(8, 2), torch.rand(8)
+    for last in (False, True):
+        export_run(tmp_path / "post", tmp_path / f"out{last}", last=last)
+        net = load_exported(tmp_path / f"out{last}")
+        loaded = flowpost.load(tmp_path / "post", last=last)
+        with torch.no_grad():
+            assert torch.equal(net(x, t), loaded.roles["policy"](x, t)), last
