@@ -184,25 +184,33 @@ def displacement(
     return (end_p - end).flatten(1).norm(dim=1) / delta.flatten(1).norm(dim=1)
 
 
-def contraction(task: str, seeds: list[int], scale: float) -> None:
+def contraction(task: str, seeds: list[int], scale: float, runs: list[str] | None) -> None:
+    """``runs``: explicit ``LABEL=PRETRAINED_RUN,RESFT_RUN`` pairs instead of the seeds'."""
     cells = Cells(RESULTS / f"reconstruction_contraction_{task}.json")
-    for seed in seeds:
-        base = WORK / task / f"seed{seed}"
-        for name in ("pretrain", "resft_fm"):
+    root = WORK / task
+    pairs = {f"seed{s}": (root / f"seed{s}/pretrain", root / f"seed{s}/resft_fm") for s in seeds}
+    if runs:
+        pairs = {}
+        for spec in runs:
+            label, folders = spec.split("=", 1)
+            pre, res = folders.split(",")
+            pairs[label] = (Path(pre), Path(res))
+    for label, (pre, res) in pairs.items():
+        for name, run in (("pretrain", pre), ("resft_fm", res)):
             for nfe in (2, 4, 10, 32):
-                key = f"seed{seed}/{name}/nfe{nfe}"
-                if key in cells.data:
+                key = f"{label}/{name}/nfe{nfe}"
+                if key in cells.data or not run.is_dir():
                     continue
 
-                def compute(run: Path = base / name, nfe: int = nfe) -> dict[str, float]:
-                    trainer = load_run(run)
-                    held = trainer.reference()
+                def compute(run: Path = run, nfe: int = nfe) -> dict[str, float]:
+                    loaded = load_run(run)
+                    held = loaded.reference()
                     g = torch.Generator().manual_seed(7)
                     n = min(512, len(held))
                     cond = held.cond[:n]
                     x0 = torch.randn((n, *held.spec.shape), generator=g)
                     delta = scale * torch.randn(x0.shape, generator=g)
-                    field = trainer.model.eval()
+                    field = loaded.model.eval()
                     ratio = displacement(field, x0, cond, delta, nfe)
                     return {"mean": float(ratio.mean()), "median": float(ratio.median())}
 
@@ -304,8 +312,8 @@ def plots(task: str) -> None:
     if path.is_file():
         data = json.loads(path.read_text())
         fig, ax = plt.subplots(figsize=(5, 3.5))
+        nfes = (2, 4, 10, 32)
         for name, label in (("pretrain", "pretrained"), ("resft_fm", "ResFT-FM")):
-            nfes = (2, 4, 10, 32)
             rows = [
                 [v["mean"] for k, v in data.items() if k.endswith(f"{name}/nfe{n}")] for n in nfes
             ]
@@ -313,6 +321,8 @@ def plots(task: str) -> None:
             ax.plot(nfes, means, "o-", label=label)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log")
+        ax.set_xticks(nfes, [str(n) for n in nfes])
+        ax.minorticks_off()
         ax.set_xlabel("Euler steps (perturbation injected at t = 0.5)")
         ax.set_ylabel("end-point displacement / perturbation")
         ax.set_title(f"{task}: contraction of the sampling flow")
@@ -331,6 +341,9 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--scale", type=float, default=0.3, help="perturbation std")
     parser.add_argument(
+        "--runs", nargs="*", default=None, help="contraction: LABEL=PRETRAINED_RUN,RESFT_RUN"
+    )
+    parser.add_argument(
         "--pretrain-steps", type=int, default=None, help="digits: shorter pretraining"
     )
     args = parser.parse_args()
@@ -338,7 +351,7 @@ def main() -> None:
     if args.command == "robot":
         robot(args.task, args.seeds, args.episodes)
     elif args.command == "contraction":
-        contraction(args.task, args.seeds, args.scale)
+        contraction(args.task, args.seeds, args.scale, args.runs)
     elif args.command == "digits":
         digits(args.seeds, args.pretrain_steps)
     elif args.command == "table":
