@@ -220,7 +220,7 @@ def test_trainer_from_objects_records_spec_meta_and_files(tmp_path) -> None:
     assert (tmp_path / "config.yaml").read_text().startswith('# model: {"user": "mine.Net"}')
     _, state = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))
     assert state["run"] == {
-        "data": {"shape": [2], "num_classes": None, "name": "moons"},
+        "data": {"shape": [2], "num_classes": None, "cond_dim": None, "name": "moons"},
         "model": {"user": "mine.Net"},
     }
     wrong = load_data(DataConfig(name="mixture1d", n_train=8, n_heldout=8))
