@@ -21,7 +21,7 @@ Example:
     >>> cfg = build_run_config({"data": {"name": "moons", "n_heldout": 50},
     ...     "model": {"hidden": 16, "depth": 1}, "train": {"steps": 2, "batch_size": 8},
     ...     "eval": {"nfe": 2, "n_samples": 50, "plots": False}})
-    >>> _ = Trainer(cfg, run, progress=False).fit()
+    >>> _ = Trainer.from_config(cfg, run, progress=False).fit()
     >>> sorted(p.name for p in export_run(run, out))
     ['config.json', 'model.safetensors']
     >>> load_exported(out)(torch.zeros(3, 2), torch.zeros(3)).shape
