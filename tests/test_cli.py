@@ -162,3 +162,31 @@ def test_sample_works_from_another_directory_with_a_relative_data_path(
         args = verb if verb[0] == "sample" else ["eval", "work/run", "--nfe", "2"]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
+
+
+def test_sample_a_run_of_a_user_module_is_a_one_line_error(tmp_path) -> None:
+    import torch
+    from torch import nn
+
+    import flowpost
+
+    class Velocity(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x, t, cond=None):  # type: ignore[no-untyped-def]
+            return self.lin(torch.cat([x, t[:, None]], 1))
+
+    run = flowpost.fit(
+        "flow_matching",
+        data=torch.randn(40, 2),
+        model=Velocity(),
+        out=tmp_path / "run",
+        train={"steps": 2, "batch_size": 8},
+        eval={"nfe": 2, "n_samples": 8, "plots": False},
+    )
+    result = runner.invoke(app, ["sample", str(run.path), "--out", str(tmp_path / "s.npy")])
+    assert result.exit_code == 2
+    assert "error: " in result.output and "your own network" in result.output
+    assert len(result.output.strip().splitlines()) == 1
