@@ -9,6 +9,7 @@ the bare loop (positive = slower). Rates use the process's CPU time (one thread)
 other jobs on a shared machine disturb far less than wall-clock time.
 
     python benchmarks/bench_trainer_overhead.py [--rounds 3] [--steps-mlp 400] [--steps-unet 60]
+        [--contenders bare flowpost meta torchcfm] [--out benchmarks/results/....json]
 """
 
 from __future__ import annotations
@@ -124,9 +125,32 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps-mlp", type=int, default=400)
     parser.add_argument("--steps-unet", type=int, default=60)
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        default=["bare", "flowpost", "meta", "torchcfm"],
+        choices=["bare", "flowpost", "meta", "torchcfm"],
+        help="which loops to time (bare is always included: overheads are relative to it)",
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["mlp", "unet"],
+        choices=["tiny", "mlp", "unet"],
+        help="tiny: an 8-unit MLP at batch 8, whose step is almost all fixed per-step cost "
+        "(Python, optimiser and EMA calls), so the trainer's own cost shows there undiluted",
+    )
+    parser.add_argument("--steps-tiny", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tasks = {
+        "tiny MLP (moons, 8 units, batch 8)": (
+            {"arch": "mlp", "hidden": 8, "depth": 1},
+            "moons",
+            args.steps_tiny,
+            8,
+        ),
         "2-D MLP (moons, batch 256)": (
             {"arch": "mlp", "hidden": 256, "depth": 4},
             "moons",
@@ -140,7 +164,10 @@ def main() -> None:
             128,
         ),
     }
-    contenders = ["bare", "flowpost", "meta", "torchcfm"]
+    contenders = ["bare", *[c for c in args.contenders if c != "bare"]]
+    keys = {"tiny": "tiny MLP", "mlp": "2-D MLP", "unet": "digits UNet"}
+    chosen = tuple(keys[t] for t in args.tasks)
+    tasks = {name: task for name, task in tasks.items() if name.startswith(chosen)}
     results: dict[str, dict[str, float]] = {}
     for task, (net_cfg, data_name, steps, batch) in tasks.items():
         samples: dict[str, list[float]] = {c: [] for c in contenders}
@@ -167,9 +194,9 @@ def main() -> None:
         rates = " ".join(f"{r[f'{c}_steps_per_s']:10.1f}" for c in contenders)
         over = ", ".join(f"{c} {r[f'{c}_overhead_pct']:+.1f}%" for c in contenders[1:])
         print(f"{task:32s} {rates}   {over}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"threads": 1, "results": results}, indent=1))
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"threads": 1, "results": results}, indent=1))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
