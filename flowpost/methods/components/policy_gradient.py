@@ -49,7 +49,9 @@ def group_advantages(rewards: Tensor, group_size: int, clip: float = 5.0) -> Ten
             f"rewards must be (N,) with N a multiple of group_size={group_size}, "
             f"got shape {tuple(rewards.shape)}"
         )
-    r = rewards.reshape(-1, group_size)
+    # in float32: under bf16 autocast a group's rewards differ by less than bf16 resolves
+    # around their mean, which turned advantages of +-1 into {0, 2}
+    r = rewards.float().reshape(-1, group_size)
     mean = r.mean(1, keepdim=True)
     std = r.std(1, correction=0, keepdim=True)
     return ((r - mean) / (std + 1e-8)).clamp(-clip, clip).reshape(-1)

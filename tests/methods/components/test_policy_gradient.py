@@ -46,3 +46,11 @@ def test_fpo_surrogate_hand_computed() -> None:
     assert terms.loss.tolist() == pytest.approx([1.5])
     # x_t = (1 - t) x0 + t x1
     assert terms.x_t.flatten().tolist() == pytest.approx([0.3, 0.0, 1.0, 0.3])
+
+
+def test_group_advantages_of_bf16_rewards_are_computed_in_float32() -> None:
+    # 1 + 2**-8, the pair's mean, is not a bf16 number: in bf16 the advantages became {0, 2}
+    rewards = torch.tensor([1.0, 1.0078125], dtype=torch.bfloat16)
+    adv = group_advantages(rewards, 2)
+    assert adv.dtype == torch.float32
+    assert torch.allclose(adv, torch.tensor([-1.0, 1.0]), atol=1e-4)
