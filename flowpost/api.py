@@ -96,9 +96,10 @@ def fit(
     from flowpost.data.registry import split_arrays
     from flowpost.methods.base import build_method
     from flowpost.run import Run
+    from flowpost.train.build import seed_everything
     from flowpost.train.checkpoint import load_policy_state
     from flowpost.train.config import build_run_config
-    from flowpost.train.trainer import Trainer, seed_everything
+    from flowpost.train.trainer import Trainer
 
     sections = dict(sections)
     if isinstance(model, Mapping):  # the model section, not a network

@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 from flowpost.config import ConfigError
+from flowpost.train import guard
 from flowpost.train.checkpoint import (
     CheckpointError,
     NonFiniteCheckpointError,
@@ -163,7 +164,7 @@ def fit(trainer: Trainer, *, resume: bool) -> dict[str, Any]:
     if logger is None:
         return {"step": trainer.step, "num_processes": trainer.accelerator.num_processes}
     summary = trainer.final_evaluation()
-    summary.update(trainer._selection_summary())
+    summary.update(guard.selection_summary(trainer))
     summary["num_processes"] = trainer.accelerator.num_processes
     if trainer.resumes:
         summary["resumes"] = trainer.resumes

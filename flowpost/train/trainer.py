@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import sys
 import time
 import warnings
@@ -32,29 +31,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch import nn
 
-from flowpost.data import DataSplit, load_data
+from flowpost.data import DataSplit
 from flowpost.data.base import Batch
 from flowpost.eval.evaluator import Evaluator
 from flowpost.flows.distributed import any_true, mean_scalars
 from flowpost.flows.random import batch_shard
-from flowpost.methods.base import Method, get_method_class
+from flowpost.methods.base import Method
 from flowpost.methods.components.guards import GuardWarning
+from flowpost.train import guard
+from flowpost.train.build import build_method_and_data
 from flowpost.train.checkpoint import (
-    CheckpointError,
     NonFiniteCheckpointError,
-    check_pretrained_fits,
     first_non_finite,
-    latest_checkpoint,
     load_checkpoint,
-    load_policy_state,
-    optimizer_from_flat,
     save_checkpoint,
-    split_prefixed,
 )
 from flowpost.train.config import RunConfig
 from flowpost.train.ema import EMA
@@ -62,12 +56,10 @@ from flowpost.train.logger import ProgressBar, RunLogger
 from flowpost.train.selection import (
     BEST_DIR,
     Selector,
-    check_pretrained_data,
-    scale_learning_rates,
     split_holdout,
 )
 from flowpost.train.signals import StopRequest
-from flowpost.train.state import load_method_weights, restore_payload, state_payload
+from flowpost.train.state import restore_payload, state_payload
 from flowpost.train.updater import OptimizerUpdater
 
 
@@ -86,14 +78,6 @@ def lr_lambda(warmup: int, total: int, schedule: str, floor: float):  # type: ig
     return factor
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators (before building the networks:
-    the seed then decides the initial weights too)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 class Trainer:
     """Trains ``method`` on ``data`` and writes a run folder ``out_dir``.
 
@@ -102,8 +86,8 @@ class Trainer:
     checkpoint. ``meta`` holds extra JSON facts recorded in each checkpoint beside the data
     spec (:func:`flowpost.fit` notes a user's own network there); ``files`` (name -> bytes)
     are written into the run folder when a run starts (``fit`` stores a user's tensor data
-    there, which the recorded config points to). The caller seeds the
-    global generators before building the method (:func:`seed_everything`); the trainer
+    there, which the recorded config points to). The caller seeds the global generators
+    before building the method (:func:`~flowpost.train.build.seed_everything`); the trainer
     continues that stream.
 
     The run folder holds ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
@@ -213,27 +197,7 @@ class Trainer:
         config. ``load_init=False`` skips loading ``init_from`` (a checkpoint of this run is
         about to be restored, which holds every weight), so a moved pretrained folder is not
         needed."""
-        seed_everything(config.train.seed)
-        data = load_data(config.data)
-        method_cls = get_method_class(config.method.name)
-        if config.diffusers is not None:  # a diffusers transformer with LoRA ([diffusers] extra)
-            from flowpost.adapters.diffusers.build import build_method, load_init_state
-
-            method = build_method(
-                method_cls, config.method, data.spec, config.diffusers, config.init_from
-            )
-            if config.init_from and load_init:
-                load_init_state(method, config.init_from)
-            return cls(method, data, config, out_dir, progress=progress)
-        method = method_cls(config.method, data.spec, config.model)
-        if config.init_from and load_init:
-            check_pretrained_data(config.init_from, data.spec)
-            state = load_policy_state(config.init_from)
-            for role in ("policy", "generator"):  # the role a pretrained flow is loaded into
-                if isinstance(getattr(method, role, None), nn.Module):
-                    check_pretrained_fits(getattr(method, role), state, config.init_from)
-                    break
-            method.load_pretrained(state)
+        method, data = build_method_and_data(config, load_init=load_init)
         return cls(method, data, config, out_dir, progress=progress)
 
     # -- construction -------------------------------------------------------------------
@@ -339,7 +303,7 @@ class Trainer:
         end = self.step + n
         self.method.train()
         if self.selector is not None and self.step == 0 and self.selector.start is None:
-            self.validate(logger)  # the start is a candidate: the kept model is never worse
+            guard.validate(self, logger)  # the start is a candidate: the kept model is never worse
         every = tc.validate_every or max(1, tc.steps // 10)
         several = self.accelerator.num_processes > 1
         while self.step < end:
@@ -352,7 +316,7 @@ class Trainer:
             ):
                 warnings.simplefilter("always", GuardWarning)
                 logs = self.method.train_step(batch, self.step, self.updater)
-            self._report_warnings(caught, logger)
+            guard.report_warnings(self, caught, logger)
             self.step += 1
             for key, value in logs.items():
                 window.setdefault(key, []).append(value)
@@ -383,7 +347,7 @@ class Trainer:
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                 self.save()
             if self.selector is not None and (self.step % every == 0 or self.step == tc.steps):
-                self.validate(logger)
+                guard.validate(self, logger)
                 self.method.train()
             stop = self._stop is not None and self._stop.signum is not None
             if any_true(stop) if several else stop:
@@ -409,95 +373,6 @@ class Trainer:
         """Print a line on the main process (stderr)."""
         if self.accelerator.is_main_process:
             print(message, file=sys.stderr, flush=True)
-
-    # -- held-out demonstrations: best checkpoint and collapse guard -----------------------
-    def validate(self, logger: RunLogger | None = None) -> str:
-        """Score the EMA model on the held-out demonstrations; keep it in ``best/`` if it is
-        the best so far; on a collapse roll back to the best and lower the learning rates."""
-        sel = self.selector
-        assert sel is not None
-        ec = self.config.eval
-        ev = Evaluator(
-            self.method, roles=self.ema_roles(), spec=self.data.spec,
-            reference=self.data.train, device=self.device,
-        )  # fmt: skip
-        check = sel.measure(ev.sample(sel.n_samples, ec.nfe, solver=ec.solver, seed=ec.seed + 1))
-        check.step = self.step
-        verdict, reason = sel.judge(check)
-        if logger is not None:
-            logger.write({"step": self.step, "validation/score": check.score,
-                          "validation/coverage": check.coverage})  # fmt: skip
-        if verdict == "best" and self.accelerator.is_main_process:
-            tensors, state = state_payload(self)
-            state["selection"] = sel.state()
-            save_checkpoint(self.out / BEST_DIR, self.step, tensors, state, keep=1)
-        if verdict == "collapse":
-            tc = self.config.train
-            act = tc.guard and self.rollbacks < tc.max_rollbacks and self.step < tc.steps
-            what = "the best model is kept" if self.step >= tc.steps else "no rollbacks left"
-            if act:
-                assert sel.best is not None
-                self.accelerator.wait_for_everyone()
-                self.load_weights(self.out / BEST_DIR, optimizers=True)
-                scale_learning_rates(self.optimizers, tc.rollback_lr_factor)
-                self.rollbacks += 1
-                what = (
-                    f"rolled back to the best model (step {sel.best.step}) and scaled the "
-                    f"learning rates by {tc.rollback_lr_factor}"
-                )
-            message = f"warning: step {self.step}: collapse on held-out demos ({reason}); {what}"
-            if self.accelerator.is_main_process:
-                if act or not self._warned_idle:  # once when the guard can no longer act
-                    print(message, file=sys.stderr, flush=True)
-                self._warned_idle = self._warned_idle or not act
-                if logger is not None:
-                    logger.write({"step": self.step, "warning": message})
-        return verdict
-
-    def _report_warnings(self, caught: list[warnings.WarningMessage], logger: Any) -> None:
-        """A method's guard warnings become one ``warning:`` line each (and a metrics.jsonl
-        record); other warnings are passed on unchanged."""
-        for w in caught:
-            if not issubclass(w.category, GuardWarning):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-                continue
-            message = f"warning: step {self.step}: {w.message}"
-            if self.accelerator.is_main_process:
-                print(message, file=sys.stderr, flush=True)
-                if logger is not None:
-                    logger.write({"step": self.step, "warning": message})
-
-    def load_weights(self, root: Path, *, optimizers: bool = False) -> None:
-        """Load the method's and EMA weights (and optimiser states) of the checkpoint in
-        ``root``; the step, schedule position and random streams stay as they are."""
-        found = latest_checkpoint(root)
-        if found is None:
-            raise CheckpointError(f"{root}: no checkpoint to load")
-        tensors, state = load_checkpoint(found)
-        load_method_weights(self, tensors)
-        for role, ema in self.emas.items():
-            ema.module.load_state_dict(split_prefixed(tensors, f"ema.{role}"))
-        if optimizers:
-            for name, opt in self.optimizers.items():
-                optimizer_from_flat(name, opt, tensors, state["optimizers"][name])
-        self.method.load_extra_state(state.get("method", {}))
-
-    def _selection_summary(self) -> dict[str, Any]:
-        """Name both checkpoints; when the best is not the last, report the last model's
-        metrics as ``last/...`` and leave the best loaded (what sample/eval use)."""
-        sel = self.selector
-        last = latest_checkpoint(self.out / "checkpoints")
-        out: dict[str, Any] = {"checkpoints": {"last": None if last is None else
-                                               str(last.relative_to(self.out))}}  # fmt: skip
-        if sel is None or sel.best is None:
-            return out
-        best = latest_checkpoint(self.out / BEST_DIR)
-        out["checkpoints"]["best"] = None if best is None else str(best.relative_to(self.out))
-        out.update(
-            best_step=sel.best.step, rollbacks=self.rollbacks, heldout_demos=len(sel.heldout),
-            validation=sel.state(), model="best",
-        )  # fmt: skip
-        return out
 
     # -- evaluation ---------------------------------------------------------------------
     def ema_roles(self) -> dict[str, nn.Module]:
@@ -541,7 +416,7 @@ class Trainer:
         if sel is not None and sel.best is not None and sel.best.step != self.step:
             # the metrics are the best model's (what sample and eval use); the last's beside
             summary.update({f"last/{k}": v for k, v in self.evaluate(check_finite=False).items()})
-            self.load_weights(self.out / BEST_DIR)
+            guard.load_weights(self, self.out / BEST_DIR)
         summary.update(self.evaluate(plot_name="samples_final.png", check_finite=False))
         for nfe in ec.extra_nfe:
             for key, value in self.evaluate(nfe=nfe, check_finite=False).items():

@@ -26,6 +26,7 @@ from flowpost.methods.components.adversarial import (
 )
 from flowpost.nets.config import NetConfig
 from flowpost.nets.mlp import MLPVelocity
+from flowpost.train import guard
 from flowpost.train.updater import OptimizerUpdater
 
 torch.set_num_threads(1)
@@ -525,7 +526,7 @@ def test_collapse_guard_rolls_back_every_af_role(tmp_path) -> None:  # type: ign
         for p in method.discriminator.parameters():
             p.add_(1.0)
         method.grad_norm.square_avg.fill_(123.0)
-    assert trainer.validate() == "collapse" and trainer.rollbacks == 1
+    assert guard.validate(trainer) == "collapse" and trainer.rollbacks == 1
     for key, value in method.state_dict().items():
         assert torch.equal(value, best[key]), key
     for key, value in trainer.emas["generator"].module.state_dict().items():
