@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from flowpost.config import ConfigError, option
 from flowpost.data.base import Batch, DataSpec
 from flowpost.flows import random
+from flowpost.flows.distributed import mean_scalars
 from flowpost.methods.base import MethodConfig, OptimizerSpec, Updater, frozen
 from flowpost.methods.components.adversarial import (
     adversarial_policy_loss,
@@ -198,7 +199,9 @@ def discriminator_round(
             gp = cfg.gp_weight * (1.0 if guard is None else guard.gp_scale)
             terms, real_logits, fake_logits = discriminator_terms(discriminator, batch, fake, gp)
             logs.update(update.step("discriminator", **terms))
-        acc = discriminator_accuracy(real_logits, fake_logits)
+        # the global batch's accuracy (a mean of the processes' equal slices), so every
+        # process's guard takes the decision one process would take
+        acc = mean_scalars(discriminator_accuracy(real_logits, fake_logits))
         logs.update(acc)
         if guard is not None:
             guard.observe(acc["discriminator/acc_real"], acc["discriminator/acc_fake"])
