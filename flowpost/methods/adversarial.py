@@ -46,7 +46,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,11 +55,8 @@ from torch import Tensor, nn
 
 from flowpost.config import ConfigError, option
 from flowpost.data.base import Batch, DataSpec
-from flowpost.flows import random
-from flowpost.flows.paths import expand_like, interpolate
 from flowpost.methods.base import (
     Method,
-    MethodConfig,
     OptimizerSpec,
     Updater,
     frozen,
@@ -72,14 +68,17 @@ from flowpost.methods.components.adversarial import (
     augment_pair,
     centering_penalty,
     discriminator_accuracy,
-    fd_gradient_penalty,
+    hop_fd_penalty,
     relativistic_loss,
 )
-from flowpost.methods.components.guidance import noised_cross_entropy, target_cross_entropy
+from flowpost.methods.components.guidance import GuidanceConfig, noised_cross_entropy
 from flowpost.methods.components.imitation import check_betas
 from flowpost.methods.components.jumps import (
     any_step_times,
     fixed_k_times,
+    jump,
+    jump_chain,
+    jump_samples,
     ot_loss,
     scheduled_weight,
     takes_end_time,
@@ -97,8 +96,10 @@ __all__ = [
 
 
 @dataclass
-class AFConfig(MethodConfig):
-    """The ``method`` section for Adversarial Flow Models (``name: adversarial``)."""
+class AFConfig(GuidanceConfig):
+    """The ``method`` section for Adversarial Flow Models (``name: adversarial``); the
+    classifier-guidance keys ``cg_*`` come from
+    :class:`~flowpost.methods.components.guidance.GuidanceConfig`."""
 
     renamed_keys = {
         "steps": "nfe",
@@ -159,22 +160,6 @@ class AFConfig(MethodConfig):
         0.0,
         "images: probability of a random translation and of a cutout, applied "
         "identically to the real and fake inputs of D",
-        min=0.0,
-        max=1.0,
-    )
-    cg_weight: float = option(0.0, "classifier-guidance weight (needs class labels)", min=0.0)
-    cg_at: str = option(
-        "auto",
-        "where the classifier scores the generator's output G: noised (re-noised to "
-        "t' ~ U(cg_t_min, 1)), target (G as it is, at its target time b, on the hops with "
-        "b >= cg_target_min), auto = noised for nfe 1, target otherwise (the authors')",
-        choices=["auto", "noised", "target"],
-    )
-    cg_t_min: float = option(0.9, "noised guidance: t' ~ U(cg_t_min, 1)", min=0.0, max=1.0)
-    cg_target_min: float = option(
-        0.51,
-        "target guidance: only hops whose target time b >= this are guided (the authors: "
-        "t_tgt <= 0.49 in their reversed time)",
         min=0.0,
         max=1.0,
     )
@@ -317,35 +302,18 @@ class AdversarialFlow(Method):
         return f"af k={self.config.nfe or 'any'}"
 
     # -- pieces --------------------------------------------------------------------------------
-    def network(
-        self, net: nn.Module, x_a: Tensor, a: Tensor, b: Tensor, cond: Tensor | None
-    ) -> Tensor:
-        """The generator network's raw output ``g(x_a, a, b)`` (``b`` dropped for a network
-        without an end-time input)."""
-        out: Tensor = net(x_a, a, cond, b) if self.end_time else net(x_a, a, cond)
-        return out
-
     def jump(
         self, net: nn.Module, x_a: Tensor, a: Tensor, b: Tensor, cond: Tensor | None = None
     ) -> Tensor:
         """``G(x_a, a, b)``: one network evaluation from time ``a`` to time ``b``."""
-        out = self.network(net, x_a, a, b, cond)
-        if self.residual:
-            return x_a + expand_like(b - a, x_a) * out
-        return out
-
-    def sample_times(self, n: int, device: Any) -> tuple[Tensor, Tensor]:
-        if self.config.nfe == 0:
-            return any_step_times(n, device)
-        return fixed_k_times(n, self.config.nfe, device)
+        return jump(net, x_a, a, b, cond, end_time=self.end_time, residual=self.residual)
 
     def draw(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Times ``a, b``, the source ``x_a`` and the real sample ``x_b`` for data ``x``."""
-        a, b = self.sample_times(x.shape[0], x.device)
-        z = random.randn_like(x)
-        x_a = interpolate(z, x, a)
-        z_real = z if self.config.real_noise == "shared" else random.randn_like(x)
-        x_b = interpolate(z_real, x, b)
+        k = self.config.nfe
+        n = x.shape[0]
+        a, b = fixed_k_times(n, k, x.device) if k else any_step_times(n, x.device)
+        x_a, x_b = jump_samples(x, a, b, self.config.real_noise == "shared")
         return a, b, x_a, x_b
 
     def discriminator_terms(
@@ -358,15 +326,10 @@ class AdversarialFlow(Method):
         r, f = d(real, cond, b), d(fake, cond, b)
         self.last_logits = (r.detach(), f.detach())
         terms = {"adv": relativistic_loss(r, f)}
-        m = int(math.ceil(cfg.gp_fraction * real.shape[0]))
-        if cfg.gp_weight > 0 and m > 0:
-            w = (b[:m] - a[:m]).abs().clamp_min(1e-3)
-            c = None if cond is None else cond[:m]
-            d_m = lambda y: d(y, c, b[:m])  # noqa: E731
-            terms["gp"] = cfg.gp_weight * (
-                fd_gradient_penalty(d_m, real[:m], r[:m], w, cfg.gp_eps)
-                + fd_gradient_penalty(d_m, fake[:m], f[:m], w, cfg.gp_eps)
-            )
+        if cfg.gp_weight > 0:
+            gp = hop_fd_penalty(d, real, fake, (r, f), a, b, cond, cfg.gp_fraction, cfg.gp_eps)
+            if gp is not None:
+                terms["gp"] = cfg.gp_weight * gp
         if cfg.cp_weight > 0:
             terms["cp"] = cfg.cp_weight * centering_penalty(r, f)
         return terms
@@ -376,8 +339,7 @@ class AdversarialFlow(Method):
     ) -> tuple[dict[str, Tensor], Tensor]:
         """``L_G``'s terms (adv, ot, cg) and the generated sample."""
         cfg = self.config
-        out = self.network(self.generator, x_a, a, b, cond)
-        fake = x_a + expand_like(b - a, x_a) * out if self.residual else out
+        fake = self.jump(self.generator, x_a, a, b, cond)
         adv_in = self.grad_norm(fake) if cfg.grad_norm else fake
         real_in, adv_in = augment_pair(real, adv_in, cfg.augment_p if self.spec.is_image else 0.0)
         with frozen(self.discriminator):
@@ -389,19 +351,8 @@ class AdversarialFlow(Method):
             terms["ot"] = lam * ot_loss(fake, x_a, (b - a).abs().clamp_min(1e-3))
         if self.classifier is not None and cond is not None:
             with frozen(self.classifier):
-                terms["cg"] = cfg.cg_weight * self.guidance_loss(fake, b, cond)
+                terms["cg"] = cfg.guidance(self.classifier, fake, b, cond, one_step=cfg.nfe == 1)
         return terms, fake
-
-    def guidance_loss(self, fake: Tensor, b: Tensor, cond: Tensor) -> Tensor:
-        """Classifier guidance of the generated ``fake`` (time ``b``): ``noised`` (one step)
-        re-noises it to ``t' ~ U(cg_t_min, 1)``; ``target`` (multi-step, the authors' code)
-        scores it at ``b`` as it is, on the hops with ``b >= cg_target_min``."""
-        cfg, clf = self.config, self.classifier
-        assert clf is not None
-        mode = cfg.cg_at if cfg.cg_at != "auto" else ("noised" if cfg.nfe == 1 else "target")
-        if mode == "noised":
-            return noised_cross_entropy(clf, fake, cond, cfg.cg_t_min)
-        return target_cross_entropy(clf, fake, b, cond, cfg.cg_target_min)
 
     # -- training ------------------------------------------------------------------------------
     def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
@@ -437,25 +388,13 @@ class AdversarialFlow(Method):
         solver: str = "euler",
         roles: Mapping[str, nn.Module] | None = None,
     ) -> Tensor:
-        """The ``nfe``-step chain ``x <- G(x, t_i, t_{i+1})`` on a uniform grid from noise.
+        """The ``nfe``-step chain ``x <- G(x, t_i, t_{i+1})`` on a uniform grid from noise
+        (:func:`~flowpost.methods.components.jumps.jump_chain`).
 
         A fixed-``k`` model samples with ``nfe = k`` only; an any-step model (``nfe: 0``)
         with any ``nfe``. ``solver`` is ignored: each step is one generator evaluation.
         """
-        k = self.config.nfe
-        if nfe < 1:
-            raise ValueError(f"nfe must be >= 1, got {nfe}")
-        if k > 0 and nfe != k:
-            raise ValueError(
-                f"this AF generator was trained for fixed {k}-step sampling, so it samples "
-                f"with nfe={k} only (got nfe={nfe}); pass eval.nfe={k}, or train with "
-                "method.nfe: 0 (any-step) to sample at any nfe"
-            )
         net = self.role("generator", roles)
-        x = noise
-        grid = torch.linspace(0.0, 1.0, nfe + 1, device=noise.device)
-        for i in range(nfe):
-            a = grid[i].expand(x.shape[0])
-            b = grid[i + 1].expand(x.shape[0])
-            x = self.jump(net, x, a, b, cond)
-        return x
+        return jump_chain(
+            lambda x, a, b: self.jump(net, x, a, b, cond), noise, nfe, self.config.nfe
+        )

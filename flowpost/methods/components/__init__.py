@@ -11,10 +11,11 @@
   FPO likelihood surrogate and its ratio.
 * :mod:`~flowpost.methods.components.sde`: the marginal-preserving SDE of a flow, its
   roll-outs and transition log-likelihoods (Flow-GRPO's estimator).
-* :mod:`~flowpost.methods.components.jumps`: time pairs, transport cost and weight schedules
-  of two-time generators ``G(x_a, a, b)`` (Adversarial Flows).
-* :mod:`~flowpost.methods.components.guidance`: the noised cross-entropy of a time-conditional
-  classifier (its training loss and classifier guidance).
+* :mod:`~flowpost.methods.components.jumps`: time pairs, source and real samples, one jump
+  and the sampling chain, transport cost and weight schedules of two-time generators
+  ``G(x_a, a, b)`` (Adversarial Flows).
+* :mod:`~flowpost.methods.components.guidance`: the cross-entropy of a time-conditional
+  classifier (its training loss and classifier guidance) and the ``cg_*`` config keys.
 * :mod:`~flowpost.methods.components.policy`: the shared policy update of a deployed sampler
   (PD or PG) against any per-sample score, used by FAIL and by reward fine-tuning.
 * :mod:`~flowpost.methods.components.imitation`: the discriminator side of adversarial

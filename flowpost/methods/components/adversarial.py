@@ -11,6 +11,8 @@ data side, "fake" the model's samples.
 * :func:`r1_penalty`: the exact ``E ||grad_x D(x)||^2`` (R1).
 * :func:`finite_difference_penalty` / :func:`fd_gradient_penalty`: the finite-difference
   R1/R2 estimate ``w (D(x) - D(x + eps n))^2 / eps^2``.
+* :func:`hop_fd_penalty`: that estimate on real and fake samples at the end time ``b`` of
+  hops from ``a``, weighted by the hop length (AF).
 * :func:`centering_penalty`: ``(D(real) + D(fake))^2``, keeps logits centred.
 * :class:`GradientNormalizer`: identity forward, backward divides the gradient by the root
   of an EMA of its squared norm (AF's ``phi``).
@@ -26,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -42,6 +45,7 @@ __all__ = [
     "r1_penalty",
     "finite_difference_penalty",
     "fd_gradient_penalty",
+    "hop_fd_penalty",
     "centering_penalty",
     "discriminator_accuracy",
     "GradientNormalizer",
@@ -102,6 +106,32 @@ def fd_gradient_penalty(
     with a fresh Gaussian direction per sample; ``discriminator`` takes the inputs only."""
     perturbed = discriminator(x + eps * random.randn_like(x))
     return finite_difference_penalty(logits, perturbed, w, eps)
+
+
+def hop_fd_penalty(
+    discriminator: Callable[[Tensor, Tensor | None, Tensor], Tensor],
+    real: Tensor,
+    fake: Tensor,
+    logits: tuple[Tensor, Tensor],
+    a: Tensor,
+    b: Tensor,
+    cond: Tensor | None,
+    fraction: float,
+    eps: float,
+) -> Tensor | None:
+    """R1 + R2 by :func:`fd_gradient_penalty` of ``discriminator(x, cond, b)`` at ``real`` and
+    ``fake`` (their logits given), on the first ``ceil(fraction * B)`` samples, each weighted
+    by its hop length ``w = max(|b - a|, 0.001)``; ``None`` when that is no sample."""
+    m = int(math.ceil(fraction * real.shape[0]))
+    if m == 0:
+        return None
+    w = (b[:m] - a[:m]).abs().clamp_min(1e-3)
+    c = None if cond is None else cond[:m]
+    d_m = lambda y: discriminator(y, c, b[:m])  # noqa: E731
+    r, f = logits
+    return fd_gradient_penalty(d_m, real[:m], r[:m], w, eps) + fd_gradient_penalty(
+        d_m, fake[:m], f[:m], w, eps
+    )
 
 
 def centering_penalty(real: Tensor, fake: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """Pieces of two-time generators ``G(x_a, a, b)`` that jump from time ``a`` to ``b > a``: the
-time pairs they train on, the transport cost of a jump, a weight schedule, and whether a
+time pairs they train on, the source and real samples at those times, one jump and the
+sampling chain of jumps, the transport cost of a jump, a weight schedule, and whether a
 user's network takes the end time.
 
 Example:
@@ -14,13 +15,25 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from flowpost.flows import random
+from flowpost.flows.paths import expand_like, interpolate
 
-__all__ = ["fixed_k_times", "any_step_times", "ot_loss", "scheduled_weight", "takes_end_time"]
+__all__ = [
+    "fixed_k_times",
+    "any_step_times",
+    "jump_samples",
+    "jump",
+    "jump_chain",
+    "ot_loss",
+    "scheduled_weight",
+    "takes_end_time",
+]
 
 
 def fixed_k_times(n: int, k: int, device: Any = None) -> tuple[Tensor, Tensor]:
@@ -33,6 +46,60 @@ def any_step_times(n: int, device: Any = None) -> tuple[Tensor, Tensor]:
     """``a ~ U(0, 1)``, ``b ~ U(a, 1)`` (each (n,))."""
     a = random.rand(n, device=device)
     return a, a + (1.0 - a) * random.rand(n, device=device)
+
+
+def jump_samples(x: Tensor, a: Tensor, b: Tensor, shared_noise: bool) -> tuple[Tensor, Tensor]:
+    """The source ``x_a = (1 - a) z + a x`` and the real sample ``x_b = (1 - b) z' + b x`` of
+    data ``x``: fresh noise ``z'`` or, with ``shared_noise``, the source's own ``z``."""
+    z = random.randn_like(x)
+    z_real = z if shared_noise else random.randn_like(x)
+    return interpolate(z, x, a), interpolate(z_real, x, b)
+
+
+def jump(
+    net: nn.Module,
+    x_a: Tensor,
+    a: Tensor,
+    b: Tensor,
+    cond: Tensor | None,
+    *,
+    end_time: bool,
+    residual: bool,
+) -> Tensor:
+    """``G(x_a, a, b)``: ``g(x_a, a, b)`` (direct) or ``x_a + (b - a) g(x_a, a, b)`` (residual),
+    one evaluation of ``net``; ``b`` is dropped for a network without an end-time input.
+
+    >>> class Twice(nn.Module):
+    ...     def forward(self, x, t, cond=None): return 2 * x
+    >>> a, b = torch.zeros(1), torch.full((1,), 0.5)
+    >>> jump(Twice(), torch.ones(1, 2), a, b, None, end_time=False, residual=True).tolist()
+    [[2.0, 2.0]]
+    """
+    out: Tensor = net(x_a, a, cond, b) if end_time else net(x_a, a, cond)
+    return x_a + expand_like(b - a, x_a) * out if residual else out
+
+
+def jump_chain(
+    step: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor, nfe: int, k: int
+) -> Tensor:
+    """The ``nfe``-jump chain ``x <- step(x, t_i, t_{i+1})`` on a uniform grid from ``noise``.
+
+    A generator trained for fixed ``k``-step sampling (``k > 0``) samples with ``nfe = k``
+    only; an any-step one (``k = 0``) with any ``nfe >= 1``.
+    """
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    if k > 0 and nfe != k:
+        raise ValueError(
+            f"this AF generator was trained for fixed {k}-step sampling, so it samples "
+            f"with nfe={k} only (got nfe={nfe}); pass eval.nfe={k}, or train with "
+            "method.nfe: 0 (any-step) to sample at any nfe"
+        )
+    x = noise
+    grid = torch.linspace(0.0, 1.0, nfe + 1, device=noise.device)
+    for i in range(nfe):
+        x = step(x, grid[i].expand(x.shape[0]), grid[i + 1].expand(x.shape[0]))
+    return x
 
 
 def ot_loss(out: Tensor, source: Tensor, w: Tensor) -> Tensor:

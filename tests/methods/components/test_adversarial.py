@@ -14,6 +14,7 @@ from flowpost.methods.components.adversarial import (
     augment_pair,
     discriminator_loss,
     fail_reward,
+    hop_fd_penalty,
 )
 
 torch.set_num_threads(1)
@@ -58,3 +59,20 @@ def test_augmentation_is_shared_between_real_and_fake() -> None:
     assert torch.equal(r, f) and not torch.equal(r, x)
     r0, f0 = augment_pair(x, x + 1, 0.0)
     assert torch.equal(r0, x) and torch.equal(f0, x + 1)
+
+
+def test_hop_fd_penalty_by_hand() -> None:
+    # D(x, cond, b) = b * sum(x): the difference along eps n is eps b sum(n), so with the
+    # same direction drawn again the penalty is mean_i w_i b_i^2 sum(n_i)^2 on both halves
+    d = lambda x, cond, b: b * x.sum(1)  # noqa: E731
+    real, fake = torch.randn(4, 3), torch.randn(4, 3)
+    a, b = torch.tensor([0.0, 0.0, 0.5, 0.5]), torch.tensor([0.5, 1.0, 1.0, 0.75])
+    logits = (d(real, None, b), d(fake, None, b))
+    torch.manual_seed(3)
+    got = hop_fd_penalty(d, real, fake, logits, a, b, None, fraction=0.5, eps=0.01)
+    torch.manual_seed(3)
+    n_real, n_fake = torch.randn(2, 3), torch.randn(2, 3)
+    w, bb = (b - a)[:2], b[:2]
+    want = (w * bb**2 * n_real.sum(1) ** 2).mean() + (w * bb**2 * n_fake.sum(1) ** 2).mean()
+    assert got is not None and float(got) == pytest.approx(float(want), rel=1e-3)
+    assert hop_fd_penalty(d, real, fake, logits, a, b, None, fraction=0.0, eps=0.01) is None

@@ -9,7 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowpost.methods.components.guidance import noised_cross_entropy, target_cross_entropy
+from flowpost.methods.components.guidance import (
+    GuidanceConfig,
+    noised_cross_entropy,
+    target_cross_entropy,
+)
 
 torch.set_num_threads(1)
 
@@ -47,3 +51,22 @@ def test_target_cross_entropy_is_masked_mean_at_each_samples_time() -> None:
     got.backward()
     assert x.grad is not None
     assert bool((x.grad[:2] == 0).all()) and bool(x.grad[2:].abs().sum() > 0)
+
+
+@pytest.mark.parametrize("one_step", [True, False])
+def test_guidance_config_picks_the_authors_point(one_step: bool) -> None:
+    c = Linear()
+    x, y = torch.randn(4, 2), torch.tensor([0, 1, 2, 3])
+    b = torch.tensor([0.25, 0.5, 0.75, 1.0])
+    cfg = GuidanceConfig(cg_weight=0.5, cg_t_min=1.0, cg_target_min=0.51)
+    got = cfg.guidance(c, x, b, y, one_step=one_step)
+    # one step: re-noised to t' = 1 (x as it is, at t = 1); multi-step: at b, hops b >= 0.51
+    want = (
+        noised_cross_entropy(c, x, y, t_min=1.0)
+        if one_step
+        else target_cross_entropy(c, x, b, y, b_min=0.51)
+    )
+    assert float(got) == pytest.approx(0.5 * float(want), abs=1e-6)
+    cfg.cg_at = "target"
+    forced = cfg.guidance(c, x, b, y, one_step=True)
+    assert float(forced) == pytest.approx(0.5 * float(target_cross_entropy(c, x, b, y, 0.51)))

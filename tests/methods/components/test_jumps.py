@@ -1,5 +1,6 @@
 """Tests of flowpost/methods/components/jumps.py: the time pairs of two-time generators, the
-transport cost, the weight schedules and the end-time check of a user's network."""
+transport cost, the weight schedules, the end-time check of a user's network, one jump, the
+sampling chain and the source / real samples of a hop."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from torch import Tensor, nn
 from flowpost.methods.components.jumps import (
     any_step_times,
     fixed_k_times,
+    jump,
+    jump_chain,
+    jump_samples,
     ot_loss,
     scheduled_weight,
     takes_end_time,
@@ -58,3 +62,43 @@ def test_takes_end_time() -> None:
             return x
 
     assert takes_end_time(WithEnd()) and not takes_end_time(Without())
+
+
+class Scale(nn.Module):
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, t_end=None) -> Tensor:
+        return x * (t if t_end is None else t_end)[:, None]
+
+
+def test_jump_direct_residual_and_end_time() -> None:
+    x, a, b = torch.ones(2, 3), torch.tensor([0.0, 0.5]), torch.tensor([0.5, 1.0])
+    direct = jump(Scale(), x, a, b, None, end_time=True, residual=False)
+    assert torch.equal(direct, b[:, None].expand(2, 3))  # g = x * b
+    residual = jump(Scale(), x, a, b, None, end_time=False, residual=True)
+    assert torch.allclose(residual, x + (b - a)[:, None] * a[:, None] * x)  # g = x * a
+
+
+def test_jump_chain_walks_the_grid_and_checks_nfe() -> None:
+    seen: list[tuple[float, float]] = []
+
+    def step(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        seen.append((float(a[0]), float(b[0])))
+        return x + 1
+
+    out = jump_chain(step, torch.zeros(2, 1), nfe=4, k=0)
+    assert out.tolist() == [[4.0], [4.0]]
+    assert seen == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
+    with pytest.raises(ValueError, match="fixed 2-step"):
+        jump_chain(step, torch.zeros(1, 1), nfe=4, k=2)
+    with pytest.raises(ValueError, match=">= 1"):
+        jump_chain(step, torch.zeros(1, 1), nfe=0, k=0)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_jump_samples_share_noise_only_when_asked(shared: bool) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(5, 2)
+    a, b = torch.zeros(5), torch.zeros(5)  # both at the noise end: x_a = z, x_b = z'
+    x_a, x_b = jump_samples(x, a, b, shared)
+    assert torch.equal(x_a, x_b) == shared
+    x_a, x_b = jump_samples(x, torch.ones(5), torch.ones(5), shared)  # data end
+    assert torch.equal(x_a, x) and torch.equal(x_b, x)
