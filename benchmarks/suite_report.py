@@ -1,0 +1,247 @@
+"""docs/suite.md from the task suite's results JSON (``bench_suite.py report``): tables per
+pair (mean ± standard deviation over the seeds present) and the issue's three claims, each
+decided from the JSON, never from numbers typed by hand.
+
+Example:
+    >>> data = {"cells": {
+    ...     "t/sft/d64/k0/s0": {"metrics": {"1": {"w2": 1.0}, "2": {"w2": 0.5}}},
+    ...     "t/fail_pd_local/d64/k1/s0": {"metrics": {"1": {"w2": 0.4}}},
+    ...     "t/fail_pd_local/d64/k2/s0": {"metrics": {"2": {"w2": 0.6}}}}}
+    >>> fail_beats_sft(data, "fail_pd_local")
+    (0, 1, ['t, 64 demos: 1 step 0.400 vs 1.000, 2 steps 0.600 vs 0.500'])
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from suite_tasks import TASKS
+
+NAMES = {
+    "pretrained": "pretrained (not post-trained)",
+    "sft": "SFT",
+    "fail_pd_local": "FAIL-PD, local estimator",
+    "fail_pd_pathwise": "FAIL-PD, pathwise estimator",
+    "fail_pg": "FAIL-PG",
+    "af_scratch": "AF from scratch",
+    "af_init": "AF from the pretrained flow",
+}
+ADVERSARIAL = ("fail_pd_local", "fail_pd_pathwise", "fail_pg", "af_init")
+DIVERSITY = (
+    "mode_spread_ratio",
+    "between_modes",
+    "density",
+    "coverage",
+    "frechet",
+    "class_tv",
+)
+
+
+def parse(key: str) -> tuple[str, str, int, int, int]:
+    task, contender, d, k, s = key.split("/")
+    return task, contender, int(d[1:]), int(k[1:]), int(s[1:])
+
+
+def values(
+    data: dict[str, Any], task: str, contender: str, demos: int, steps: int, metric: str
+) -> dict[int, float]:
+    """{seed: metric} of the runs of ``contender`` deployed with ``steps`` sampler steps
+    (pretrained: whatever ``demos``)."""
+    out = {}
+    for key, cell in data["cells"].items():
+        t, c, d, k, s = parse(key)
+        if t != task or c != contender or (c != "pretrained" and d != demos):
+            continue
+        if k not in (0, steps):
+            continue
+        v = cell.get("metrics", {}).get(str(steps), {}).get(metric)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            out[s] = float(v)
+    return out
+
+
+def mean(v: dict[int, float]) -> float | None:
+    return statistics.fmean(v.values()) if v else None
+
+
+def fmt(v: dict[int, float]) -> str:
+    if not v:
+        return "-"
+    if len(v) == 1:
+        return f"{next(iter(v.values())):.3f}"
+    return f"{statistics.fmean(v.values()):.3f} ± {statistics.stdev(v.values()):.3f}"
+
+
+def grid(data: dict[str, Any]) -> dict[str, set[tuple[str, int, int]]]:
+    """Per task, the (contender, demos, steps) present."""
+    out: dict[str, set[tuple[str, int, int]]] = defaultdict(set)
+    for key, cell in data["cells"].items():
+        t, c, d, k, _ = parse(key)
+        for steps in cell.get("metrics", {}):
+            out[t].add((c, d, int(steps)))
+    return out
+
+
+def task_table(data: dict[str, Any], task: str, present: set[tuple[str, int, int]]) -> str:
+    demos = sorted({d for _, d, _ in present if d})
+    metrics = ["w2"] + [
+        m for m in DIVERSITY if any(values(data, task, c, d, k, m) for c, d, k in present)
+    ]
+    lines = [
+        "| demos | contender | steps | seeds | " + " | ".join(metrics) + " |",
+        "|" + "---|" * (4 + len(metrics)),
+    ]
+    floor = data.get("floor", {}).get(task, {})
+    lines.append(
+        "| - | a second fresh target set (floor) | - | - | "
+        + " | ".join(f"{floor[m]:.3f}" if m in floor else "-" for m in metrics)
+        + " |"
+    )
+    for d in demos:
+        for c in NAMES:
+            for k in sorted({k for cc, dd, k in present if cc == c and (dd == d or not dd)}):
+                w = values(data, task, c, d, k, "w2")
+                if not w:
+                    continue
+                row = [fmt(values(data, task, c, d, k, m)) for m in metrics]
+                lines.append(f"| {d} | {NAMES[c]} | {k} | {len(w)} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def pairs(data: dict[str, Any]) -> list[tuple[str, int]]:
+    return sorted({(t, d) for t, c, d, _, _ in map(parse, data["cells"]) if d})
+
+
+def fail_beats_sft(data: dict[str, Any], contender: str) -> tuple[int, int, list[str]]:
+    """(task, demos) cells where ``contender``'s mean W2 is below SFT's at both 1 and 2
+    steps: (wins, cells measured, lines for the losses)."""
+    wins, total, losses = 0, 0, []
+    for task, d in pairs(data):
+        f = [mean(values(data, task, contender, d, k, "w2")) for k in (1, 2)]
+        s = [mean(values(data, task, "sft", d, k, "w2")) for k in (1, 2)]
+        if None in f or None in s:
+            continue
+        total += 1
+        if all(a < b for a, b in zip(f, s)):  # type: ignore[operator]
+            wins += 1
+        else:
+            losses.append(
+                f"{task}, {d} demos: 1 step {f[0]:.3f} vs {s[0]:.3f}, "
+                f"2 steps {f[1]:.3f} vs {s[1]:.3f}"
+            )
+    return wins, total, losses
+
+
+def worse_than_pretrained(data: dict[str, Any]) -> tuple[int, list[str]]:
+    """Every adversarial run (each seed) against the pretrained flow of its seed at its
+    deployed steps, by W2: (runs compared, lines for the runs that end worse)."""
+    n, bad = 0, []
+    for key, cell in data["cells"].items():
+        t, c, d, k, s = parse(key)
+        if c not in ADVERSARIAL:
+            continue
+        pre = values(data, t, "pretrained", d, k, "w2").get(s)
+        w = cell.get("metrics", {}).get(str(k), {}).get("w2")
+        if pre is None or w is None:
+            continue
+        n += 1
+        if w > pre:
+            bad.append(f"{key}: W2 {w:.3f} vs pretrained {pre:.3f}")
+    return n, bad
+
+
+def af_beats_fm(data: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """Per 2-D (task, demos, AF kind): AF at 1 NFE (mean W2) below SFT's at 1 and 2 steps."""
+    out = []
+    for task, d in pairs(data):
+        if task not in TASKS or not TASKS[task].is_2d:
+            continue
+        for af in ("af_scratch", "af_init"):
+            a = mean(values(data, task, af, d, 1, "w2"))
+            s1, s2 = (mean(values(data, task, "sft", d, k, "w2")) for k in (1, 2))
+            if a is None or s1 is None or s2 is None:
+                continue
+            text = f"{task}, {d} demos, {NAMES[af]}: {a:.3f} vs SFT {s1:.3f} / {s2:.3f}"
+            out.append((task, a < s1 and a < s2, text))
+    return out
+
+
+def claims(data: dict[str, Any]) -> list[str]:
+    lines = ["## The issue's claims, decided from the JSON", ""]
+    for c in ("fail_pd_local", "fail_pd_pathwise"):
+        wins, total, losses = fail_beats_sft(data, c)
+        if not total:
+            lines.append(
+                f"* **{NAMES[c]} beats SFT at 1 and 2 steps in >= 90 % of (task, demos) "
+                "cells**: not measured (no cell has both)."
+            )
+            continue
+        ok = wins >= 0.9 * total
+        lines.append(
+            f"* **{NAMES[c]} beats SFT at 1 and 2 steps in >= 90 % of (task, demos) "
+            f"cells**: {'HOLDS' if ok else 'DOES NOT HOLD'} here, {wins} of {total} "
+            f"cells ({100 * wins / total:.0f} %). Losses: " + ("; ".join(losses) or "none") + "."
+        )
+    n, bad = worse_than_pretrained(data)
+    verdict = "not measured" if not n else ("HOLDS" if not bad else "DOES NOT HOLD")
+    lines.append(
+        f"* **No adversarial run ends worse than the pretrained flow** (W2 at its "
+        f"deployed steps, same seed; FAIL-PD, FAIL-PG, AF from the flow): {verdict}, "
+        f"{len(bad)} of {n} runs worse" + (": " + "; ".join(bad) if bad else "") + "."
+    )
+    af = af_beats_fm(data)
+    tasks_2d = [t for t, task in TASKS.items() if task.is_2d]
+    measured = sorted({t for t, _, _ in af})
+    ok = bool(af) and all(win for _, win, _ in af) and set(measured) == set(tasks_2d)
+    state = "HOLDS" if ok else ("DOES NOT HOLD" if any(not w for _, w, _ in af) else "NOT SHOWN")
+    lines.append(
+        f"* **AF at 1 NFE beats flow matching (SFT) at 1 and 2 steps on every 2-D "
+        f"task**: {state}: measured on {len(measured)} of {len(tasks_2d)} 2-D pairs. "
+        + "; ".join(f"{t}{'' if w else ' (NOT better)'}" for _, w, t in af)
+        + "."
+    )
+    return lines
+
+
+def render(data: dict[str, Any]) -> str:
+    present = grid(data)
+    seeds = sorted({parse(k)[4] for k in data["cells"]})
+    head = [
+        "# The post-training task suite",
+        "",
+        "Written by `python benchmarks/bench_suite.py report` from "
+        "`benchmarks/results/suite.json` (do not edit by hand; rerun the renderer). "
+        "The suite itself: `benchmarks/bench_suite.py` (what runs, quick and full sizes), "
+        "`benchmarks/suite_tasks.py` (the pairs).",
+        "",
+        f"Cells in the JSON: {len(data['cells'])} (seeds {seeds}); failed and not retried "
+        f"yet: {len(data.get('errors', {}))}. Every number is W2 (exact, 2000 samples against "
+        "2000 fresh target points; digits: 64-D vectors against the held-out split) or a "
+        "diversity metric of `flowpost.eval.evaluate_samples` against the same fresh set: "
+        "`mode_spread_ratio` (robust within-mode spread over the target's, mixtures), "
+        "`between_modes` (mass farther than 3 target stds from every mode), `density` / "
+        "`coverage` (k-NN precision / recall pair; digits in the shipped classifier's "
+        "features), `frechet` and `class_tv` (digits). Mean ± standard deviation over seeds "
+        "(one value: one seed). `steps`: the deployed sampler's network evaluations (for "
+        "FAIL and AF, the number the model was trained for).",
+        "",
+    ]
+    body = [*claims(data), ""]
+    for task in TASKS:
+        if task not in present:
+            body += [f"## {task}", "", "No cell measured.", ""]
+            continue
+        t = TASKS[task]
+        body += [
+            f"## {task}: {t.source.name} -> {t.target.name} ({t.target.transform}; {t.kind})",
+            "",
+            task_table(data, task, present[task]),
+            "",
+        ]
+    return "\n".join(head + body)
+
+
+__all__ = ["render", "claims", "fail_beats_sft", "worse_than_pretrained", "af_beats_fm"]
