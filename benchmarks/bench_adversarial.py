@@ -100,6 +100,8 @@ def train_command(
     common += ["--set", f"train.seed={seed}", "--set", "eval.plots=false"]
     if args.steps:
         common += ["--set", f"train.steps={args.steps}"]
+    for extra in args.set or []:
+        common += ["--set", extra]
     if contender.startswith("af"):
         k = int(contender[2:])
         return ["train", AF_RECIPE, *common, "--set", f"method.nfe={k}", "--set", f"eval.nfe={k}"]
@@ -122,7 +124,7 @@ def train_seconds(out: Path) -> float | None:
 
 
 def nfes_of(contender: str) -> tuple[int, ...]:
-    return (int(contender[2:]),) if contender.startswith("af") else FM_NFES
+    return (int(contender[2:].split("-")[0]),) if contender.startswith("af") else FM_NFES
 
 
 def score(out: Path, nfe: int, rescore: bool) -> dict[str, float]:
@@ -234,9 +236,9 @@ def run_cells(
             data["floor_w2"][task] = data_floor(task)
     save_results(path, {**load_results(path, config), "floor_w2": data["floor_w2"]})
     for task, contender, seed in cells:
-        key = f"{task}/{contender}/{seed}"
+        key = f"{task}/{contender}{args.tag}/{seed}"
         data = load_results(path, config)
-        out = work / task / f"{contender}-s{seed}"
+        out = work / task / f"{contender}{args.tag}-s{seed}"
         if key in data["cells"] and not args.rescore:
             continue
         if args.rescore and not (out / "config.yaml").is_file():
@@ -455,6 +457,8 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/flowpost-bench-af", help="where the run folders go")
     p.add_argument("--only", nargs="*", help="run only these contenders (af1 af2 af4 fm)")
     p.add_argument("--report", action="store_true", help="print the tables from the JSON only")
+    p.add_argument("--set", nargs="*", help="extra flowpost train --set overrides of every cell")
+    p.add_argument("--tag", default="", help="suffix of the contender's key for --set variants")
     p.add_argument("--rescore", action="store_true", help="re-evaluate kept runs, no training")
     p.add_argument("--batch", type=int, default=1024, help="throughput: batch")
     p.add_argument("--width", type=int, default=256, help="throughput: MLP width")

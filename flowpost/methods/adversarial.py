@@ -75,6 +75,7 @@ from flowpost.methods.components.guidance import GuidanceConfig, noised_cross_en
 from flowpost.methods.components.imitation import check_betas
 from flowpost.methods.components.jumps import (
     any_step_times,
+    chain_sources,
     fixed_k_times,
     jump,
     jump_chain,
@@ -128,6 +129,13 @@ class AFConfig(GuidanceConfig):
         "generator's own z (shared, the authors' 1-D notebook)",
         choices=["fresh", "shared"],
     )
+    chain_fraction: float = option(
+        0.0,
+        "fixed k > 1: fraction of a batch whose hop starts where the generator's own chain "
+        "is at a (no gradient), not at the interpolant (1-a) z + a x (0: the paper)",
+        min=0.0,
+        max=1.0,
+    )
     lr: float | None = option(
         None, "generator learning rate (null: train.lr), divided by model.repeats", min=0.0
     )
@@ -171,6 +179,11 @@ class AFConfig(GuidanceConfig):
     def __post_init__(self) -> None:
         check_betas(self.betas, "betas")
         check_betas(self.disc_betas)
+        if self.chain_fraction > 0 and self.nfe == 0:
+            raise ConfigError(
+                "method.chain_fraction > 0 needs fixed k-step training (method.nfe: k); "
+                "any-step training (nfe: 0) has no chain to start from"
+            )
         if self.parameterization == "direct" and self.nfe != 1:
             raise ConfigError(
                 f"parameterization 'direct' (G = g(z)) only fits one-step training (nfe: 1), "
@@ -308,12 +321,16 @@ class AdversarialFlow(Method):
         """``G(x_a, a, b)``: one network evaluation from time ``a`` to time ``b``."""
         return jump(net, x_a, a, b, cond, end_time=self.end_time, residual=self.residual)
 
-    def draw(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Times ``a, b``, the source ``x_a`` and the real sample ``x_b`` for data ``x``."""
+    def draw(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Times ``a, b``, the source ``x_a`` (``chain_fraction``: the first rows from the
+        sampler's chain) and the real sample ``x_b`` for data ``x``."""
         k = self.config.nfe
         n = x.shape[0]
         a, b = fixed_k_times(n, k, x.device) if k else any_step_times(n, x.device)
-        x_a, x_b = jump_samples(x, a, b, self.config.real_noise == "shared")
+        m = int(round(self.config.chain_fraction * n)) if k > 1 else 0
+        step = lambda y, s, t, c: self.jump(self.generator, y, s, t, c)  # noqa: E731
+        src = (lambda z: chain_sources(step, z, x, a, k, m, cond)) if m > 0 else None
+        x_a, x_b = jump_samples(x, a, b, self.config.real_noise == "shared", src)
         return a, b, x_a, x_b
 
     def discriminator_terms(
@@ -359,7 +376,7 @@ class AdversarialFlow(Method):
         x, cond = batch.x, batch.cond
         logs: dict[str, float] = {}
         for _ in range(self.config.disc_steps):
-            a, b, x_a, x_b = self.draw(x)
+            a, b, x_a, x_b = self.draw(x, cond)
             with torch.no_grad():
                 fake = self.jump(self.generator, x_a, a, b, cond)
             logs.update(
@@ -370,7 +387,7 @@ class AdversarialFlow(Method):
         if self.classifier is not None and cond is not None:
             ce = noised_cross_entropy(self.classifier, x, cond)
             logs.update(update.step("classifier", ce=ce))
-        a, b, x_a, x_b = self.draw(x)
+        a, b, x_a, x_b = self.draw(x, cond)
         terms, _ = self.generator_terms(x_a, x_b, a, b, cond, step)
         logs.update(update.step("generator", **terms))
         logs["ot_weight"] = ot_weight_at(self.config, step)

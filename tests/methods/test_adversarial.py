@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowpost.data.base import Batch, DataSpec
+from flowpost.flows import random as frandom
 from flowpost.methods.adversarial import (
     AdversarialFlow,
     AFConfig,
@@ -247,6 +248,34 @@ def test_generate_chain_times_and_ema_roles() -> None:
     assert times == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
     assert torch.equal(out, z) and not g.calls  # residual with g = 0; the EMA role was used
     assert m.ema_roles() == ("generator",)
+
+
+def test_chain_sources_start_hops_where_the_sampler_is() -> None:
+    """chain_fraction 1: every hop from a = i/k starts at the generator's own i-step chain
+    from the same noise (what generate() would reach), not at the interpolant; 0: the
+    interpolant (1 - a) z + a x."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 2) + 5.0
+    for frac in (0.0, 1.0):
+        m = make(AFConfig(nfe=4, chain_fraction=frac), 2)
+        state = torch.random.get_rng_state()
+        a, b, x_a, _ = m.draw(x)
+        torch.random.set_rng_state(state)
+        frandom.randint(0, 4, 64)  # replay the draws: fixed_k_times, then the noise
+        z = frandom.randn_like(x)
+        for i in range(4):
+            rows = (a * 4).round().long() == i
+            if frac == 0.0:
+                want = (1 - a[rows, None]) * z[rows] + a[rows, None] * x[rows]
+            else:
+                want = z[rows]
+                for j in range(i):
+                    s = torch.full((int(rows.sum()),), j / 4)
+                    want = m.jump(m.generator, want, s, s + 0.25)
+            assert torch.allclose(x_a[rows], want, atol=1e-5), (frac, i)
+        assert bool(((b - a - 0.25).abs() < 1e-6).all())
+    with pytest.raises(ValueError, match="chain_fraction"):
+        AFConfig(nfe=0, chain_fraction=0.5)
 
 
 def test_config_errors_and_registry() -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "jump_samples",
     "jump",
     "jump_chain",
+    "chain_sources",
     "ot_loss",
     "scheduled_weight",
     "takes_end_time",
@@ -48,12 +49,21 @@ def any_step_times(n: int, device: Any = None) -> tuple[Tensor, Tensor]:
     return a, a + (1.0 - a) * random.rand(n, device=device)
 
 
-def jump_samples(x: Tensor, a: Tensor, b: Tensor, shared_noise: bool) -> tuple[Tensor, Tensor]:
+def jump_samples(
+    x: Tensor,
+    a: Tensor,
+    b: Tensor,
+    shared_noise: bool,
+    source: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
     """The source ``x_a = (1 - a) z + a x`` and the real sample ``x_b = (1 - b) z' + b x`` of
-    data ``x``: fresh noise ``z'`` or, with ``shared_noise``, the source's own ``z``."""
+    data ``x``: fresh noise ``z'`` or, with ``shared_noise``, the source's own ``z``.
+    ``source(z)``, when given, replaces the interpolant as ``x_a`` (e.g.
+    :func:`chain_sources`)."""
     z = random.randn_like(x)
     z_real = z if shared_noise else random.randn_like(x)
-    return interpolate(z, x, a), interpolate(z_real, x, b)
+    x_a = interpolate(z, x, a) if source is None else source(z)
+    return x_a, interpolate(z_real, x, b)
 
 
 def jump(
@@ -100,6 +110,39 @@ def jump_chain(
     for i in range(nfe):
         x = step(x, grid[i].expand(x.shape[0]), grid[i + 1].expand(x.shape[0]))
     return x
+
+
+def chain_sources(
+    step: Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor],
+    z: Tensor,
+    x: Tensor,
+    a: Tensor,
+    k: int,
+    rows: int,
+    cond: Tensor | None = None,
+) -> Tensor:
+    """Hop sources for a fixed ``k``-step generator: the first ``rows`` samples start where
+    the sampler's own chain from ``z`` is at time ``a`` (``z`` moved by
+    ``step(x, i/k, (i+1)/k, cond)`` for every grid step before ``a``, no gradient; the chain
+    never sees the data), the rest at the interpolant ``(1 - a) z + a x``.
+
+    >>> z, x, a = torch.zeros(3, 1), torch.ones(3, 1), torch.tensor([0.0, 0.5, 0.75])
+    >>> up = lambda y, s, t, c: y + 2 * (t - s)[:, None]
+    >>> chain_sources(up, z, x, a, k=4, rows=2).flatten().tolist()  # chain, chain, interpolant
+    [0.0, 1.0, 0.75]
+    """
+    x_a = interpolate(z, x, a)
+    hops = (a[:rows] * k).round().long()
+    chain = z[:rows].clone()
+    with torch.no_grad():
+        for i in range(k - 1):
+            need = hops > i
+            if not bool(need.any()):
+                break
+            s = torch.full((int(need.sum()),), i / k, device=z.device, dtype=a.dtype)
+            c = None if cond is None else cond[:rows][need]
+            chain[need] = step(chain[need], s, s + 1.0 / k, c)
+    return torch.cat([chain, x_a[rows:]])
 
 
 def ot_loss(out: Tensor, source: Tensor, w: Tensor) -> Tensor:
