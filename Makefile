@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip >/dev/null
 	$(BIN)/python -m pip install "torch==2.13.0"
-	$(BIN)/python -m pip install -e ".[dev,robot,diffusers]"
+	$(BIN)/python -m pip install -e ".[dev,robot,diffusers,wandb]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -73,6 +73,7 @@ class Evaluator:
         self.spec: DataSpec = spec if spec is not None else method.spec
         self.reference = reference
         self.dataset = dataset
+        self.samples: Tensor | None = None  # those the last evaluate() scored
         if device is None:
             first = next(iter(method.parameters()), None)
             device = first.device if first is not None else torch.device("cpu")
@@ -172,6 +173,7 @@ class Evaluator:
         n = min(n_samples, len(self.reference))
         with record_path_length() as rec:
             samples = self.sample(n, nfe, solver=solver, seed=seed, check_finite=check_finite)
+        self.samples = samples
         reference = self.reference.x[:n]
         gen = torch.Generator().manual_seed(seed + 1)
         metrics = evaluate_samples(samples, reference, dataset=self.dataset, generator=gen)

@@ -27,6 +27,9 @@ from flowpost.data import DataConfig
 from flowpost.methods.base import MethodConfig, get_method_class
 from flowpost.nets.config import NetConfig
 
+# the experiment trackers train.log_with may name (flowpost.train.tracking starts them)
+TRACKERS = ("tensorboard", "wandb")
+
 
 @dataclass
 class TrainConfig:
@@ -54,6 +57,11 @@ class TrainConfig:
     keep_checkpoints: int = option(2, "how many recent checkpoints to keep", min=1)
     eval_every: int = option(0, "steps between evaluations (0: only at the end)", min=0)
     log_every: int = option(50, "steps between metrics.jsonl lines", min=1)
+    log_with: list[str] = option(
+        default_factory=lambda: ["tensorboard"],
+        help="Accelerate trackers that also get every logged number and the sample grids: "
+        "tensorboard, wandb (W&B: offline unless WANDB_MODE says otherwise); [] for none",
+    )
     precision: str = option(
         "fp32", "numeric precision of the training step (bf16: autocast)", choices=["fp32", "bf16"]
     )
@@ -92,6 +100,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"betas: expected two numbers in [0, 1), got {self.betas}")
+        for name in self.log_with:
+            if name not in TRACKERS:
+                raise ConfigError(
+                    f"log_with: unknown tracker {name!r} (known: {', '.join(TRACKERS)})"
+                )
 
 
 @dataclass
@@ -109,6 +122,15 @@ class EvalConfig:
     seed: int = option(1234, "seed of the evaluation noise (separate from training's stream)")
     episodes: int = option(100, "robot tasks: roll-out episodes per evaluation", min=1)
     plots: bool = option(True, "save sample plots into the run's plots/ folder")
+    grid: int = option(
+        64,
+        "image-shaped data: samples in the PNG grid written to samples/ and logged to the "
+        "trackers at each evaluation (latents: their channels, at most 8 rows; 0: none)",
+        min=0,
+    )
+    grid_at_checkpoints: bool = option(
+        False, "also write and log a sample grid at every checkpoint (draws eval.grid samples)"
+    )
 
 
 @dataclass

@@ -48,6 +48,7 @@ from flowpost.train.runfolder import (
 from flowpost.train.selection import BEST_DIR
 from flowpost.train.signals import StopRequest, TrainingInterrupted
 from flowpost.train.state import restore_payload
+from flowpost.train.tracking import start_trackers
 from flowpost.train.updater import DivergenceError, NonFiniteLossError
 
 if TYPE_CHECKING:
@@ -120,7 +121,17 @@ def fit(trainer: Trainer, *, resume: bool) -> dict[str, Any]:
         notes = "".join(f"# {key}: {json.dumps(value)}\n" for key, value in trainer.meta.items())
         config_text = yaml.safe_dump(run_config_to_dict(trainer.config), sort_keys=False)
         atomic_write_text(trainer.out / "config.yaml", notes + config_text)
-    logger = RunLogger(trainer.out, resume_step=trainer.step if resume else 0) if main else None
+    logger = None
+    if main:
+        start = trainer.step if resume else 0
+        trackers = start_trackers(
+            tc.log_with,
+            trainer.out,
+            config=run_config_to_dict(trainer.config),
+            resume_step=start,
+        )
+        logger = RunLogger(trainer.out, resume_step=start, trackers=trackers)
+    trainer.logger = logger
     if (
         logger is not None
         and resume

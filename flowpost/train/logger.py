@@ -1,9 +1,10 @@
-"""Run logging: ``metrics.jsonl`` (one JSON object per line), TensorBoard events, progress bar.
+"""Run logging: ``metrics.jsonl`` (one JSON object per line), the run's experiment trackers
+(TensorBoard, W&B: :mod:`flowpost.train.tracking`), progress bar.
 
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> log = RunLogger(Path(tempfile.mkdtemp()), tensorboard=False)
+    >>> log = RunLogger(Path(tempfile.mkdtemp()))
     >>> log.write({"step": 1, "policy/fm": 0.5})
     >>> log.close()
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,6 +28,9 @@ from rich.progress import (
 )
 
 from flowpost.train.runfolder import append_line, atomic_write_text
+
+if TYPE_CHECKING:
+    from accelerate.tracking import GeneralTracker
 
 
 def _jsonable(value: Any) -> Any:
@@ -42,9 +48,17 @@ def _step_of(line: str) -> int | None:
 
 
 class RunLogger:
-    """Appends metric records to ``metrics.jsonl`` and TensorBoard; truncates on resume."""
+    """Appends metric records to ``metrics.jsonl`` (truncated on resume) and sends their
+    numbers to ``trackers`` (Accelerate's, started by
+    :func:`~flowpost.train.tracking.start_trackers`), which :meth:`close` finishes."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, resume_step: int = 0) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        resume_step: int = 0,
+        trackers: Sequence[GeneralTracker] = (),
+    ) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step and self.path.exists():
@@ -55,33 +69,38 @@ class RunLogger:
         elif not resume_step and self.path.exists():
             self.path.unlink()
         self._fh = self.path.open("a")
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(
-                    str(run_dir / "tensorboard"), purge_step=resume_step or None
-                )
-            except ImportError:  # tensorboard missing: jsonl still has everything
-                self._tb = None
+        self.trackers = list(trackers)
+        self.closed = False
 
     def write(self, record: dict[str, Any]) -> None:
         append_line(self._fh, json.dumps({k: _jsonable(v) for k, v in record.items()}))
-        if self._tb is not None:
+        scalars = {
+            key: value
+            for key, value in record.items()
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+        if scalars:
             step = int(record.get("step", 0))
-            for key, value in record.items():
-                if (
-                    key != "step"
-                    and isinstance(value, (int, float))
-                    and not isinstance(value, bool)
-                ):
-                    self._tb.add_scalar(key, value, step)
+            for tracker in self.trackers:
+                tracker.log(scalars, step=step)
+
+    def log_image(self, name: str, image: np.ndarray, step: int) -> None:
+        """Log a uint8 ``(H, W, 3)`` image to every tracker (nothing once closed)."""
+        if self.closed:
+            return
+        for tracker in self.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({name: image[None]}, step=step, dataformats="NHWC")
+            else:
+                tracker.log_images({name: [image]}, step=step)
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         self._fh.close()
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self.trackers:
+            tracker.finish()
 
 
 class ProgressBar:

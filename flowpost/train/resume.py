@@ -4,7 +4,8 @@ A checkpoint records the config it was trained with. On ``--resume`` the new con
 compared with it key by key:
 
 * settings that only steer what happens from now on (``SAFE``: the learning rate, the
-  number of steps, checkpoint/log/eval cadence, the device, every ``eval`` field) are applied,
+  number of steps, checkpoint/log/eval cadence, the trackers, the device, every ``eval``
+  field) are applied,
   and :func:`describe_changes` gives the line the trainer prints and records;
 * anything else (the data, the network, the method, the batch, the seed, the schedule's
   shape...) would make the checkpoint mean something else: :func:`resume_changes` refuses,
@@ -38,6 +39,7 @@ SAFE = (
     "train.keep_checkpoints",
     "train.log_every",
     "train.eval_every",
+    "train.log_with",
     "train.device",
     "eval.",
     "init_from",  # only read when a run starts; a resumed run holds every weight

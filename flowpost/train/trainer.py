@@ -42,7 +42,7 @@ from flowpost.flows.distributed import any_true, mean_scalars
 from flowpost.flows.random import batch_shard
 from flowpost.methods.base import Method
 from flowpost.methods.components.guards import GuardWarning
-from flowpost.train import guard
+from flowpost.train import guard, tracking
 from flowpost.train.build import build_method_and_data
 from flowpost.train.checkpoint import (
     NonFiniteCheckpointError,
@@ -90,8 +90,9 @@ class Trainer:
     before building the method (:func:`~flowpost.train.build.seed_everything`); the trainer
     continues that stream.
 
-    The run folder holds ``config.yaml``, ``metrics.jsonl``, ``tensorboard/``,
-    ``checkpoints/``, ``plots/`` and, at the end, ``summary.json``.
+    The run folder holds ``config.yaml``, ``metrics.jsonl``, ``tensorboard/`` (and
+    ``wandb/``: ``train.log_with``), ``checkpoints/``, ``plots/``, ``samples/`` (grids of
+    image-shaped samples) and, at the end, ``summary.json``.
 
     Example:
         >>> import tempfile
@@ -125,6 +126,9 @@ class Trainer:
         self.meta = dict(meta or {})
         self.files = dict(files or {})
         tc = config.train
+        tracking.check_trackers(tc.log_with)  # before anything is written
+        self.logger: RunLogger | None = None  # the main process's, while fit() runs
+        self.eval_samples: torch.Tensor | None = None
         # auto: the GPUs if there are any, else the CPU; under torchrun / accelerate launch
         # that is DDP over NCCL or gloo (a CPU run must say cpu=True to Accelerate for that)
         cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
@@ -342,10 +346,12 @@ class Trainer:
                 metrics = self.evaluate(
                     plot_name=f"samples_step{self.step:07d}.png", check_finite=False
                 )
+                tracking.log_grid(self, self.eval_samples, f"step_{self.step:07d}")
                 self.method.train()
                 logger.write({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                 self.save()
+                tracking.checkpoint_grid(self)
             if self.selector is not None and (self.step % every == 0 or self.step == tc.steps):
                 guard.validate(self, logger)
                 self.method.train()
@@ -395,10 +401,12 @@ class Trainer:
     ) -> dict[str, float]:
         """Metrics of the EMA roles against held-out data (``eval`` section settings);
         training's random stream is left exactly as it was. Non-finite samples raise
-        (``check_finite``) or, during training, give non-finite metrics."""
+        (``check_finite``) or, during training, give non-finite metrics. The scored samples
+        stay in ``eval_samples`` (for the sample grid)."""
         ec = self.config.eval
         plot = self.out / "plots" / plot_name if ec.plots and plot_name else None
-        return self.evaluator().evaluate(
+        evaluator = self.evaluator()
+        metrics = evaluator.evaluate(
             nfe if nfe is not None else ec.nfe,
             solver=ec.solver,
             n_samples=ec.n_samples,
@@ -408,6 +416,8 @@ class Trainer:
             title=f"{self.config.method.name} step {self.step}",
             check_finite=check_finite,
         )
+        self.eval_samples = evaluator.samples
+        return metrics
 
     def final_evaluation(self) -> dict[str, Any]:
         ec = self.config.eval
@@ -418,6 +428,7 @@ class Trainer:
             summary.update({f"last/{k}": v for k, v in self.evaluate(check_finite=False).items()})
             guard.load_weights(self, self.out / BEST_DIR)
         summary.update(self.evaluate(plot_name="samples_final.png", check_finite=False))
+        tracking.log_grid(self, self.eval_samples, "final")
         for nfe in ec.extra_nfe:
             for key, value in self.evaluate(nfe=nfe, check_finite=False).items():
                 summary[f"nfe{nfe}/{key}"] = value

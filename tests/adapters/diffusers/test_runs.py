@@ -1,5 +1,6 @@
 """Whole runs of diffusers models through the trainer and the command line: the tiny
-recipes train and export; a checkpoint holds only adapters (and resumes exactly); the
+recipes train and export; a checkpoint holds only adapters (and resumes exactly); a run
+writes the grid of its latents' channels; the
 export loads into a fresh transformer with diffusers' own loader and gives the fine-tuned
 model's outputs; init_from takes a diffusers folder or an earlier LoRA run.
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from diffusers_helpers import FLUX_TINY, TARGETS, latents_and_cond
+from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -21,6 +24,7 @@ from flowpost.adapters.diffusers.model import DiffusersFlow, load_transformer
 from flowpost.cli import app
 from flowpost.config import from_dict
 from flowpost.data.latents import toy_latents, write_latent_shards
+from flowpost.eval.grid import sample_grid
 from flowpost.export import export_run
 from flowpost.train import Trainer
 from flowpost.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -66,6 +70,11 @@ def test_checkpoint_holds_adapters_only_and_resumes_exactly(tmp_path) -> None:
     straight = Trainer.from_config(build_run_config(cfg), tmp_path / "a", progress=False)
     assert straight.streamed and straight.train_x is None  # never moved whole
     straight.fit()
+    # the sample grid of a latent run: its channels, one row per sample, 16 columns
+    samples = straight.eval_samples
+    assert samples is not None and samples.shape[1:] == (16, 8, 8)
+    grid = np.asarray(Image.open(tmp_path / "a" / "samples" / "final.png").convert("RGB"))
+    assert np.array_equal(grid, sample_grid(samples)) and grid.shape[1] > 2 * grid.shape[0]
     tensors, _ = load_checkpoint(latest_checkpoint(tmp_path / "a" / "checkpoints"))
     weights = [k for k in tensors if k.startswith(("model.", "ema."))]
     assert weights and all("lora_" in k for k in weights)
