@@ -7,14 +7,20 @@ records, at every iteration, the loss the optimiser saw, the plain data-fit term
 same number; for GFT ``||b - b_data||^2`` without the anchor) and the gradient norm before
 clipping; then evaluates the EMA model at NFE 1, 2, 4, 8, 16, 32, 100 (Euler /
 Euler-Maruyama) on held-out target data: W2 (or Frechet for digits), path length, per-mode
-or per-class weights.
+weights and spreads (toys) or per-class proportions (digits).
 
-Cells are written one by one into ``benchmarks/results/gradual.json`` (resumable: a cell
-already there is skipped; the pretrained flows are kept under ``--work``).
+Cells are written one by one into the results JSON (resumable: a cell already there is never
+rerun; the pretrained flows are kept under ``--work``). Two sizes:
+
+* full (default): the shipped recipes' budgets, ``benchmarks/results/gradual.json``;
+* ``--quick``: 300 fine-tuning iterations from a 1000-iteration pretrained flow, the two toys,
+  ``benchmarks/results/gradual_quick.json`` (about 20 minutes on one free core).
 
     python benchmarks/bench_gradual.py run --tasks rotated unbalanced --seeds 0 1 2
-    python benchmarks/bench_gradual.py report     # tables (markdown) + docs/figures/gradual_*.png
+    python benchmarks/bench_gradual.py run --quick
+    python benchmarks/bench_gradual.py backfill   # per-mode statistics of older cells
     python benchmarks/bench_gradual.py floor      # W2 of a perfect sampler (two target sets)
+    python benchmarks/report_gradual.py           # tables into docs/methods/gradual.md, figures
 """
 
 from __future__ import annotations
@@ -31,8 +37,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gradual.json"
-FIGURES = ROOT / "docs" / "figures"
+QUICK_RESULTS = ROOT / "benchmarks" / "results" / "gradual_quick.json"
 NFES = (1, 2, 4, 8, 16, 32, 100)
+PER_MODE_NFES = (1, 4, 100)  # per-mode weights and spreads are stored at these
+# --quick: fine-tuning and pretraining iterations (both methods alike), the toys only
+QUICK_STEPS, QUICK_PRETRAIN = 300, 1000
 
 # task -> (pretrain recipe, folder of the sft/gft recipes)
 TASKS: dict[str, tuple[str, str]] = {
@@ -40,6 +49,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "unbalanced": ("recipes/8gaussians/pretrain.yaml", "recipes/8gaussians_unbalanced"),
     "digits_thick": ("recipes/digits/pretrain.yaml", "recipes/digits_thick"),
 }
+TOYS = ("rotated", "unbalanced")
 # variant -> (recipe file, overrides): the two methods as shipped, and ablations that say
 # where a difference comes from (coupling, noise, objective, schedule).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -64,7 +74,7 @@ def _save(results: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
-def _config(recipe: str, overrides: list[str]):  # type: ignore[no-untyped-def]
+def _config(recipe: str | Path, overrides: list[str]):  # type: ignore[no-untyped-def]
     from flowpost.config import apply_overrides, load_yaml
     from flowpost.train.config import build_run_config
 
@@ -93,24 +103,72 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
-def run_cell(task: str, variant: str, seed: int, pre: Path, work: Path, steps: int | None):  # type: ignore[no-untyped-def]
-    from flowpost.train import Trainer
+def _finite(values: list[float]) -> list[float | None]:
+    return [v if math.isfinite(v) else None for v in values]
 
-    folder = TASKS[task][1]
+
+def per_mode(trainer, cfg) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Per-mode weights and robust spreads of the evaluation's own samples (same noise seed
+    and size as ``trainer.evaluate``) against the held-out target, at ``PER_MODE_NFES``."""
+    from flowpost.data.toys import mode_info
+    from flowpost.eval.metrics import mode_weights, robust_mode_spread
+
+    ec = cfg.eval
+    info = mode_info(cfg.data.name, cfg.data.transform)
+    ev = trainer.evaluator()
+    n = min(ec.n_samples, len(trainer.data.heldout))
+    ref = trainer.data.heldout.x[:n]
+    ref_w, _ = mode_weights(ref, info.centers, info.radius)
+    out: dict[str, Any] = {
+        "target_weight": info.weights.tolist(),
+        "ref_weight": ref_w.tolist(),
+        "ref_spread": _finite(robust_mode_spread(ref, info.centers, info.radius).tolist()),
+    }
+    for nfe in PER_MODE_NFES:
+        x = ev.sample(n, nfe, solver=ec.solver, seed=ec.seed, check_finite=False)
+        w, unassigned = mode_weights(x, info.centers, info.radius)
+        spread = robust_mode_spread(x, info.centers, info.radius)
+        out[str(nfe)] = {
+            "weight": w.tolist(),
+            "spread": _finite(spread.tolist()),
+            "unassigned": unassigned,
+        }
+    return out
+
+
+def per_class(trainer, cfg) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The shipped classifier's class histogram of the held-out target set the evaluation
+    compares with (the samples' histograms are the eval's ``class_k``)."""
+    from flowpost.eval.features import base_dataset, classifier_confidence
+
+    n = min(cfg.eval.n_samples, len(trainer.data.heldout))
+    ref = trainer.data.heldout.x[:n]
+    hist = classifier_confidence(ref, base_dataset(cfg.data.name)).histogram
+    return {"ref_hist": hist.tolist(), "n": n}
+
+
+def _cell_overrides(variant: str, seed: int, pre: Path, steps: int | None) -> list[str]:
     recipe, extra = VARIANTS[variant]
     overrides = [f"init_from={pre}", f"train.seed={seed}", "eval.plots=false", *extra]
     if steps:  # a shorter budget for both methods alike (anneal scaled the same way)
         overrides += [f"train.steps={steps}"]
         if recipe == "gft.yaml":
             overrides += [f"method.temperature_steps={int(0.8 * steps)}"]
-    cfg = _config(f"{folder}/{recipe}", overrides)
+    return overrides
+
+
+def run_cell(task: str, variant: str, seed: int, pre: Path, work: Path, steps: int | None):  # type: ignore[no-untyped-def]
+    from flowpost.train import Trainer
+
+    folder = TASKS[task][1]
+    cfg = _config(f"{folder}/{VARIANTS[variant][0]}", _cell_overrides(variant, seed, pre, steps))
     out = work / f"{task}_{variant}_s{seed}"
     trainer = Trainer.from_config(cfg, out, progress=False)
     losses, fits, grads, temps = [], [], [], []
     started = time.perf_counter()
     trainer.method.train()
     for step in range(cfg.train.steps):
-        batch = trainer._next_batch()
+        batch, _ = trainer._next_batch()
         trainer.updater.global_step = step
         logs = trainer.method.train_step(batch, step, trainer.updater)
         trainer.step = step + 1
@@ -129,9 +187,9 @@ def run_cell(task: str, variant: str, seed: int, pre: Path, work: Path, steps: i
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(run_config_to_dict(cfg), sort_keys=False))
     trainer.save()
-    evals = {str(k): trainer.evaluate(nfe=k) for k in NFES}
+    evals = {str(k): trainer.evaluate(nfe=k, check_finite=False) for k in NFES}
     every = max(1, len(losses) // 100)
-    return {
+    cell = {
         "task": task,
         "variant": variant,
         "seed": seed,
@@ -151,13 +209,26 @@ def run_cell(task: str, variant: str, seed: int, pre: Path, work: Path, steps: i
         },
         "eval": evals,
     }
+    if task in TOYS:
+        cell["per_mode"] = per_mode(trainer, cfg)
+    else:
+        cell["per_class"] = per_class(trainer, cfg)
+    return cell
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
+    if args.quick:
+        args.steps = args.steps or QUICK_STEPS
+        args.pretrain_steps = {t: QUICK_PRETRAIN for t in TASKS} | args.pretrain_steps
+        args.tasks = args.tasks or list(TOYS)
+        args.results = args.results or str(QUICK_RESULTS)
+        args.work = args.work + "_quick"
+    args.tasks = args.tasks or ["rotated"]
+    results_path = Path(args.results or RESULTS)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    results = _load(Path(args.results))
+    results = _load(results_path)
     for task in args.tasks:
         pre = pretrained(TASKS[task][0], work, args.pretrain_steps.get(task))
         for seed in args.seeds:
@@ -168,7 +239,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                 t0 = time.perf_counter()
                 results[key] = run_cell(task, variant, seed, pre, work, args.steps)
                 results[key]["pretrained"] = str(pre.name)
-                _save(results, Path(args.results))
+                results[key]["size"] = "quick" if args.quick else "full"
+                _save(results, results_path)
                 ev = results[key]["eval"]
                 metric = "w2" if "w2" in ev["100"] else "frechet"
                 print(
@@ -178,109 +250,53 @@ def cmd_run(args: argparse.Namespace) -> None:
                 )
 
 
-# --------------------------------------------------------------------------- report
+def cmd_backfill(args: argparse.Namespace) -> None:
+    """Add what later versions of a cell record (per-mode statistics, newer eval keys) to
+    cells that lack it, from the cell's saved model; the stored numbers are kept, and the
+    largest change of a re-evaluated stored metric is recorded beside them."""
+    from flowpost.train import Trainer
+    from flowpost.train.checkpoint import latest_checkpoint
 
-
-def _metric(ev: dict[str, Any]) -> str:
-    return "w2" if "w2" in ev else "frechet"
-
-
-def _cells(results: dict[str, Any], task: str, variant: str) -> list[dict[str, Any]]:
-    return [v for k, v in sorted(results.items()) if k.startswith(f"{task}/{variant}/")]
-
-
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
-def report(results: dict[str, Any]) -> str:
-    lines: list[str] = []
-    tasks = sorted({v["task"] for v in results.values()}, key=list(TASKS).index)
-    for task in tasks:
-        variants = [v for v in VARIANTS if _cells(results, task, v)]
-        first = _cells(results, task, variants[0])[0]
-        metric = _metric(first["eval"]["100"])
-        seeds = {v: len(_cells(results, task, v)) for v in variants}
-        lines += [f"### {task}: {metric} against NFE (mean ± std over seeds)", ""]
-        lines += ["| variant | seeds | " + " | ".join(f"NFE {k}" for k in NFES) + " |"]
-        lines += ["|---|---|" + "---|" * len(NFES)]
-        for v in variants:
-            cells = _cells(results, task, v)
-            row = [_ms([c["eval"][str(k)][metric] for c in cells]) for k in NFES]
-            lines += [f"| {v} | {seeds[v]} | " + " | ".join(row) + " |"]
-        lines += ["", f"### {task}: path length, diversity, stability", ""]
-        cov = "mode_coverage" if "mode_coverage" in first["eval"]["100"] else "classes_covered"
-        tv = "mode_tv" if cov == "mode_coverage" else "class_tv"
-        lines += [
-            f"| variant | path length @100 | path length @4 | {cov} @100 (min) | {tv} @100 | "
-            "loss std | fit std (2nd half) | grad-norm std | grad-norm std (2nd half) |"
-        ]
-        lines += ["|---|---|---|---|---|---|---|---|---|"]
-        for v in variants:
-            cells = _cells(results, task, v)
-            ev = [c["eval"] for c in cells]
-            lines += [
-                f"| {v} | {_ms([e['100']['path_length'] for e in ev])} | "
-                f"{_ms([e['4']['path_length'] for e in ev])} | "
-                f"{min(e['100'].get(cov, math.nan) for e in ev):.3f} | "
-                f"{_ms([e['100'].get(tv, math.nan) for e in ev])} | "
-                f"{_ms([c['loss']['std'] for c in cells])} | "
-                f"{_ms([c['fit']['std_second_half'] for c in cells])} | "
-                f"{_ms([c['grad_norm']['std'] for c in cells])} | "
-                f"{_ms([c['grad_norm']['std_second_half'] for c in cells])} |"
-            ]
-        lines += [""]
-    return "\n".join(lines)
-
-
-def plots(results: dict[str, Any]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    written = []
-    tasks = sorted({v["task"] for v in results.values()}, key=list(TASKS).index)
-    for task in tasks:
-        variants = [v for v in VARIANTS if _cells(results, task, v)]
-        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-        for v in variants:
-            cells = _cells(results, task, v)
-            metric = _metric(cells[0]["eval"]["100"])
-            ys = [[c["eval"][str(k)][metric] for c in cells] for k in NFES]
-            mean = [statistics.fmean(y) for y in ys]
-            style = "-" if v in ("sft", "gft") else ":"
-            axes[0].plot(NFES, mean, style, marker="o", label=v)
-            every = cells[0]["trace"]["every"]
-            for i, c in enumerate(cells):
-                xs = [every * j for j in range(len(c["trace"]["fit"]))]
-                kw = {"label": v} if i == 0 else {}
-                color = axes[0].lines[-1].get_color()
-                axes[1].plot(xs, c["trace"]["fit"], style, color=color, alpha=0.7, **kw)
-                axes[2].plot(xs, c["trace"]["grad_norm"], style, color=color, alpha=0.7, **kw)
-            axes[0].set_ylabel(metric)
-        axes[0].set(xscale="log", xlabel="NFE", title=f"{task}: quality vs NFE")
-        axes[1].set(yscale="log", xlabel="iteration", ylabel="data-fit term", title="fit to target")
-        axes[2].set(yscale="log", xlabel="iteration", ylabel="grad norm", title="gradient norm")
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        path = FIGURES / f"gradual_{task}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
-def cmd_report(args: argparse.Namespace) -> None:
-    results = _load(Path(args.results))
-    print(report(results))
-    for p in plots(results):
-        print(f"wrote {p.relative_to(ROOT)}")
+    torch.set_num_threads(1)
+    results_path = Path(args.results or RESULTS)
+    results = _load(results_path)
+    for key, cell in sorted(results.items()):
+        toy = cell["task"] in TOYS
+        if "per_mode" in cell or "per_class" in cell:
+            continue
+        out = Path(args.work) / key.replace("/", "_")
+        # the cell's recipe and overrides as `run` built them (older run folders' config.yaml
+        # may carry keys renamed since)
+        pre = Path(args.work) / cell["pretrained"]
+        overrides = _cell_overrides(cell["variant"], cell["seed"], pre, cell["steps"])
+        cfg = _config(f"{TASKS[cell['task']][1]}/{VARIANTS[cell['variant']][0]}", overrides)
+        trainer = Trainer.from_config(cfg, out, progress=False)
+        if not toy:  # digits: the reference's class histogram needs no model
+            cell["per_class"] = per_class(trainer, cfg)
+            _save(results, results_path)
+            continue
+        ckpt = latest_checkpoint(out / "checkpoints")
+        assert ckpt is not None, out
+        trainer.restore(ckpt)
+        added: set[str] = set()
+        change = 0.0
+        for k in NFES:
+            fresh = trainer.evaluate(nfe=k, check_finite=False)
+            stored = cell["eval"][str(k)]
+            for name, value in fresh.items():
+                if name in stored:
+                    change = max(change, abs(value - stored[name]))
+                else:
+                    stored[name] = value
+                    added.add(name)
+        cell["per_mode"] = per_mode(trainer, cfg)
+        cell["backfilled"] = {"added": sorted(added), "max_abs_change_of_stored": change}
+        _save(results, results_path)
+        print(
+            f"{key}: added {len(added)} eval keys + per_mode; stored metrics moved by "
+            f"at most {change:.2e}",
+            flush=True,
+        )
 
 
 def cmd_floor(args: argparse.Namespace) -> None:
@@ -305,22 +321,28 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train and evaluate the missing cells")
-    r.add_argument("--tasks", nargs="+", default=["rotated"], choices=list(TASKS))
+    r.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS))
     r.add_argument("--variants", nargs="+", default=["sft", "gft"], choices=list(VARIANTS))
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--steps", type=int, default=None, help="override train.steps (both methods)")
     r.add_argument(
         "--pretrain-steps", type=json.loads, default={}, help="e.g. '{\"digits_thick\": 2000}'"
     )
-    r.add_argument("--work", default="/tmp/gft/bench", help="run folders and pretrained flows")
+    r.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_STEPS} iterations from a {QUICK_PRETRAIN}-iteration pretrained flow, the "
+        "toys, into gradual_quick.json (about 20 minutes on one core)",
+    )
     r.add_argument("--redo", action="store_true", help="recompute cells already in the JSON")
     r.set_defaults(func=cmd_run)
-    s = sub.add_parser("report", help="markdown tables and figures from the JSON")
-    s.set_defaults(func=cmd_report)
+    b = sub.add_parser("backfill", help="per-mode statistics of cells that lack them")
+    b.set_defaults(func=cmd_backfill)
+    for sp in (r, b):
+        sp.add_argument("--work", default="/tmp/gft/bench", help="run folders, pretrained flows")
+        sp.add_argument("--results", default=None, help=f"the JSON of the cells ({RESULTS.name})")
     f = sub.add_parser("floor", help="W2 between two target sample sets (the metric's floor)")
     f.set_defaults(func=cmd_floor)
-    for sp in (r, s):
-        sp.add_argument("--results", default=str(RESULTS), help="the JSON of the cells")
     args = p.parse_args()
     args.func(args)
 
