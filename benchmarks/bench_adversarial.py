@@ -294,7 +294,8 @@ def table(data: dict[str, Any], rows: list[tuple[str, str, int]], columns: tuple
             continue
         label = "AF" if contender.startswith("af") else "flow matching (Euler)"
         if contender.startswith("af") and contender != "af1":
-            label = f"AF (k = {contender[2:]})"
+            k, _, tag = contender[2:].partition("-")
+            label = f"AF (k = {k}{', ' + tag if tag else ''})"
         cells = [summarise(gather(data, task, contender, nfe, c)) for c in present]
         lines.append(f"| {task} | {label} | {nfe} | {n} | " + " | ".join(cells) + " |")
     floors = ", ".join(f"{t} {v:.3f}" for t, v in sorted(data["floor_w2"].items()))
@@ -345,7 +346,8 @@ def exp_suite(args: argparse.Namespace) -> None:
     print("AF at 1 NFE against flow matching (same network, same iterations)\n")
     print(table(data, rows, COLUMNS))
     print("\n".join(verdict(data, tasks)))
-    rows = [(t, c, k) for t in args.nfe_tasks for c in ("af1", "af2", "af4") for k in nfes_of(c)]
+    afs = sorted({k.split("/")[1] for k in data["cells"] if k.split("/")[1].startswith("af")})
+    rows = [(t, c, k) for t in args.nfe_tasks for c in afs for k in nfes_of(c)]
     print("\nAF trained for k steps, sampled with k steps\n")
     print(table(data, rows, COLUMNS))
 

@@ -29,7 +29,7 @@ NAMES = {
     "af_scratch": "AF from scratch",
     "af_init": "AF from the pretrained flow",
 }
-ADVERSARIAL = ("fail_pd_local", "fail_pd_pathwise", "fail_pg", "af_init")
+ADVERSARIAL = ("fail_pd_local", "fail_pd_pathwise", "fail_pg", "af_scratch", "af_init")
 DIVERSITY = (
     "mode_spread_ratio",
     "between_modes",
@@ -189,7 +189,8 @@ def claims(data: dict[str, Any]) -> list[str]:
     verdict = "not measured" if not n else ("HOLDS" if not bad else "DOES NOT HOLD")
     lines.append(
         f"* **No adversarial run ends worse than the pretrained flow** (W2 at its "
-        f"deployed steps, same seed; FAIL-PD, FAIL-PG, AF from the flow): {verdict}, "
+        "deployed steps, same seed; FAIL-PD, FAIL-PG, AF from scratch and from the flow): "
+        f"{verdict}, "
         f"{len(bad)} of {n} runs worse" + (": " + "; ".join(bad) if bad else "") + "."
     )
     af = af_beats_fm(data)
@@ -206,7 +207,8 @@ def claims(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(data: dict[str, Any]) -> str:
+def render(data: dict[str, Any], planned: dict[str, list[str]] | None = None) -> str:
+    """The whole report; ``planned`` ({size: cell keys}) adds how much of each size ran."""
     present = grid(data)
     seeds = sorted({parse(k)[4] for k in data["cells"]})
     head = [
@@ -229,6 +231,14 @@ def render(data: dict[str, Any]) -> str:
         "FAIL and AF, the number the model was trained for).",
         "",
     ]
+    for size, keys in (planned or {}).items():
+        done = [k for k in keys if k in data["cells"]]
+        missing = sorted({k.split("/")[0] for k in keys if k not in data["cells"]})
+        head.append(
+            f"* The `--{size}` suite: {len(done)} of {len(keys)} cells measured"
+            + (f"; pairs with cells missing: {', '.join(missing)}." if missing else ".")
+        )
+    head.append("")
     body = [*claims(data), ""]
     for task in TASKS:
         if task not in present:

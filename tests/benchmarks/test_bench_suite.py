@@ -124,7 +124,7 @@ def test_report_decides_the_claims_from_the_json():
     data = {"cells": cells}
     assert report.fail_beats_sft(data, "fail_pd_local")[:2] == (0, 1)
     n, bad = report.worse_than_pretrained(data)
-    assert n == 2 and len(bad) == 1 and "k2" in bad[0]
+    assert n == 3 and len(bad) == 1  # FAIL-PD at 1 and 2 steps, AF from scratch and "k2" in bad[0]
     assert report.af_beats_fm(data)[0][1] is True
     text = report.render(data)
     assert "DOES NOT HOLD" in text and "NOT SHOWN" in text  # AF: one 2-D pair of many
