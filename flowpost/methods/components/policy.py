@@ -31,6 +31,7 @@ from torch import Tensor
 from flowpost.config import ConfigError, option
 from flowpost.data.base import Batch
 from flowpost.methods.base import MethodConfig, Updater
+from flowpost.methods.components.anchors import sample_energy
 from flowpost.methods.components.common import (
     Field,
     Rollout,
@@ -97,6 +98,17 @@ class PolicyConfig(MethodConfig):
     pd_checkpoint: bool = option(
         True, "PD (pathwise): recompute each solver step in backward (flat memory)"
     )
+    energy_weight: float = option(
+        0.0,
+        "PD: weight of the energy distance between the differentiable samples and the expert "
+        "batch (an imitation anchor that repels clumps; components/anchors.py)",
+        min=0.0,
+    )
+    fm_weight: float = option(
+        0.0,
+        "weight of the flow-matching (SFT) loss on the expert batch in each policy update",
+        min=0.0,
+    )
     pg_estimator: str = option(
         "fpo",
         "PG ratio: 'fpo' flow-matching-loss surrogate, 'sde' Euler-Maruyama log-probs",
@@ -140,10 +152,16 @@ def policy_rollout(policy: Field, batch: Batch, cfg: PolicyConfig, *, grouped: b
 
 
 def pd_terms(
-    policy: Field, reference: Field, roll: Rollout, score: Score, cfg: PolicyConfig
+    policy: Field,
+    reference: Field,
+    roll: Rollout,
+    score: Score,
+    cfg: PolicyConfig,
+    expert: Batch | None = None,
 ) -> dict[str, Tensor]:
-    """PD loss terms: the batch means of ``score``'s terms at the differentiable sample, and
-    the reference regulariser ``reg`` when ``ref_weight > 0``."""
+    """PD loss terms: the batch means of ``score``'s terms at the differentiable sample, the
+    reference regulariser ``reg`` when ``ref_weight > 0`` and, given the ``expert`` batch, the
+    anchors ``energy`` (``energy_weight``) and ``fm`` (``fm_weight``)."""
     grid = solver_grid(cfg.nfe, cfg.solver, device=roll.x0.device, shift=grid_shift(policy))
     terms: dict[str, Tensor] = {}
     if cfg.pd_estimator == "pathwise":
@@ -151,6 +169,9 @@ def pd_terms(
             policy, roll.x0, cfg.nfe, cfg.solver, roll.cond, checkpoint=cfg.pd_checkpoint
         )
         terms.update({k: v.mean() for k, v in score(x_hat, roll.cond).items()})
+        if expert is not None and cfg.energy_weight > 0:
+            e = sample_energy(x_hat, roll.cond, expert.x, expert.cond)
+            terms["energy"] = cfg.energy_weight * e
         # the regulariser's points: the straight line between the noise and the (detached)
         # sample, at the grid times, as for the local estimator
         x1 = x_hat.detach()
@@ -162,9 +183,14 @@ def pd_terms(
         )
         if cfg.pd_estimator == "local":
             terms.update({k: v.mean() for k, v in score(pts.x_hat, pts.cond).items()})
+            if expert is not None and cfg.energy_weight > 0:
+                e = sample_energy(pts.x_hat, pts.cond, expert.x, expert.cond)
+                terms["energy"] = cfg.energy_weight * e
         if cfg.ref_weight > 0:
             reg = velocity_regulariser(pts.v, reference, pts.x_t, pts.t, pts.cond)
             terms["reg"] = cfg.ref_weight * reg.mean()
+    if expert is not None and cfg.fm_weight > 0:
+        terms["fm"] = cfg.fm_weight * flow_matching_loss(policy, expert.x, expert.cond)
     return terms
 
 
@@ -175,8 +201,10 @@ def pg_update(
     reward: Reward,
     cfg: PolicyConfig,
     update: Updater,
+    expert: Batch | None = None,
 ) -> dict[str, float]:
-    """PPO epochs on one batch of grouped rollouts (old policy = the policy now)."""
+    """PPO epochs on one batch of grouped rollouts (old policy = the policy now); given the
+    ``expert`` batch, each epoch adds the ``fm`` anchor (``fm_weight``)."""
     x1 = roll.x1
     rewards = reward(x1, roll.cond)
     adv = group_advantages(rewards, cfg.pg_group_size, cfg.pg_adv_clip)
@@ -208,6 +236,8 @@ def pg_update(
             p = reg_points
             reg = velocity_regulariser(p.v, reference, p.x_t, p.t, p.cond)
             terms["reg"] = cfg.ref_weight * reg.mean()
+        if expert is not None and cfg.fm_weight > 0:
+            terms["fm"] = cfg.fm_weight * flow_matching_loss(policy, expert.x, expert.cond)
         if epoch == 0:
             logs["pg/ratio_first"] = float(ratio.detach().mean())
         logs.update(update.step("policy", **terms))
@@ -236,9 +266,9 @@ def policy_update(
             if pd_rollout is not None
             else policy_rollout(policy, batch, cfg, grouped=False)
         )
-        terms = pd_terms(policy, reference, roll, score, cfg)
+        terms = pd_terms(policy, reference, roll, score, cfg, expert=batch)
         if extra_pd_terms is not None:
             terms.update(extra_pd_terms())
         return update.step("policy", **terms)
     roll = policy_rollout(policy, batch, cfg, grouped=True)
-    return pg_update(policy, reference, roll, reward, cfg, update)
+    return pg_update(policy, reference, roll, reward, cfg, update, expert=batch)
