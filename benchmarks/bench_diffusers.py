@@ -11,11 +11,20 @@ its FAIL method, the adapter (packing, time convention, text conditions) and the
 updater and EMA; the hand-written loop packs once and calls the transformer directly. They
 run interleaved, round after round, on one thread; rates use the process's CPU time.
 
-Memory. The bytes of tensors saved for backward during the policy update (exact, counted by
-``torch.autograd.graph.saved_tensors_hooks``; with activation checkpointing only what
-survives to backward is counted): local vs pathwise estimator, with and without the
-transformer's gradient checkpointing, and, for pathwise, with and without recomputing each
-solver step. No GPU was available: these are CPU measurements of a tiny model.
+Memory, for the local vs the pathwise estimator, with and without the transformer's gradient
+checkpointing and, for pathwise, with and without recomputing each solver step:
+
+* the bytes of tensors saved for backward during the policy update (exact, counted by
+  ``torch.autograd.graph.saved_tensors_hooks``; with activation checkpointing only what
+  survives to backward is counted);
+* the peak memory of the policy update and of the whole FAIL-PD step (roll-out,
+  discriminator update, policy update, AdamW, EMA) above what was allocated before the step
+  (weights, optimiser state): every tensor storage created during the step is counted from
+  its creation to its release (a ``TorchDispatchMode`` sees each op's outputs, a weak
+  reference each storage's release), the CPU counterpart of
+  ``torch.cuda.max_memory_allocated`` without the allocator's rounding and caching.
+
+No GPU was available: these are CPU measurements of a tiny model.
 
     python benchmarks/bench_diffusers.py [--rounds 5] [--steps 10]
 """
@@ -23,14 +32,18 @@ solver step. No GPU was available: these are CPU measurements of a tiny model.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from flowpost.adapters.diffusers.build import build_method
 from flowpost.adapters.diffusers.config import DiffusersConfig
@@ -277,6 +290,65 @@ def policy_saved_bytes(size: int, estimator: str, checkpointing: bool, step_ckpt
     return policy_bytes[0]
 
 
+class PeakMemory(TorchDispatchMode):
+    """Bytes of CPU tensor storages created inside the mode and still alive: their peak over
+    the whole time (``peak``) and since the last :meth:`mark` (``window``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = self.peak = self.window = 0
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+    def mark(self) -> None:
+        self.window = self.current
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                storage = t.untyped_storage()
+                key = id(storage)
+                if key not in self.live:
+                    self.live[key] = storage.nbytes()
+                    self.current += storage.nbytes()
+                    weakref.finalize(storage, self._free, key)
+        self.peak = max(self.peak, self.current)
+        self.window = max(self.window, self.current)
+        return out
+
+
+def peak_bytes(size: int, estimator: str, checkpointing: bool, step_ckpt: bool) -> dict:
+    """Peak MiB above the step's start, of the policy update (from the end of the
+    discriminator update: forward, backward, clip, AdamW, EMA) and of the whole FAIL-PD step;
+    on the second step, so the optimiser state already exists."""
+    run = Flowpost(size, estimator, checkpointing, step_ckpt)
+    batch = batches(1, size)[0]
+    run.step(batch)
+    mode = PeakMemory()
+    step = run.updater.step
+    policy: list[int] = []
+
+    def marking(name: str, **terms: torch.Tensor) -> dict[str, float]:
+        out = step(name, **terms)
+        if name == "discriminator":
+            mode.mark()
+        elif name == "policy":
+            policy.append(mode.window)
+        return out
+
+    run.updater.step = marking  # type: ignore[method-assign]
+    gc.collect()
+    with mode:
+        run.step(batch)
+    return {
+        "policy_update_peak_MiB": round(policy[0] / 2**20, 3),
+        "step_peak_MiB": round(mode.peak / 2**20, 3),
+    }
+
+
 def memory(size: int) -> list[dict[str, Any]]:
     rows = []
     for estimator, ckpt, step_ckpt in [
@@ -293,6 +365,7 @@ def memory(size: int) -> list[dict[str, Any]]:
             "solver_step_checkpointing": step_ckpt if estimator == "pathwise" else None,
             "latent": [16, size, size],
             "saved_for_backward_MiB": round(b / 2**20, 3),
+            **peak_bytes(size, estimator, ckpt, step_ckpt),
         })  # fmt: skip
         print(rows[-1], flush=True)
     return rows
