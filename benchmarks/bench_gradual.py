@@ -157,11 +157,14 @@ def _cell_overrides(variant: str, seed: int, pre: Path, steps: int | None) -> li
     return overrides
 
 
-def run_cell(task: str, variant: str, seed: int, pre: Path, work: Path, steps: int | None):  # type: ignore[no-untyped-def]
+def run_cell(  # type: ignore[no-untyped-def]
+    task: str, variant: str, seed: int, pre: Path, work: Path, steps: int | None, extra: list[str]
+):
     from flowpost.train import Trainer
 
     folder = TASKS[task][1]
-    cfg = _config(f"{folder}/{VARIANTS[variant][0]}", _cell_overrides(variant, seed, pre, steps))
+    overrides = _cell_overrides(variant, seed, pre, steps) + extra
+    cfg = _config(f"{folder}/{VARIANTS[variant][0]}", overrides)
     out = work / f"{task}_{variant}_s{seed}"
     trainer = Trainer.from_config(cfg, out, progress=False)
     losses, fits, grads, temps = [], [], [], []
@@ -194,6 +197,8 @@ def run_cell(task: str, variant: str, seed: int, pre: Path, work: Path, steps: i
         "variant": variant,
         "seed": seed,
         "steps": cfg.train.steps,
+        "extra_overrides": extra,
+        "eval_samples": min(cfg.eval.n_samples, len(trainer.data.heldout)),
         "train_s": round(train_s, 1),
         "loss": _stats(losses),
         "fit": _stats(fits),
@@ -237,7 +242,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 if key in results and not args.redo:
                     continue
                 t0 = time.perf_counter()
-                results[key] = run_cell(task, variant, seed, pre, work, args.steps)
+                results[key] = run_cell(task, variant, seed, pre, work, args.steps, args.set)
                 results[key]["pretrained"] = str(pre.name)
                 results[key]["size"] = "quick" if args.quick else "full"
                 _save(results, results_path)
@@ -269,6 +274,7 @@ def cmd_backfill(args: argparse.Namespace) -> None:
         # may carry keys renamed since)
         pre = Path(args.work) / cell["pretrained"]
         overrides = _cell_overrides(cell["variant"], cell["seed"], pre, cell["steps"])
+        overrides += cell.get("extra_overrides", [])
         cfg = _config(f"{TASKS[cell['task']][1]}/{VARIANTS[cell['variant']][0]}", overrides)
         trainer = Trainer.from_config(cfg, out, progress=False)
         if not toy:  # digits: the reference's class histogram needs no model
@@ -333,6 +339,9 @@ def main() -> None:
         action="store_true",
         help=f"{QUICK_STEPS} iterations from a {QUICK_PRETRAIN}-iteration pretrained flow, the "
         "toys, into gradual_quick.json (about 20 minutes on one core)",
+    )
+    r.add_argument(
+        "--set", nargs="*", default=[], help="overrides for every cell, e.g. eval.n_samples=500"
     )
     r.add_argument("--redo", action="store_true", help="recompute cells already in the JSON")
     r.set_defaults(func=cmd_run)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gradual import NFES, PER_MODE_NFES, RESULTS, ROOT, TASKS, VARIANTS, _load  # noqa: E402
+from bench_gradual import NFES, RESULTS, ROOT, TASKS, VARIANTS, _load  # noqa: E402
 
 DOC = ROOT / "docs" / "methods" / "gradual.md"
 FIGURES = ROOT / "docs" / "figures"
@@ -109,27 +109,27 @@ def table_paths(results: dict[str, Any], task: str) -> str:
     return _table(head, rows)
 
 
-def table_modes(results: dict[str, Any], task: str) -> str:
+def table_modes(results: dict[str, Any], task: str, nfes: Sequence[int] = (4, 100)) -> str:
     """Per mode: target weight, each method's weight and robust spread (relative to the
-    held-out target's), mean over seeds, at each NFE of PER_MODE_NFES for SFT and GFT."""
+    held-out target's), mean over seeds, at ``nfes`` (of PER_MODE_NFES) for SFT and GFT."""
     methods = [v for v in ("sft", "gft") if any("per_mode" in c for c in cells(results, task, v))]
     if not methods:
         return "(no per-mode statistics in the JSON)"
     first = next(c for c in cells(results, task, methods[0]) if "per_mode" in c)["per_mode"]
     k = len(first["target_weight"])
-    header = ["mode", "target weight"]
-    for nfe in PER_MODE_NFES:
+    header = ["mode", "target weight", "held-out weight"]
+    for nfe in nfes:
         header += [f"{v.upper()} weight @{nfe}" for v in methods]
-    for nfe in PER_MODE_NFES:
+    for nfe in nfes:
         header += [f"{v.upper()} spread @{nfe}" for v in methods]
     rows = []
     for i in range(k):
-        row = [str(i), f"{first['target_weight'][i]:.3f}"]
-        for nfe in PER_MODE_NFES:
+        row = [str(i), f"{first['target_weight'][i]:.3f}", f"{first['ref_weight'][i]:.3f}"]
+        for nfe in nfes:
             for v in methods:
                 pm = [c["per_mode"] for c in cells(results, task, v) if "per_mode" in c]
                 row.append(ms([p[str(nfe)]["weight"][i] for p in pm]))
-        for nfe in PER_MODE_NFES:
+        for nfe in nfes:
             for v in methods:
                 pm = [c["per_mode"] for c in cells(results, task, v) if "per_mode" in c]
                 ratios = [
