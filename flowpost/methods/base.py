@@ -93,6 +93,7 @@ class OptimizerSpec:
 
     ``lr=None`` means the run's ``train.lr``; the trainer multiplies the lr by ``lr_scale``
     (e.g. ``1 / repeats`` for a deep generator). ``grad_clip=None`` means ``train.grad_clip``.
+    ``eps=None`` is AdamW's own (1e-8).
     """
 
     params: list[nn.Parameter]
@@ -102,6 +103,7 @@ class OptimizerSpec:
     grad_clip: float | None = None
     schedule: bool = True  # follow the run's warm-up + decay schedule
     lr_scale: float = 1.0
+    eps: float | None = None
 
 
 class Updater(Protocol):

@@ -225,6 +225,7 @@ class Trainer:
                 weight_decay=spec.weight_decay
                 if spec.weight_decay is not None
                 else tc.weight_decay,
+                eps=1e-8 if spec.eps is None else spec.eps,
             )
             self.optimizers[name] = opt
             if spec.schedule:

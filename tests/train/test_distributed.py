@@ -5,7 +5,8 @@ FAIL-PG (whose groups never straddle two processes) with the same seed and globa
 one process. The final weights must agree to 1e-4 (relative), and each process must have
 computed on its own half of the global batch: the two halves differ, and side by side they
 are the one-process batch, step by step. So the equality cannot come from every process
-repeating the whole job.
+repeating the whole job. One process also takes the acceptance check's first discriminator
+step both ways (whole batch, or two halves as DDP sums them), which must agree.
 
 Run as a script (``torchrun --nproc_per_node 2 tests/train/test_distributed.py OUT INIT``),
 this file is the job each process runs.
@@ -14,6 +15,7 @@ this file is the job each process runs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -142,6 +144,64 @@ def test_two_processes_equal_one_process_and_each_computes_its_half(tmp_path) ->
         assert rel <= 1e-4, f"{name}: 2-process weights differ by {rel:.2e} (relative)"
         report[name] = rel
     print(f"max relative weight difference, 2 vs 1 process: {report}")
+
+
+def _discriminator_after(split: bool, disc_eps: float | None, seed: int, tmp: Path) -> list:
+    """The discriminator of the ddp-two-process acceptance check's FAIL-PD run (width 256,
+    lr 1e-3, betas 0.5/0.9, R1 1.0; the optimiser as the trainer builds it) after its first
+    update on a global batch of 256 expert and 256 policy samples, the gradient taken on the
+    whole batch (one process) or, as DDP on two processes takes it, as the mean of the two
+    halves' gradients: the same sum, rounded in another order."""
+    from flowpost.data.base import Batch
+    from flowpost.methods.components.common import Rollout
+    from flowpost.methods.components.imitation import discriminator_terms
+    from flowpost.train import Trainer
+    from flowpost.train.config import build_run_config
+
+    recipe = dict(JOBS["fail_pd"])
+    method = dict(recipe["method"], disc_lr=1e-3, disc_betas=[0.5, 0.9], gp_weight=1.0)
+    method["discriminator"] = {"hidden": 256, "depth": 2}
+    if disc_eps is not None:
+        method["disc_eps"] = disc_eps
+    recipe.update(method=method, train=dict(recipe["train"], batch_size=256, seed=seed))
+    trainer = Trainer.from_config(build_run_config(recipe), tmp, progress=False)
+    disc, opt = trainer.method.discriminator, trainer.optimizers["discriminator"]
+    assert opt.param_groups[0]["eps"] == (1e-8 if disc_eps is None else disc_eps)
+    real, _ = trainer._next_batch()
+    # policy samples: the expert mixture turned back by 22.5 degrees, as the pretrained
+    # flow's are, so the two are hard to tell apart and the gradient's halves cancel
+    c, s = math.cos(math.pi / 8), math.sin(math.pi / 8)
+    fake = real.x @ torch.tensor([[c, s], [-s, c]])
+    parts = (slice(0, 128), slice(128, 256)) if split else (slice(0, 256),)
+    for part in parts:
+        x1 = fake[part]
+        rolled = Rollout(torch.zeros_like(x1), x1, None)
+        terms, _, _ = discriminator_terms(disc, Batch(real.x[part], None), rolled, 1.0)
+        (sum(terms.values()) / len(parts)).backward()  # DDP: the mean of the processes' grads
+    opt.step()
+    return [p.detach().clone() for p in disc.parameters()]
+
+
+def _split_gap(disc_eps: float | None, tmp: Path) -> float:
+    """Largest relative weight difference, whole vs split batch, over three seeds."""
+    gaps = []
+    for seed in range(3):
+        a = _discriminator_after(False, disc_eps, seed, tmp / f"{seed}a")
+        b = _discriminator_after(True, disc_eps, seed, tmp / f"{seed}b")
+        gaps += [float((x - y).abs().max() / x.abs().max()) for x, y in zip(a, b, strict=True)]
+    return max(gaps)
+
+
+def test_discriminator_step_does_not_amplify_the_rounding_of_a_split_batch(tmp_path) -> None:
+    """The 2-process FAIL-PD discriminator of the acceptance check drifted 8.4e-4 from the
+    one-process one. Entries of its gradient near zero (|g| ~ 1e-8) differ by float rounding
+    between the two ways of summing the batch, and Adam's first step, g / (|g| + eps), turns
+    that into weight changes of a good fraction of the learning rate. With AdamW's eps the
+    split moves the weights by more than 1e-4 (relative) in one step; with the toy recipes'
+    ``disc_eps: 1e-5`` by less than 2e-5."""
+    default, robust = _split_gap(None, tmp_path / "default"), _split_gap(1e-5, tmp_path / "eps")
+    assert default > 1e-4, default  # the mechanism, at AdamW's eps ...
+    assert robust < 2e-5, robust  # ... and disc_eps removes most of it
 
 
 def _worker(out: Path, init_from: Path) -> None:

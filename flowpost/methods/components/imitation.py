@@ -86,6 +86,13 @@ class ImitationConfig(MethodConfig):
     disc_betas: list[float] | None = option(
         None, "discriminator Adam betas (null: train.betas); GAN practice: [0.5, 0.9]"
     )
+    disc_eps: float = option(
+        1e-8,
+        "discriminator Adam eps (AdamW's 1e-8); larger (1e-5 on the 2-D toys) keeps gradient "
+        "entries near zero, whose float rounding depends on the batch split, from taking "
+        "full-size Adam steps (N processes then follow one process)",
+        min=1e-12,
+    )
     gp_weight: float = option(0.0, "R1 gradient penalty gamma on expert samples", min=0.0)
     discriminator: DiscriminatorConfig = option(
         default_factory=DiscriminatorConfig, help="the built-in discriminator network"
@@ -154,6 +161,7 @@ def discriminator_optimizer(discriminator: nn.Module, cfg: ImitationConfig) -> O
         lr=cfg.disc_lr,
         betas=check_betas(cfg.disc_betas),
         schedule=False,
+        eps=cfg.disc_eps,
     )
 
 
