@@ -91,6 +91,36 @@ def test_second_writer_is_refused_naming_pid_and_host(tmp_path) -> None:
         holder.wait()
 
 
+def test_overwrite_never_moves_aside_a_run_in_use(tmp_path) -> None:
+    """``--overwrite`` into the folder of a run still training (another live process) is
+    refused, and that run keeps its folder (moving it aside would split it in two)."""
+    run = tmp_path / "run"
+    _make_run(run)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        before = _snapshot(run)
+        with pytest.raises(RunFolderError, match=f"in use by pid {holder.pid}"):
+            open_run_folder(run, overwrite=True)
+        assert _snapshot(run) == before
+        assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_unreadable_lock_is_refused_naming_the_lock(tmp_path) -> None:
+    """A lock whose content cannot be read (cut by a crash) may belong to a live run: it is
+    refused with a one-line message that names the lock file to delete."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK).write_text("")
+    with pytest.raises(RunFolderError) as err:
+        open_run_folder(run)
+    msg = str(err.value)
+    assert str(run / LOCK) in msg and "delete the lock" in msg and "\n" not in msg
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path) -> None:
     run = tmp_path / "run"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
