@@ -7,7 +7,7 @@ They are Accelerate's own tracker classes (``accelerate.tracking.TensorBoardTrac
 ``metrics.jsonl`` (same keys, same step) and the sample grids as images.
 
 * ``tensorboard``: event files in ``<run>/tensorboard/``; on resume, events after the
-  checkpoint's step are purged (as ``metrics.jsonl``'s lines are).
+  checkpoint's step are purged (as ``metrics.jsonl``'s lines are), the step's own kept.
 * ``wandb``: a W&B run under ``<run>/wandb/``, **offline** unless the environment says
   otherwise (``WANDB_MODE=online`` and a login to upload live; an offline run is uploaded
   later with ``wandb sync <run>/wandb/offline-run-*``). Its config is the run's config;
@@ -83,9 +83,9 @@ def start_trackers(
     trackers: list[GeneralTracker] = []
     for name in dict.fromkeys(names):  # once each, in the given order
         if name == "tensorboard":
-            tracker: GeneralTracker = TensorBoardTracker(
-                "tensorboard", str(run), purge_step=resume_step or None
-            )
+            # events after the checkpoint's step are dropped (its own step's are kept)
+            purge = resume_step + 1 if resume_step else None
+            tracker: GeneralTracker = TensorBoardTracker("tensorboard", str(run), purge_step=purge)
         else:
             import wandb
 

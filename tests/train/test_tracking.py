@@ -50,7 +50,8 @@ def tensorboard_scalars(run: Path) -> tuple[dict[int, dict[str, float]], dict[in
     for tag in acc.Tags()["scalars"]:
         for event in acc.Scalars(tag):
             scalars.setdefault(event.step, {})[tag] = event.value
-    images = {e.step: (e.width, e.height) for e in acc.Images("samples")}
+    shown = acc.Images("samples") if "samples" in acc.Tags()["images"] else []
+    images = {e.step: (e.width, e.height) for e in shown}
     return scalars, images
 
 
@@ -115,6 +116,19 @@ def test_tensorboard_and_offline_wandb_get_every_logged_number_and_the_grids(
         (media,) = tmp_path.glob(f"wandb/offline-run-*/files/media/images/samples_{step}_*.png")
         assert np.array_equal(np.asarray(Image.open(media).convert("RGB")),
                               np.asarray(Image.open(grids[step]).convert("RGB")))  # fmt: skip
+
+
+def test_resume_keeps_tensorboard_in_step_with_metrics_jsonl(tmp_path) -> None:
+    train = {**DIGITS["train"], "steps": 3, "eval_every": 0, "checkpoint_every": 2}
+    cfg = dict(DIGITS, train=train, eval={**DIGITS["eval"], "grid": 0})
+    run_training(cfg, tmp_path)  # checkpoints at 2 and 3; resumed from 3
+    run_training(dict(cfg, train={**train, "steps": 5}), tmp_path, resume=True)
+    logged = numbers(tmp_path)
+    scalars, _ = tensorboard_scalars(tmp_path)
+    fm = {s: v["policy/fm"] for s, v in logged.items() if "policy/fm" in v}
+    assert sorted(fm) == [1, 2, 3, 4, 5]
+    tb = {s: v["policy/fm"] for s, v in scalars.items() if "policy/fm" in v}
+    assert sorted(tb) == sorted(fm) and all(close(fm[s], tb[s]) for s in fm)
 
 
 def test_grids_at_checkpoints_and_no_trackers(tmp_path) -> None:
