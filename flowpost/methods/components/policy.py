@@ -31,7 +31,7 @@ from torch import Tensor
 from flowpost.config import ConfigError, option
 from flowpost.data.base import Batch
 from flowpost.methods.base import MethodConfig, Updater
-from flowpost.methods.components.anchors import sample_energy
+from flowpost.methods.components.anchors import sample_energy, sample_recall
 from flowpost.methods.components.common import (
     Field,
     Rollout,
@@ -61,6 +61,7 @@ __all__ = [
     "Reward",
     "cold_start_update",
     "policy_rollout",
+    "anchor_terms",
     "pd_terms",
     "pg_update",
     "policy_update",
@@ -102,6 +103,12 @@ class PolicyConfig(MethodConfig):
         0.0,
         "PD: weight of the energy distance between the differentiable samples and the expert "
         "batch (an imitation anchor that repels clumps; components/anchors.py)",
+        min=0.0,
+    )
+    recall_weight: float = option(
+        0.0,
+        "PD: weight of the mean distance from each expert sample to its nearest differentiable "
+        "policy sample (an imitation anchor that covers the demonstrations; anchors.py)",
         min=0.0,
     )
     fm_weight: float = option(
@@ -151,6 +158,19 @@ def policy_rollout(policy: Field, batch: Batch, cfg: PolicyConfig, *, grouped: b
     return rollout(policy, batch.x, batch.cond, cfg.nfe, cfg.solver, group_size=group)
 
 
+def anchor_terms(
+    x_hat: Tensor, cond: Tensor | None, expert: Batch, cfg: PolicyConfig
+) -> dict[str, Tensor]:
+    """The set anchors of differentiable samples ``x_hat`` to the ``expert`` batch:
+    ``energy`` (``energy_weight``) and ``recall`` (``recall_weight``)."""
+    terms: dict[str, Tensor] = {}
+    if cfg.energy_weight > 0:
+        terms["energy"] = cfg.energy_weight * sample_energy(x_hat, cond, expert.x, expert.cond)
+    if cfg.recall_weight > 0:
+        terms["recall"] = cfg.recall_weight * sample_recall(x_hat, cond, expert.x, expert.cond)
+    return terms
+
+
 def pd_terms(
     policy: Field,
     reference: Field,
@@ -161,7 +181,7 @@ def pd_terms(
 ) -> dict[str, Tensor]:
     """PD loss terms: the batch means of ``score``'s terms at the differentiable sample, the
     reference regulariser ``reg`` when ``ref_weight > 0`` and, given the ``expert`` batch, the
-    anchors ``energy`` (``energy_weight``) and ``fm`` (``fm_weight``)."""
+    anchors of :func:`anchor_terms` and ``fm`` (``fm_weight``)."""
     grid = solver_grid(cfg.nfe, cfg.solver, device=roll.x0.device, shift=grid_shift(policy))
     terms: dict[str, Tensor] = {}
     if cfg.pd_estimator == "pathwise":
@@ -169,9 +189,8 @@ def pd_terms(
             policy, roll.x0, cfg.nfe, cfg.solver, roll.cond, checkpoint=cfg.pd_checkpoint
         )
         terms.update({k: v.mean() for k, v in score(x_hat, roll.cond).items()})
-        if expert is not None and cfg.energy_weight > 0:
-            e = sample_energy(x_hat, roll.cond, expert.x, expert.cond)
-            terms["energy"] = cfg.energy_weight * e
+        if expert is not None:
+            terms.update(anchor_terms(x_hat, roll.cond, expert, cfg))
         # the regulariser's points: the straight line between the noise and the (detached)
         # sample, at the grid times, as for the local estimator
         x1 = x_hat.detach()
@@ -183,9 +202,8 @@ def pd_terms(
         )
         if cfg.pd_estimator == "local":
             terms.update({k: v.mean() for k, v in score(pts.x_hat, pts.cond).items()})
-            if expert is not None and cfg.energy_weight > 0:
-                e = sample_energy(pts.x_hat, pts.cond, expert.x, expert.cond)
-                terms["energy"] = cfg.energy_weight * e
+            if expert is not None:
+                terms.update(anchor_terms(pts.x_hat, pts.cond, expert, cfg))
         if cfg.ref_weight > 0:
             reg = velocity_regulariser(pts.v, reference, pts.x_t, pts.t, pts.cond)
             terms["reg"] = cfg.ref_weight * reg.mean()

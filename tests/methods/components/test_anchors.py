@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from flowpost.methods.components.anchors import sample_energy
+from flowpost.methods.components.anchors import sample_energy, sample_recall
 
 torch.set_num_threads(1)
 
@@ -23,14 +23,14 @@ def test_energy_is_lowest_at_the_expert_spread() -> None:
     assert abs(values[1.0] - torch.pi**0.5) < 0.05
 
 
-def _radial_push(scale: float) -> float:
+def _radial_push(scale: float, anchor=sample_energy) -> float:  # type: ignore[no-untyped-def]
     """Mean outward component of -grad of the energy for policy samples of std ``scale``
     around each of two modes whose expert std is 0.1 (gradient descent moves along -grad)."""
     centres = torch.tensor([[-1.0, 0.0], [1.0, 0.0]])
     which = torch.arange(1024) % 2
     y = centres[which] + 0.1 * _randn(1024, 2)
     x = (centres[which] + scale * _randn(1024, 3)).requires_grad_(True)
-    sample_energy(x, None, y, None).backward()
+    anchor(x, None, y, None).backward()
     assert x.grad is not None
     out = x.detach() - centres[which]
     return float((-x.grad * out).sum(1).mean() / out.norm(dim=1).mean())
@@ -52,3 +52,15 @@ def test_energy_per_class_ignores_the_other_classes() -> None:
     # without the labels the two sets look alike
     blind = [float(sample_energy(x, None, y, None)) for x in (swapped, right)]
     assert abs(blind[0] - blind[1]) < 0.2
+
+
+def test_recall_spreads_a_clump_and_ignores_samples_no_demonstration_is_near() -> None:
+    assert _radial_push(0.03, sample_recall) > 0  # the mode's edges pull the clump apart
+    y = _randn(256, 10)
+    stray = torch.tensor([[8.0, 8.0]])
+    x = torch.cat([_randn(1024, 11), stray]).requires_grad_(True)
+    sample_recall(x, None, y, None).backward()
+    assert x.grad is not None and float(x.grad[-1].abs().sum()) == 0.0  # precision: not its job
+    # covering the demonstrations lowers it: a clump leaves most of them uncovered
+    clump = 0.1 * _randn(1024, 12)
+    assert float(sample_recall(clump, None, y, None)) > 3 * float(sample_recall(x, None, y, None))

@@ -82,11 +82,13 @@ def test_conditional_groups_share_a_label() -> None:
 
 def test_pd_terms_add_the_expert_anchors_when_weighted() -> None:
     policy = _policy()
-    cfg = PolicyConfig(nfe=2, pd_estimator="local", energy_weight=2.0, fm_weight=0.5)
+    cfg = PolicyConfig(
+        nfe=2, pd_estimator="local", energy_weight=2.0, recall_weight=1.0, fm_weight=0.5
+    )
     roll = rollout(policy, torch.zeros(16, 2), None, 2, "euler")
     expert = Batch(torch.randn(16, 2, generator=torch.Generator().manual_seed(0)))
     terms = pd_terms(policy, policy, roll, _score, cfg, expert=expert)
-    assert list(terms) == ["dist", "energy", "fm"]
+    assert list(terms) == ["dist", "energy", "recall", "fm"]
     assert all(bool(torch.isfinite(v)) and v.requires_grad for v in terms.values())
     # without the expert batch (reward fine-tuning's default) there is nothing to anchor to
     assert list(pd_terms(policy, policy, roll, _score, cfg)) == ["dist"]
