@@ -1,4 +1,5 @@
-"""FAIL-PD settings vs the demo's diversity bar (issue 9): exploratory, one seed per setting.
+"""FAIL-PD settings vs the demo's diversity bar (issue 9): one seed per setting, three for the
+settings the demo ships.
 
 The acceptance check ``fail-demo-diversity`` asks the shipped demo's FAIL-PD model, sampled at
 its deployed 2 Euler steps (4000 samples, seed 3), for a robust within-mode spread >= 0.08
@@ -12,6 +13,7 @@ model's W2 / mode_spread / between_modes from its summary.
         --seeds 0 --work /tmp/fail/exp     # appends to <work>/results.jsonl (resumable)
     python benchmarks/bench_demo_diversity.py collect --work /tmp/fail/exp
         # -> benchmarks/results/fail_demo_diversity.json
+    python benchmarks/bench_demo_diversity.py table '{"label": 0, ...}'   # markdown rows
 """
 
 from __future__ import annotations
@@ -83,19 +85,55 @@ def run(label: str, method: dict, train: dict, seed: int, work: Path) -> dict[st
 
 def collect(work: Path) -> None:
     records = [json.loads(line) for line in (work / "results.jsonl").open()]
+    # notes added to records already in the JSON (e.g. the selection rule of older code) stay
+    old = json.loads(OUT.read_text())["records"] if OUT.exists() else []
+    notes = {(r["label"], r["seed"]): r.get("selection") for r in old if r.get("selection")}
     for rec in records:
+        if (rec["label"], rec["seed"]) in notes:
+            rec["selection"] = notes[(rec["label"], rec["seed"])]
         summary = json.loads((work / rec["label"] / f"s{rec['seed']}" / "summary.json").read_text())
         rec["best_step"] = summary.get("best_step")
+        rec["rollbacks"] = summary.get("rollbacks")
+        # the kept model's share of each mode (2000 evaluation samples; the target's: 0.125)
+        rec["mode_weights"] = [summary.get(f"mode_weight_{k}") for k in range(8)]
+        log = work / rec["label"] / f"s{rec['seed']}" / "metrics.jsonl"
+        rec["validation"] = [
+            [m["step"], round(m["validation/score"], 4), round(m["validation/coverage"], 4)]
+            for m in map(json.loads, log.read_text().splitlines())
+            if "validation/score" in m
+        ]
         rec["last"] = {k: summary.get(f"last/{k}", summary.get(k))
                        for k in ("w2", "mode_spread", "between_modes", "coverage")}  # fmt: skip
     OUT.write_text(json.dumps({"records": records, "base": BASE}, indent=1) + "\n")
     print(f"wrote {OUT}")
 
 
+def table(labels: list[str]) -> None:
+    """Markdown rows, one per run, of the given labels from the JSON: the kept model's
+    acceptance numbers and the last model's (when the kept one is earlier)."""
+    records = json.loads(OUT.read_text())["records"]
+    print("| setting | seed | kept: spread | kept: near | kept: W2 | bar met | best step "
+          "| last: spread | last: near | last: W2 |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label in labels:
+        for r in (r for r in records if r["label"] == label):
+            met = r["spread"] >= 0.08 and r["near"] >= 0.9 and r["w2"] <= 0.25
+            la = r.get("last_acceptance")
+            if la:
+                last = f"{la['spread']:.3f} | {la['near']:.3f} | {la['w2']:.3f}"
+            elif r.get("best_step") in (None, r["train"]["steps"]):
+                last = "= kept | = kept | = kept"
+            else:
+                last = f"- | - | {r['last']['w2']:.3f}"
+            print(f"| {label} | {r['seed']} | {r['spread']:.3f} | {r['near']:.3f} | "
+                  f"{r['w2']:.3f} | {'yes' if met else 'no'} | {r.get('best_step') or 'last'} | "
+                  f"{last} |")  # fmt: skip
+
+
 def main() -> None:
     torch.set_num_threads(1)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["run", "collect"])
+    p.add_argument("what", choices=["run", "collect", "table"])
     p.add_argument("variants", nargs="?", default="{}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--work", type=Path, default=Path("runs/bench_demo_diversity"))
@@ -103,6 +141,9 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     if args.what == "collect":
         collect(args.work)
+        return
+    if args.what == "table":
+        table(list(json.loads(args.variants)))
         return
     for label, (method, train) in json.loads(args.variants).items():
         for seed in args.seeds:

@@ -352,8 +352,9 @@ def cmd_stability(args: argparse.Namespace) -> None:
         for seed in args.seeds:
             extra: dict[str, Any] = {"variant": variant}
             if variant == "pg":
-                extra.update({"pg_group_size": 8, "pg_draws": 8, "pg_clip": 0.2, "ref_weight": 0.05,
-                              "pg_epochs": args.ppo_epochs})  # fmt: skip
+                extra.update({"pg_group_size": 8, "pg_draws": 8, "pg_clip": 0.2,
+                              "ref_weight": 0.05, "pg_epochs": args.ppo_epochs,
+                              "fm_weight": args.fm_weight})  # fmt: skip
             cfg = {
                 "init_from": str(pre),
                 "data": {**TARGET, "n_train": 256, "n_heldout": 2000, "seed": seed},
@@ -364,11 +365,7 @@ def cmd_stability(args: argparse.Namespace) -> None:
                           "eval_every": args.eval_every},
                 "eval": {"nfe": 4, "n_samples": 1000, "plots": False},
             }  # fmt: skip
-            tag = (
-                ""
-                if (args.lr, args.ppo_epochs) == (5e-4, 1)
-                else (f"_lr{args.lr:g}_epochs{args.ppo_epochs}")
-            )
+            tag = _stability_tag(args)
             tasks.append((cfg, work / f"stability{tag}_{variant}_s{seed}"))
             keys.append((variant, seed))
     _map(args.jobs, tasks)
@@ -385,15 +382,19 @@ def cmd_stability(args: argparse.Namespace) -> None:
             if "discriminator/bce" in rec:
                 disc.append((rec["step"], rec["discriminator/bce"]))
         curves[f"{variant}/s{seed}"] = {"w2": points, "disc_bce": disc, "lr": args.lr,
-                                        "ppo_epochs": args.ppo_epochs}  # fmt: skip
+                                        "ppo_epochs": args.ppo_epochs,
+                                        "fm_weight": args.fm_weight}  # fmt: skip
         print(variant, seed, " ".join(f"{s}:{w:.3f}" for s, w in points))
-    name = (
-        "fail_stability.json"
-        if (args.lr, args.ppo_epochs) == (5e-4, 1)
-        else (f"fail_stability_lr{args.lr:g}_epochs{args.ppo_epochs}.json")
-    )
+    name = f"fail_stability{_stability_tag(args)}.json"
     _write(name, {"curves": curves, "steps": args.steps, "seeds": args.seeds, "lr": args.lr,
-                  "ppo_epochs": args.ppo_epochs})  # fmt: skip
+                  "ppo_epochs": args.ppo_epochs, "fm_weight": args.fm_weight})  # fmt: skip
+
+
+def _stability_tag(args: argparse.Namespace) -> str:
+    """File-name tag of a stability study's settings ('' for the first study's)."""
+    first = (args.lr, args.ppo_epochs) == (5e-4, 1)
+    tag = "" if first else f"_lr{args.lr:g}_epochs{args.ppo_epochs}"
+    return tag + (f"_fm{args.fm_weight:g}" if args.fm_weight else "")
 
 
 # --------------------------------------------------------------------------- (4) hacking
@@ -679,6 +680,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=["pd", "pg"], choices=["pd", "pg"])
     p.add_argument("--lr", type=float, default=5e-4, help="policy learning rate")
     p.add_argument("--ppo-epochs", type=int, default=1)
+    p.add_argument("--fm-weight", type=float, default=0.0, help="PG: flow-matching anchor")
     p = sub.add_parser("hacking")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400)

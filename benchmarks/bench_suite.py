@@ -257,6 +257,8 @@ def train_args(cell: Cell, task: Task, work: Path, out: Path) -> list[str]:
         kv.update(method__nfe=cell.steps, eval__nfe=cell.steps)
     if cell.contender == "fail_pd_pathwise":
         kv["method__pd_estimator"] = "pathwise"
+    if cell.contender == "fail_pd_local":  # the recipe's default estimator is now pathwise
+        kv["method__pd_estimator"] = "local"
     if cell.contender == "af_init":  # the pretrained run's network, so its weights load
         kv.update(model__hidden=256, model__depth=4)
     return ["train", RECIPES[cell.contender], "--out", str(out), "--no-progress", *sets(**kv)]

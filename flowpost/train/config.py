@@ -86,6 +86,13 @@ class TrainConfig:
     guard_tolerance: float = option(
         1.0, "collapse: held-out score above best + this x (best - floor) + 3 noise", min=0.0
     )
+    select_coverage_gain: float = option(
+        0.0,
+        "best checkpoint: also keep a check whose coverage of the demonstrations beats the "
+        "best's by this much while its held-out score is short of a collapse (0: off)",
+        min=0.0,
+        max=1.0,
+    )
     guard_coverage_drop: float = option(
         0.3,
         "collapse: coverage of the demonstrations below (1 - this) x the best's",

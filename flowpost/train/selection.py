@@ -13,8 +13,10 @@ looks at a method's losses.
   it has collapsed, also inside its modes.
 * :meth:`Selector.judge` calls a check ``best`` (within the held-out score's noise ``sd`` of
   the lowest score so far, the start included, the later model winning ties; so the kept
-  model is never worse than the start on the held-out set by more than that noise),
-  ``collapse`` (the score
+  model is never worse than the start on the held-out set by more than that noise; with
+  ``coverage_gain > 0`` also a check whose coverage beats the best's by that much while its
+  score is short of a collapse, which trades that bound for diversity the few held-out
+  points cannot see), ``collapse`` (the score
   above ``best + tolerance * max(best - floor, sd) + 3 sd``, where ``floor`` and ``sd`` are
   the mean and spread of the score of bootstrap resamples of the training demonstrations,
   i.e. of a perfect model; or the coverage below ``1 - coverage_drop`` times the best's; or
@@ -133,6 +135,7 @@ class Selector:
         *,
         tolerance: float = 1.0,
         coverage_drop: float = 0.3,
+        coverage_gain: float = 0.0,
         metric: str = "w2",
         k: int = 5,
         max_ref: int = 1000,
@@ -148,6 +151,7 @@ class Selector:
         self.k = min(k, len(self.ref) - 1)
         self.tolerance = tolerance
         self.coverage_drop = coverage_drop
+        self.coverage_gain = coverage_gain
         # the score of a perfect model: held-out vs bootstrap resamples of the training demos
         # (as many as a check draws), its mean and spread
         n = len(self.ref)
@@ -196,7 +200,15 @@ class Selector:
             self.lowest = min(self.lowest, check.score)
             return "best", ""
         excess = max(best.score - self.floor, self.noise)
-        if check.score > best.score + self.tolerance * excess + 3 * self.noise:
+        diverged = check.score > best.score + self.tolerance * excess + 3 * self.noise
+        if self.coverage_gain > 0 and not diverged:
+            # a few dozen held-out points barely see inside the modes: a model that covers
+            # the demonstrations clearly better, at a score short of a collapse, is kept
+            if check.coverage >= best.coverage + self.coverage_gain:
+                self.best = check
+                self.lowest = min(self.lowest, check.score)
+                return "best", ""
+        if diverged:
             return "collapse", (
                 f"held-out {self.metric} {check.score:.3g} vs {best.score:.3g} at step {best.step}"
             )

@@ -169,7 +169,7 @@ class Trainer:
             self.data = dataclasses.replace(data, train=kept)
             self.selector = Selector(
                 held, kept, tolerance=tc.guard_tolerance, coverage_drop=tc.guard_coverage_drop,
-                metric=tc.select_metric,
+                coverage_gain=tc.select_coverage_gain, metric=tc.select_metric,
             )  # fmt: skip
         self.rollbacks = 0
         self._warned_idle = False

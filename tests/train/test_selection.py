@@ -164,3 +164,27 @@ def test_bad_demonstrations_are_one_line_errors(pretrained, tmp_path):
                               str(tmp_path / "dim")])  # fmt: skip
     assert dim.exit_code == 2 and "shape (3,)" in dim.output and "(2,)" in dim.output
     assert len(dim.output.strip().splitlines()) == 1
+
+
+def test_selector_coverage_gain_keeps_the_model_that_covers_the_modes():
+    """A blurry model can win the held-out distance by luck; with ``coverage_gain`` a later
+    model that covers the demonstrations clearly better (and is no collapse) is kept."""
+    info = mode_info("8gaussians")
+    kept, held = split_holdout(ArrayData(sample_toy("8gaussians", 1000, g(0))), 0.1, seed=0)
+    modes = info.centers[torch.randint(0, 8, (1000,), generator=g(1))]
+    blurry = modes + 0.35 * randn(1000, 2, seed=2)
+    sharp = modes + info.std * randn(1000, 2, seed=3)
+    for gain, kept_step in ((0.0, 10), (0.1, 20)):
+        sel = Selector(held, kept, coverage_gain=gain)
+        b, s = sel.measure(blurry, step=10), sel.measure(sharp, step=20)
+        b.score = s.score - 3 * sel.noise  # the blurry one got lucky on the held-out points
+        sel.judge(b)
+        assert s.coverage > b.coverage + 0.1
+        sel.judge(s)
+        assert sel.best is not None and sel.best.step == kept_step
+    # a model whose distance diverged is not kept for its coverage
+    sel = Selector(held, kept, coverage_gain=0.1)
+    sel.judge(sel.measure(blurry, step=10))
+    far = sel.measure(sharp + 3.0, step=20)
+    far.coverage = 1.0
+    assert sel.judge(far)[0] == "collapse"
