@@ -2,10 +2,10 @@
 
 The trainer keeps both in every checkpoint; the EMA never feeds back into training, so the
 live generator of a run is exactly what the same run with ``train.ema_decay=0`` would keep.
-For every 8gaussians cell of ``benchmarks/results/af_suite.json`` whose run folder still
+For every AF cell of ``benchmarks/results/af_suite.json`` whose run folder still
 exists (``flowpost train`` runs of ``bench_adversarial.py suite``), both generators sample
-from the same noise and are scored the same way: the af-diversity acceptance statistic on
-4000 samples (noise seed 3, as ``flowpost sample --seed 3``) and
+from the same noise and are scored the same way: (8gaussians) the af-diversity acceptance
+statistic on 4000 samples (noise seed 3, as ``flowpost sample --seed 3``) and
 ``flowpost.eval.evaluate_samples`` on 2000 of them against the run's 2000 held-out points.
 No training here. Writes ``benchmarks/results/af_ema_live.json``.
 
@@ -52,8 +52,9 @@ def score(path: Path) -> dict[str, Any]:
     with torch.no_grad():
         for name, roles in (("ema", run.roles), ("live", None)):
             x = run.method.generate(z, nfe=k, roles=roles)
-            m = evaluate_samples(x[:2000], ref[:2000], dataset="8gaussians")
-            out[name] = {**acceptance_stat(x.numpy()), **{q: m[q] for q in KEEP}}
+            m = evaluate_samples(x[:2000], ref[:2000], dataset=run.config.data.name)
+            extra = acceptance_stat(x.numpy()) if run.config.data.name == "8gaussians" else {}
+            out[name] = {**extra, **{q: m[q] for q in KEEP if q in m}}
     return out
 
 
@@ -62,15 +63,11 @@ def main() -> None:
     rows = {}
     for key, cell in sorted(results["cells"].items()):
         found = re.search(r"--out (\S+)", cell.get("command", ""))
-        if not key.startswith("8gaussians/af") or not found or not Path(found[1]).is_dir():
+        if "/af" not in key or not found or not Path(found[1]).is_dir():
             continue
         rows[key] = score(Path(found[1]))
-        e, live = rows[key]["ema"], rows[key]["live"]
-        print(
-            f"{key}: EMA spread {e['robust_spread']:.3f} near {e['near_mode']:.3f} "
-            f"W2 {e['w2']:.3f} | live spread {live['robust_spread']:.3f} "
-            f"near {live['near_mode']:.3f} W2 {live['w2']:.3f}"
-        )
+        show = lambda m: " ".join(f"{q} {v:.3f}" for q, v in m.items())  # noqa: E731
+        print(f"{key}: EMA {show(rows[key]['ema'])} | live {show(rows[key]['live'])}")
     out = HERE / "results" / "af_ema_live.json"
     out.write_text(json.dumps({"source": "af_suite.json run folders", "runs": rows}, indent=1))
     print(f"wrote {out}")
