@@ -170,7 +170,14 @@ def af_beats_fm(data: dict[str, Any]) -> list[tuple[str, bool, str]]:
 
 
 def claims(data: dict[str, Any]) -> list[str]:
-    lines = ["## The issue's claims, decided from the JSON", ""]
+    lines = [
+        "## The issue's claims, decided from the JSON",
+        "",
+        "Each claim is decided on the cells present only (see how much of the suite ran, "
+        "above): HOLDS on a partial suite means no counter-example among those cells, not "
+        "that the claim is shown for the suite.",
+        "",
+    ]
     for c in ("fail_pd_local", "fail_pd_pathwise"):
         wins, total, losses = fail_beats_sft(data, c)
         if not total:
@@ -187,6 +194,7 @@ def claims(data: dict[str, Any]) -> list[str]:
         )
     n, bad = worse_than_pretrained(data)
     verdict = "not measured" if not n else ("HOLDS" if not bad else "DOES NOT HOLD")
+    verdict += f" on the {n} runs measured" if n else ""
     lines.append(
         f"* **No adversarial run ends worse than the pretrained flow** (W2 at its "
         "deployed steps, same seed; FAIL-PD, FAIL-PG, AF from scratch and from the flow): "
@@ -202,7 +210,7 @@ def claims(data: dict[str, Any]) -> list[str]:
         f"* **AF at 1 NFE beats flow matching (SFT) at 1 and 2 steps on every 2-D "
         f"task**: {state}: measured on {len(measured)} of {len(tasks_2d)} 2-D pairs. "
         + "; ".join(f"{t}{'' if w else ' (NOT better)'}" for _, w, t in af)
-        + "."
+        + ("." if af else "")
     )
     return lines
 
@@ -246,7 +254,9 @@ def render(data: dict[str, Any], planned: dict[str, list[str]] | None = None) ->
             continue
         t = TASKS[task]
         body += [
-            f"## {task}: {t.source.name} -> {t.target.name} ({t.target.transform}; {t.kind})",
+            f"## {task}: {t.source.name} -> {t.target.name}"
+            + ("" if t.target.transform == "none" else f" ({t.target.transform})")
+            + f", {t.kind}",
             "",
             task_table(data, task, present[task]),
             "",
