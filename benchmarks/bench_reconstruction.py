@@ -13,6 +13,8 @@ interrupted run resumes where it stopped; trained run folders are reused):
   held-out digits by 32 RK4 steps, decode at K Euler steps) and sample Frechet distance at
   NFE 1, 2, 4, before and after.
 * ``plots``: figures from the JSON files into docs/figures/.
+* ``table`` / ``render``: the markdown tables of the JSON files, printed / written into
+  docs/methods/reconstruction.md between ``<!-- bench:NAME -->`` markers.
 
     python benchmarks/bench_reconstruction.py robot --task reacher --seeds 0 1 2
 """
@@ -23,11 +25,15 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reconstruction_report import render, table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -67,7 +73,9 @@ class Cells:
 
 
 def train_recipe(recipe: Path, out: Path, overrides: list[str]) -> float:
-    """Train one recipe (reused when its run folder has a summary); returns wall seconds."""
+    """Train one recipe (reused when its run folder has a summary); returns wall seconds.
+    ``wall.json`` in the run folder also keeps the CPU seconds of this process (``cpu_s``),
+    which, unlike the wall time, does not grow with other users' load on the machine."""
     from flowpost.config import apply_overrides, load_yaml
     from flowpost.train import run_training
     from flowpost.train.config import build_run_config
@@ -75,11 +83,11 @@ def train_recipe(recipe: Path, out: Path, overrides: list[str]) -> float:
     done = out / "wall.json"
     if done.is_file():
         return float(json.loads(done.read_text())["wall_s"])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     cfg = build_run_config(apply_overrides(load_yaml(recipe), overrides))
     run_training(cfg, out, overwrite=True) if _takes_overwrite() else run_training(cfg, out)
     wall = round(time.perf_counter() - started, 1)
-    done.write_text(json.dumps({"wall_s": wall}))
+    done.write_text(json.dumps({"wall_s": wall, "cpu_s": round(time.process_time() - cpu, 1)}))
     return wall
 
 
@@ -118,6 +126,8 @@ def robot(task: str, seeds: list[int], episodes: int) -> None:
 
     cells = Cells(RESULTS / f"reconstruction_{task}.json")
     eval_seed = 1234
+    if cells.get("episodes", lambda: episodes) != episodes:
+        raise SystemExit(f"{cells.path} was measured with {cells.data['episodes']} episodes")
     cells.get(
         "expert",
         lambda: expert_rollouts(get_task(task), episodes=episodes, seed=eval_seed),
@@ -132,6 +142,10 @@ def robot(task: str, seeds: list[int], episodes: int) -> None:
             cells.get(
                 f"seed{seed}/{name}/train_wall_s",
                 lambda r=recipe, o=base / name, s=sets: train_recipe(r, o, s),
+            )
+            cells.get(
+                f"seed{seed}/{name}/train_cpu_s",
+                lambda o=base / name: json.loads((o / "wall.json").read_text()).get("cpu_s"),
             )
             trainer = None
             for nfe in NFES:
@@ -271,37 +285,6 @@ def digits(seeds: list[int], pretrain_steps: int | None) -> None:
 # --------------------------------------------------------------------------- plots
 
 
-def table(task: str) -> None:
-    """Markdown tables of the robot and contraction results (pasted into the docs)."""
-    data = json.loads((RESULTS / f"reconstruction_{task}.json").read_text())
-    seeds = sorted({k.split("/")[0] for k in data if k.startswith("seed")})
-    e = data["expert"]
-    print("| policy | NFE | success rate | final distance | seeds |\n|---|---|---|---|---|")
-    print(f"| scripted expert | - | {e['success_rate']:.2f} | {e['final_distance']:.5f} | - |")
-    for name, label in zip(RUNS, ("pretrained (FM)", "FT-FM", "ResFT-FM")):
-        for nfe in NFES:
-            rows = [data.get(f"{s}/{name}/nfe{nfe}") for s in seeds]
-            rows = [r for r in rows if r is not None]
-            if not rows:
-                continue
-            sr = mean_std([r["success_rate"] for r in rows])
-            fd = mean_std([r["final_distance"] for r in rows])
-            print(
-                f"| {label} | {nfe} | {sr['mean']:.3f} +- {sr['std']:.3f} | "
-                f"{fd['mean']:.4f} +- {fd['std']:.4f} | {len(rows)} |"
-            )
-    path = RESULTS / f"reconstruction_contraction_{task}.json"
-    if path.is_file():
-        data = json.loads(path.read_text())
-        print("\n| Euler steps | pretrained | ResFT-FM |\n|---|---|---|")
-        for nfe in (2, 4, 10, 32):
-            cols = []
-            for name in ("pretrain", "resft_fm"):
-                vals = [v["mean"] for k, v in data.items() if k.endswith(f"/{name}/nfe{nfe}")]
-                cols.append(f"{statistics.fmean(vals):.3f} (n={len(vals)})" if vals else "-")
-            print(f"| {nfe} | {cols[0]} | {cols[1]} |")
-
-
 def plots(task: str) -> None:
     import matplotlib
 
@@ -335,10 +318,12 @@ def plots(task: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["robot", "contraction", "digits", "plots", "table"])
+    parser.add_argument(
+        "command", choices=["robot", "contraction", "digits", "plots", "table", "render"]
+    )
     parser.add_argument("--task", default="reacher")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--scale", type=float, default=0.3, help="perturbation std")
     parser.add_argument(
         "--runs", nargs="*", default=None, help="contraction: LABEL=PRETRAINED_RUN,RESFT_RUN"
@@ -356,6 +341,8 @@ def main() -> None:
         digits(args.seeds, args.pretrain_steps)
     elif args.command == "table":
         table(args.task)
+    elif args.command == "render":
+        render(args.task)
     else:
         plots(args.task)
 

@@ -1,0 +1,143 @@
+"""Markdown tables of the FT-FM / ResFT-FM results JSON (``bench_reconstruction.py table`` prints
+them, ``render`` writes them into docs/methods/reconstruction.md between ``<!-- bench:NAME -->``
+and ``<!-- /bench:NAME -->`` markers, so that no number in that page is typed by hand)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+NFES = (1, 2, 4, 10)
+RUNS = ("pretrain", "ft_fm", "resft_fm")
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+DOC = ROOT / "docs" / "methods" / "reconstruction.md"
+LABELS = dict(zip(RUNS, ("pretrained (FM)", "FT-FM", "ResFT-FM"), strict=True))
+
+
+def robot_tables(task: str) -> str:
+    """Markdown tables of one robot task's results JSON: mean +- std over seeds, the
+    binomial standard error of one seed's success rate, and the paired per-seed gains."""
+    data = json.loads((RESULTS / f"reconstruction_{task}.json").read_text())
+    seeds = sorted({k.split("/")[0] for k in data if k.startswith("seed")})
+    eps, e = data["episodes"], data["expert"]
+    out = [
+        f"{eps} evaluation episodes per cell (the same episodes and noise for every policy);"
+        " mean +- std over the seeds; `SE` is the binomial standard error of one seed's"
+        " success rate, `sqrt(p (1 - p) / episodes)`, at the mean `p`.",
+        "",
+        "| policy | NFE | success rate | SE | final distance | seeds |",
+        "|---|---|---|---|---|---|",
+        f"| scripted expert | - | {e['success_rate']:.3f} | - | {e['final_distance']:.5f} | - |",
+    ]
+    for name in RUNS:
+        for nfe in NFES:
+            rows = [data.get(f"{s}/{name}/nfe{nfe}") for s in seeds]
+            rows = [r for r in rows if r is not None]
+            if not rows:
+                continue
+            sr = mean_std([r["success_rate"] for r in rows])
+            fd = mean_std([r["final_distance"] for r in rows])
+            se = (sr["mean"] * (1 - sr["mean"]) / eps) ** 0.5
+            out.append(
+                f"| {LABELS[name]} | {nfe} | {sr['mean']:.3f} +- {sr['std']:.3f} | {se:.3f} | "
+                f"{fd['mean']:.4f} +- {fd['std']:.4f} | {len(rows)} |"
+            )
+    out += [
+        "",
+        "Paired per seed (same episodes, same noise): success rate, and the fine-tuned"
+        " policy's gain over its own pretrained policy.",
+        "",
+        "| seed | NFE | pretrained | FT-FM | gain | ResFT-FM | gain |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in seeds:
+        for nfe in NFES:
+            cells = [data.get(f"{s}/{name}/nfe{nfe}") for name in RUNS]
+            if any(c is None for c in cells):
+                continue
+            p, f, r = (c["success_rate"] for c in cells)
+            out.append(
+                f"| {s[4:]} | {nfe} | {p:.3f} | {f:.3f} | {f - p:+.3f} | {r:.3f} | {r - p:+.3f} |"
+            )
+    walls = [
+        (name, data.get(f"{s}/{name}/train_wall_s"), data.get(f"{s}/{name}/train_cpu_s"))
+        for s in seeds
+        for name in RUNS
+    ]
+    cpu = [f"{n} {c:.0f} s" for n, _, c in walls if c is not None]
+    if cpu:
+        out += ["", "CPU seconds of training (`train_cpu_s`, one thread): " + ", ".join(cpu) + "."]
+    return "\n".join(out)
+
+
+def contraction_table(task: str) -> str:
+    data = json.loads((RESULTS / f"reconstruction_contraction_{task}.json").read_text())
+    out = ["| Euler steps | pretrained | ResFT-FM |", "|---|---|---|"]
+    for nfe in (2, 4, 10, 32):
+        cols = []
+        for name in ("pretrain", "resft_fm"):
+            vals = [v["mean"] for k, v in data.items() if k.endswith(f"/{name}/nfe{nfe}")]
+            cols.append(f"{statistics.fmean(vals):.3f} (n={len(vals)})" if vals else "-")
+        out.append(f"| {nfe} | {cols[0]} | {cols[1]} |")
+    return "\n".join(out)
+
+
+def render(task: str) -> None:
+    """Write the tables into ``docs/methods/reconstruction.md`` between the markers
+    ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` (NAME: the task, ``contraction_TASK``,
+    ``digits``), so that no number in the page is typed by hand."""
+    blocks = {task: robot_tables}
+    blocks[f"contraction_{task}"] = lambda t: contraction_table(t)
+    if (RESULTS / "reconstruction_digits.json").is_file():
+        blocks["digits"] = lambda t: digits_table()
+    text = DOC.read_text()
+    for name, make in blocks.items():
+        start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+        if start not in text:
+            continue
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{make(task)}\n{end}{tail}"
+        print(f"rendered {name}")
+    DOC.write_text(text)
+
+
+def digits_table() -> str:
+    data = json.loads((RESULTS / "reconstruction_digits.json").read_text())
+    seeds = sorted({k.split("/")[0] for k in data if k.startswith("seed") and "/nfe" in k})
+    out = [
+        "| model | NFE | reconstruction MSE | Frechet distance | runs |",
+        "|---|---|---|---|---|",
+    ]
+    for label, names in (("pretrained", ["pretrain"]), ("FT-FM", [f"{s}/ft_fm" for s in seeds])):
+        for nfe in (1, 2, 4):
+            rows = [data[f"{n}/nfe{nfe}"] for n in names if f"{n}/nfe{nfe}" in data]
+            if not rows:
+                continue
+            rec = mean_std([r["reconstruction_mse"] for r in rows])
+            fr = mean_std([r["frechet"] for r in rows])
+            out.append(
+                f"| {label} | {nfe} | {rec['mean']:.4f} +- {rec['std']:.4f} | "
+                f"{fr['mean']:.3f} +- {fr['std']:.3f} | {len(rows)} |"
+            )
+    return "\n".join(out)
+
+
+def table(task: str) -> None:
+    """Print the markdown tables (``render`` writes them into the docs)."""
+    print(robot_tables(task))
+    if (RESULTS / f"reconstruction_contraction_{task}.json").is_file():
+        print("\n" + contraction_table(task))
