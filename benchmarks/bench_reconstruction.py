@@ -7,6 +7,8 @@ interrupted run resumes where it stopped; trained run folders are reused):
   then ``ft_fm.yaml`` and ``resft_fm.yaml`` from it, with ``train.seed`` set), then roll-outs
   of every run at NFE 1, 2, 4, 10 (Euler) on the same evaluation episodes, beside the scripted
   expert (the ceiling): success rate, mean final distance, return.
+* ``diagnose``: encoder accuracy (codes' second moment, round trip) and success at 2 NFE
+  with the sampler's noise scaled by 0 and 1, for the ``robot`` runs.
 * ``contraction``: end-point displacement when a perturbation is injected halfway
   (t = 0.5) through sampling, pretrained against ResFT-FM, from the ``robot`` runs.
 * ``digits``: pretrain on sklearn digits, FT-FM at 2 NFE; reconstruction error (encode
@@ -120,7 +122,7 @@ def mean_std(values: list[float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- robot
 
 
-def robot(task: str, seeds: list[int], episodes: int) -> None:
+def robot(task: str, seeds: list[int], episodes: int, runs: tuple[str, ...] = RUNS) -> None:
     from flowpost.envs.rollout import expert_rollouts
     from flowpost.envs.tasks import get_task
 
@@ -134,7 +136,7 @@ def robot(task: str, seeds: list[int], episodes: int) -> None:
     )
     for seed in seeds:
         base = WORK / task / f"seed{seed}"
-        for name in RUNS:
+        for name in runs:
             recipe = ROOT / "recipes" / task / f"{name}.yaml"
             sets = [f"train.seed={seed}"]
             if name != "pretrain":
@@ -233,6 +235,61 @@ def contraction(task: str, seeds: list[int], scale: float, runs: list[str] | Non
         print(f"{key:32s} end-point displacement / perturbation: {value['mean']:.3f}")
 
 
+# --------------------------------------------------------------------------- diagnostics
+
+
+def diagnose(task: str, seeds: list[int], episodes: int) -> None:
+    """Why a fine-tuned policy wins or loses at 2 NFE: (a) the encoder's accuracy (second
+    moment of the codes of held-out chunks, which is 1 per dimension for a calibrated flow,
+    and the round-trip error after decoding with 512 RK4 evaluations) at the encoder budgets
+    8 and 32; (b) success at 2 NFE with the sampler's noise scaled by 0 (a deterministic
+    policy: the central trajectory's discretisation bias alone) and by 1 (as deployed)."""
+    from flowpost.flows.solvers import encode, sample
+
+    cells = Cells(RESULTS / f"reconstruction_diagnostics_{task}.json")
+    for seed in seeds:
+        base = WORK / task / f"seed{seed}"
+        for name in RUNS:
+            run = base / name
+            if not (run / "wall.json").is_file():
+                continue
+            loaded = None
+            if name == "pretrain":
+                for enc in (8, 32):
+
+                    def codes(enc: int = enc, base: Path = base) -> dict[str, float]:
+                        trained = load_run(base / "pretrain")
+                        held, field = trained.reference(), trained.model.eval()
+                        x1, cond = held.x[:1000], held.cond[:1000]
+                        with torch.no_grad():
+                            z = encode(field, x1, enc, "rk4", cond=cond)
+                            back = sample(field, z, 512, "rk4", cond=cond)
+                        return {
+                            "code_second_moment": float(z.pow(2).mean()),
+                            "round_trip_mse": float((back - x1).pow(2).mean()),
+                        }
+
+                    cells.get(f"seed{seed}/encoder_rk4_nfe{enc}", codes)
+            for scale in (0.0, 1.0):
+                key = f"seed{seed}/{name}/nfe2_noise{scale:g}"
+                if key in cells.data:
+                    continue
+                loaded = loaded or load_run(run)
+                ev = loaded.evaluator(with_reference=True)
+
+                def scaled(ev: Any = ev, scale: float = scale) -> dict[str, float]:
+                    def generate(noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+                        return ev.method.generate(noise * scale, cond, nfe=2, roles=ev.roles)
+
+                    ev.method.eval()
+                    out: dict[str, float] = ev.robot.evaluate(
+                        generate, episodes=episodes, seed=1234
+                    )
+                    return out
+
+                cells.get(key, scaled)
+
+
 # --------------------------------------------------------------------------- digits
 
 
@@ -319,9 +376,11 @@ def plots(task: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "command", choices=["robot", "contraction", "digits", "plots", "table", "render"]
+        "command",
+        choices=["robot", "diagnose", "contraction", "digits", "plots", "table", "render"],
     )
     parser.add_argument("--task", default="reacher")
+    parser.add_argument("--only", nargs="*", choices=RUNS, help="robot: train/evaluate only these")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--scale", type=float, default=0.3, help="perturbation std")
@@ -334,7 +393,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.command == "robot":
-        robot(args.task, args.seeds, args.episodes)
+        robot(args.task, args.seeds, args.episodes, tuple(args.only or RUNS))
+    elif args.command == "diagnose":
+        diagnose(args.task, args.seeds, args.episodes)
     elif args.command == "contraction":
         contraction(args.task, args.seeds, args.scale, args.runs)
     elif args.command == "digits":

@@ -66,18 +66,19 @@ def robot_tables(task: str) -> str:
     for s in seeds:
         for nfe in NFES:
             cells = [data.get(f"{s}/{name}/nfe{nfe}") for name in RUNS]
-            if any(c is None for c in cells):
+            if cells[0] is None or all(c is None for c in cells[1:]):
                 continue
-            p, f, r = (c["success_rate"] for c in cells)
-            out.append(
-                f"| {s[4:]} | {nfe} | {p:.3f} | {f:.3f} | {f - p:+.3f} | {r:.3f} | {r - p:+.3f} |"
-            )
-    walls = [
-        (name, data.get(f"{s}/{name}/train_wall_s"), data.get(f"{s}/{name}/train_cpu_s"))
-        for s in seeds
-        for name in RUNS
-    ]
-    cpu = [f"{n} {c:.0f} s" for n, _, c in walls if c is not None]
+            p = cells[0]["success_rate"]
+            cols = []
+            for c in cells[1:]:
+                cols += (
+                    [f"{c['success_rate']:.3f}", f"{c['success_rate'] - p:+.3f}"]
+                    if c
+                    else ["-", "-"]
+                )
+            out.append(f"| {s[4:]} | {nfe} | {p:.3f} | " + " | ".join(cols) + " |")
+    walls = [(s, name, data.get(f"{s}/{name}/train_cpu_s")) for s in seeds for name in RUNS]
+    cpu = [f"{n} seed {s[4:]} {c:.0f} s" for s, n, c in walls if c is not None]
     if cpu:
         out += ["", "CPU seconds of training (`train_cpu_s`, one thread): " + ", ".join(cpu) + "."]
     return "\n".join(out)
@@ -95,12 +96,44 @@ def contraction_table(task: str) -> str:
     return "\n".join(out)
 
 
+def diagnostics_table(task: str) -> str:
+    """The ``diagnose`` cells: encoder accuracy, and 2-NFE success with scaled noise."""
+    data = json.loads((RESULTS / f"reconstruction_diagnostics_{task}.json").read_text())
+    out = [
+        "| seed | encoder | E z^2 per dim (1 if calibrated) | round-trip MSE |",
+        "|---|---|---|---|",
+    ]
+    for key in sorted(k for k in data if "/encoder_" in k):
+        seed, enc = key.split("/")
+        v = data[key]
+        out.append(
+            f"| {seed[4:]} | {enc.replace('encoder_rk4_nfe', '')} RK4 evaluations | "
+            f"{v['code_second_moment']:.3f} | {v['round_trip_mse']:.2e} |"
+        )
+    out += [
+        "",
+        "| seed | policy | success, 2 NFE, noise x 0 | success, 2 NFE, noise x 1 |",
+        "|---|---|---|---|",
+    ]
+    seeds = sorted({k.split("/")[0] for k in data})
+    for seed in seeds:
+        for name in RUNS:
+            cols = [data.get(f"{seed}/{name}/nfe2_noise{x}") for x in ("0", "1")]
+            if all(c is None for c in cols):
+                continue
+            vals = [f"{c['success_rate']:.3f}" if c else "-" for c in cols]
+            out.append(f"| {seed[4:]} | {LABELS[name]} | {vals[0]} | {vals[1]} |")
+    return "\n".join(out)
+
+
 def render(task: str) -> None:
     """Write the tables into ``docs/methods/reconstruction.md`` between the markers
     ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` (NAME: the task, ``contraction_TASK``,
     ``digits``), so that no number in the page is typed by hand."""
     blocks = {task: robot_tables}
     blocks[f"contraction_{task}"] = lambda t: contraction_table(t)
+    if (RESULTS / f"reconstruction_diagnostics_{task}.json").is_file():
+        blocks[f"diagnostics_{task}"] = diagnostics_table
     if (RESULTS / "reconstruction_digits.json").is_file():
         blocks["digits"] = lambda t: digits_table()
     text = DOC.read_text()
