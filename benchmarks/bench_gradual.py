@@ -60,6 +60,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "gft_sigma0": ("gft.yaml", ["method.sigma=0.0"]),
     "gft_marginal": ("gft.yaml", ["method.objective=marginal"]),
     "gft_adaptive": ("gft.yaml", ["method.temperature_schedule=adaptive"]),
+    "pretrained": ("sft.yaml", []),  # no fine-tuning: the start, scored on the target
 }
 
 
@@ -93,7 +94,9 @@ def pretrained(recipe: str, work: Path, steps: int | None) -> Path:
     return out
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
     half = values[len(values) // 2 :]
     return {
         "mean": statistics.fmean(values),
@@ -170,7 +173,7 @@ def run_cell(  # type: ignore[no-untyped-def]
     losses, fits, grads, temps = [], [], [], []
     started = time.perf_counter()
     trainer.method.train()
-    for step in range(cfg.train.steps):
+    for step in range(0 if variant == "pretrained" else cfg.train.steps):
         batch, _ = trainer._next_batch()
         trainer.updater.global_step = step
         logs = trainer.method.train_step(batch, step, trainer.updater)

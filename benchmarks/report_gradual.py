@@ -34,6 +34,7 @@ NAMES = {
     "gft_sigma0": "GFT, sigma 0",
     "gft_marginal": "GFT, marginal objective",
     "gft_adaptive": "GFT, adaptive temperature",
+    "pretrained": "pretrained (no fine-tuning)",
 }
 Cell = dict[str, Any]
 
@@ -150,6 +151,8 @@ def table_diversity(results: dict[str, Any], task: str) -> str:
         header += [f"{cov} @{nfe} (min)", f"{tv} @{nfe}"]
     if toy:
         header += ["spread ratio @4 (min mode)", "spread ratio @100 (min mode)"]
+    else:
+        header += ["confidence @4", "confidence @100"]
     rows = []
     for v in variants_of(results, task):
         cs = cells(results, task, v)
@@ -162,6 +165,8 @@ def table_diversity(results: dict[str, Any], task: str) -> str:
                 row.append(
                     ms([c["eval"][str(nfe)].get("mode_spread_min", math.nan) for c in cs], 2)
                 )
+        else:
+            row += [ms([c["eval"][str(nfe)]["confidence"] for c in cs], 2) for nfe in (4, 100)]
         rows.append(row)
     return _table(header, rows)
 
@@ -208,7 +213,9 @@ def table_stability(results: dict[str, Any], task: str) -> str:
     ]
     rows = []
     for v in variants_of(results, task):
-        cs = cells(results, task, v)
+        cs = [c for c in cells(results, task, v) if c["loss"] is not None]
+        if not cs:
+            continue
 
         def seed_std(nfe: int, cs: list[Cell] = cs) -> str:
             vals = [c["eval"][str(nfe)][m] for c in cs]
@@ -338,7 +345,7 @@ def plots(results: dict[str, Any], suffix: str = "") -> list[Path]:
             pl = [statistics.fmean([c["eval"][str(k)]["path_length"] for c in cs]) for k in NFES]
             axes[1].plot(NFES, pl, style, marker="o", color=color, label=v)
             every = cs[0]["trace"]["every"]
-            for i, c in enumerate(cs):
+            for i, c in enumerate(c for c in cs if c["loss"] is not None):
                 xs = [every * j for j in range(len(c["trace"]["fit"]))]
                 kw = {"label": v} if i == 0 else {}
                 axes[2].plot(xs, c["trace"]["fit"], style, color=color, alpha=0.6, **kw)
