@@ -61,6 +61,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "gft_marginal": ("gft.yaml", ["method.objective=marginal"]),
     "gft_adaptive": ("gft.yaml", ["method.temperature_schedule=adaptive"]),
     "pretrained": ("sft.yaml", []),  # no fine-tuning: the start, scored on the target
+    # labelled data: OT across the whole batch (noise no longer independent of the label)
+    "gft_global_ot": ("gft.yaml", ["method.coupling_within_class=false"]),
+    "gft_sigma0_global_ot": (
+        "gft.yaml",
+        ["method.sigma=0.0", "method.coupling_within_class=false"],
+    ),
 }
 
 

@@ -35,6 +35,8 @@ NAMES = {
     "gft_marginal": "GFT, marginal objective",
     "gft_adaptive": "GFT, adaptive temperature",
     "pretrained": "pretrained (no fine-tuning)",
+    "gft_global_ot": "GFT, batch-wide OT across labels",
+    "gft_sigma0_global_ot": "GFT, sigma 0, batch-wide OT across labels",
 }
 Cell = dict[str, Any]
 

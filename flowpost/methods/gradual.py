@@ -81,6 +81,11 @@ class GradualConfig(MethodConfig):
         "ot", "pairing of noise and data", choices=["independent", "ot", "sinkhorn"]
     )
     sinkhorn_reg: float = option(0.05, "entropic regularisation of the Sinkhorn coupling", min=0)
+    coupling_within_class: bool = option(
+        True,
+        "with class labels, pair noise and data within each label (the noise stays independent "
+        "of the label, as sampling assumes); false: across the whole batch",
+    )
     temperature_schedule: str = option(
         "linear", "how the temperature goes to 0", choices=list(SCHEDULES)
     )
@@ -176,12 +181,31 @@ class Gradual(Method):
     def optimizers(self) -> dict[str, OptimizerSpec]:
         return {"policy": OptimizerSpec(list(self.policy.parameters()), lr=self.config.lr)}
 
+    def pair(
+        self, x0: Tensor, x1: Tensor, cond: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The coupling of ``(x0, x1)``; with class labels (and ``coupling_within_class``) within
+        each label, so that the noise paired with a label is still N(0, I): sampling draws the
+        noise independently of the label, and a batch-wide OT plan would not."""
+        labelled = cond is not None and self.spec.num_classes is not None
+        if not labelled or self.config.coupling == "independent":
+            return self.coupling(x0, x1, cond)
+        if not self.config.coupling_within_class:
+            return self.coupling(x0, x1, cond)
+        assert cond is not None
+        out = x0.clone()
+        for label in torch.unique(cond):
+            idx = (cond == label).nonzero(as_tuple=True)[0]
+            if idx.numel() > 1:
+                out[idx] = self.coupling(x0[idx], x1[idx], None)[0]
+        return out, x1, cond
+
     def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
         tau = self.temperature.value(step)
         cond = drop_labels(batch.cond, self.config.label_dropout, self.spec.num_classes)
         x1 = batch.x
         x0 = frandom.randn_like(x1)
-        x0, x1, cond = self.coupling(x0, x1, cond)
+        x0, x1, cond = self.pair(x0, x1, cond)
         t = self.time_sampler.sample(x1.shape[0], device=x1.device)
         point = self.flow.sample_path(x0, x1, t)
         if self.config.objective == "marginal":

@@ -208,3 +208,29 @@ def test_bad_settings_are_one_clear_line(override, message) -> None:
     with pytest.raises(ConfigError, match=message) as err:
         build_run_config(recipe)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("within", [True, False])
+def test_coupling_keeps_the_noise_independent_of_the_label(within: bool) -> None:
+    """With class labels the OT pairing happens within each label: the noise rows paired with
+    label c are the ones drawn for label c (so given c they are still N(0, I), as sampling
+    assumes). A batch-wide plan sends the noise nearest each class's images to that class:
+    the mean of the noise given the label moves toward the class's images."""
+    torch.manual_seed(0)
+    k, n = 4, 400
+    cond = torch.arange(n) % k
+    centers = 3.0 * torch.eye(k)  # class c sits far along axis c
+    x1 = centers[cond] + 0.1 * torch.randn(n, k)
+    x0 = torch.randn(n, k)
+    cfg = GradualConfig(coupling="ot", label_dropout=0.0, coupling_within_class=within)
+    gft = Gradual(cfg, DataSpec((k,), num_classes=k), NetConfig(hidden=8, depth=1))
+    paired, x1_out, cond_out = gft.pair(x0, x1, cond)
+    assert torch.equal(x1_out, x1) and torch.equal(cond_out, cond)
+    drift = torch.stack([paired[cond == c, c].mean() for c in range(k)])  # noise mean along c
+    if within:
+        for c in range(k):
+            rows = cond == c
+            assert torch.equal(paired[rows].sort(0).values, x0[rows].sort(0).values)
+        assert float(drift.abs().max()) < 0.3  # about N(0, 1) means of 100 draws
+    else:
+        assert float(drift.min()) > 0.5  # the batch-wide plan biases the noise per label
