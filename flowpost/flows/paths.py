@@ -76,7 +76,9 @@ def interpolate(x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
     >>> interpolate(torch.zeros(2, 2), torch.ones(2, 2), torch.tensor([0.25, 1.0])).tolist()
     [[0.25, 0.25], [1.0, 1.0]]
     """
-    te = expand_like(t, x1).to(x1.dtype)
+    te = expand_like(t, x1)
+    if te.dtype != x1.dtype:
+        te = te.to(x1.dtype)
     return (1 - te) * x0 + te * x1
 
 

@@ -5,13 +5,15 @@ The trainer holds out ``train.holdout_fraction`` of the demonstrations (a
 :class:`~flowpost.train.selection.Selector`); :func:`validate` scores the EMA model on them at
 the start and every tenth of the run, keeps the best in ``best/``, and on a collapse rolls
 back to it with lower learning rates, printing one ``warning:`` line. A method's own guard
-warnings become one line each through :func:`report_warnings`.
+warnings become one line each within :func:`reported_warnings`.
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,18 +79,27 @@ def validate(trainer: Trainer, logger: RunLogger | None = None) -> str:
     return verdict
 
 
-def report_warnings(trainer: Trainer, caught: list[warnings.WarningMessage], logger: Any) -> None:
-    """A method's guard warnings become one ``warning:`` line each (and a metrics.jsonl
-    record); other warnings are passed on unchanged."""
-    for w in caught:
-        if not issubclass(w.category, GuardWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            continue
-        message = f"warning: step {trainer.step}: {w.message}"
-        if trainer.accelerator.is_main_process:
-            print(message, file=sys.stderr, flush=True)
-            if logger is not None:
-                logger.write({"step": trainer.step, "warning": message})
+@contextmanager
+def reported_warnings(trainer: Trainer, logger: Any) -> Iterator[None]:
+    """Within this block a method's guard warnings become one ``warning: step N: ...`` line
+    each (and a metrics.jsonl record); other warnings pass on unchanged. Entered once per
+    stretch of training steps (not per step: the loop stays as cheap as a bare one)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", GuardWarning)
+        passed_on = warnings.showwarning
+
+        def show(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if not issubclass(category, GuardWarning):
+                passed_on(message, category, *args, **kwargs)
+                return
+            line = f"warning: step {trainer.step}: {message}"
+            if trainer.accelerator.is_main_process:
+                print(line, file=sys.stderr, flush=True)
+                if logger is not None:
+                    logger.write({"step": trainer.step, "warning": line})
+
+        warnings.showwarning = show
+        yield
 
 
 def load_weights(trainer: Trainer, root: Path, *, optimizers: bool = False) -> None:

@@ -25,24 +25,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-import time
-import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedType
 from torch import nn
 
 from flowpost.data import DataSplit
 from flowpost.data.base import Batch
 from flowpost.eval.evaluator import Evaluator
-from flowpost.flows.distributed import any_true, mean_scalars
-from flowpost.flows.random import batch_shard
 from flowpost.methods.base import Method
-from flowpost.methods.components.guards import GuardWarning
-from flowpost.train import guard, tracking
+from flowpost.train import guard, loop, tracking
 from flowpost.train.build import build_method_and_data
 from flowpost.train.checkpoint import (
     NonFiniteCheckpointError,
@@ -240,8 +235,20 @@ class Trainer:
             grad_clip=clips,
             emas=self.emas,
             live=self.live,
-            backward=self.accelerator.backward,
+            backward=self._backward(),
         )
+
+    def _backward(self) -> Callable[[torch.Tensor], None] | None:
+        """Accelerate's backward where it does something (loss scaling under fp16, gradient
+        accumulation, DeepSpeed / Megatron); else ``None``, a plain ``loss.backward()``
+        (Accelerate's would divide the loss by 1 at each step)."""
+        acc = self.accelerator
+        plain = (
+            acc.scaler is None
+            and acc.gradient_accumulation_steps == 1
+            and acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+        )
+        return None if plain else acc.backward
 
     # -- checkpoints --------------------------------------------------------------------
     def run_info(self) -> dict[str, Any]:
@@ -281,84 +288,15 @@ class Trainer:
 
     # -- training -----------------------------------------------------------------------
     def _next_batch(self) -> tuple[Batch, tuple[int, int, int]]:
-        """This process's slice of the global batch, and the shard ``(offset, local, total)``.
-
-        Every process draws the same global indices (their random streams are identical).
-        Streamed data (latents on disk) reads only this process's rows."""
-        total = self.config.train.batch_size
-        local = total // self.accelerator.num_processes
-        offset = self.accelerator.process_index * local
-        if self.streamed:
-            index = torch.randint(0, len(self.data.train), (total,))[offset : offset + local]
-            return self.data.train.batch(index).to(self.device), (offset, local, total)
-        assert self.train_x is not None
-        n = self.train_x.shape[0]
-        index = torch.randint(0, n, (total,))
-        index = index[offset : offset + local].to(self.device)
-        cond = None if self.train_cond is None else self.train_cond[index]
-        return Batch(self.train_x[index], cond), (offset, local, total)
+        """This process's slice of the global batch and its shard (:func:`loop.next_batch`)."""
+        return loop.next_batch(self)
 
     def run_steps(
         self, n: int, *, logger: RunLogger | None = None, bar: ProgressBar | None = None
     ) -> None:
-        """Take ``n`` training iterations with logging, periodic evaluation and checkpoints."""
-        tc = self.config.train
-        window: dict[str, list[float]] = {}
-        started = time.perf_counter()
-        end = self.step + n
-        self.method.train()
-        if self.selector is not None and self.step == 0 and self.selector.start is None:
-            guard.validate(self, logger)  # the start is a candidate: the kept model is never worse
-        every = tc.validate_every or max(1, tc.steps // 10)
-        several = self.accelerator.num_processes > 1
-        while self.step < end:
-            batch, shard = self._next_batch()
-            self.updater.global_step = self.step
-            with (
-                self.accelerator.autocast(),
-                batch_shard(*shard),
-                warnings.catch_warnings(record=True) as caught,
-            ):
-                warnings.simplefilter("always", GuardWarning)
-                logs = self.method.train_step(batch, self.step, self.updater)
-            guard.report_warnings(self, caught, logger)
-            self.step += 1
-            for key, value in logs.items():
-                window.setdefault(key, []).append(value)
-            if self.step % tc.log_every == 0 or self.step == tc.steps:
-                # every process reaches this line: the logged losses are global-batch means
-                means = mean_scalars({k: sum(v) / len(v) for k, v in window.items()})
-                record: dict[str, Any] = {"step": self.step, "phase": self.method.phase(self.step)}
-                record.update(means)
-                for name, opt in self.optimizers.items():
-                    record[f"lr/{name}"] = opt.param_groups[0]["lr"]
-                record["time_s"] = round(time.perf_counter() - started, 3)
-                if logger is not None:
-                    logger.write(record)
-                if bar is not None:
-                    bar.update(self.step, record["phase"], means)
-                window = {}
-            if (
-                logger is not None
-                and tc.eval_every
-                and self.step % tc.eval_every == 0
-                and self.step < tc.steps
-            ):
-                metrics = self.evaluate(
-                    plot_name=f"samples_step{self.step:07d}.png", check_finite=False
-                )
-                tracking.log_grid(self, self.eval_samples, f"step_{self.step:07d}")
-                self.method.train()
-                logger.write({"step": self.step, **{f"eval/{k}": v for k, v in metrics.items()}})
-            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
-                self.save()
-                tracking.checkpoint_grid(self)
-            if self.selector is not None and (self.step % every == 0 or self.step == tc.steps):
-                guard.validate(self, logger)
-                self.method.train()
-            stop = self._stop is not None and self._stop.signum is not None
-            if any_true(stop) if several else stop:
-                return
+        """Take ``n`` training iterations with logging, periodic evaluation and checkpoints
+        (:func:`flowpost.train.loop.run_steps`)."""
+        loop.run_steps(self, n, logger, bar)
 
     def fit(self, resume: bool = False, *, overwrite: bool = False) -> dict[str, Any]:
         """Train to ``train.steps`` (continuing from the newest checkpoint if ``resume``).

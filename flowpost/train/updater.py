@@ -52,7 +52,8 @@ class OptimizerUpdater:
             per iteration, or skips iterations (warm-ups), on the run's schedule.
         grad_clip: max global grad norm per name (``None`` or <= 0: no clipping).
         emas: EMA per role name, updated after the optimiser of the same name steps.
-        backward: how to back-propagate (the trainer passes ``accelerator.backward``).
+        backward: how to back-propagate (``None``: ``loss.backward()``; the trainer passes
+            ``accelerator.backward`` where it scales or accumulates).
         live: the live module per role name (for EMA updates).
     """
 
@@ -76,31 +77,38 @@ class OptimizerUpdater:
         self.grad_clip = grad_clip or {}
         self.emas = emas or {}
         self.live = live or {}
-        self.backward = backward or (lambda loss: loss.backward())
+        self.backward = backward
         self.global_step = 0
         self.steps_taken: dict[str, int] = {name: 0 for name in optimizers}
         self._params = {
             name: [p for g in opt.param_groups for p in g["params"]]
             for name, opt in optimizers.items()
         }
+        self._keys: dict[tuple[str, str], str] = {}  # (optimiser, term) -> logged name
 
     def step(self, name: str, **terms: Tensor) -> dict[str, float]:
         if name not in self.optimizers:
             raise KeyError(f"no optimiser named {name!r}; known: {sorted(self.optimizers)}")
         if not terms:
             raise ValueError("update.step needs at least one loss term")
-        values = {k: float(v.detach()) for k, v in terms.items()}
-        for key, value in values.items():
+        logs: dict[str, float] = {}
+        total: Tensor | None = None
+        for key, term in terms.items():
+            value = float(term.detach())
             if not math.isfinite(value):
                 raise NonFiniteLossError(self.global_step, f"{name}/{key}", value)
-        total = sum(terms.values())
-        assert isinstance(total, Tensor)
-        self.backward(total)
+            logs[self._key(name, key)] = value
+            total = term if total is None else total + term  # not sum(): no `0 + loss`
+        assert total is not None
+        if self.backward is None:
+            total.backward()
+        else:
+            self.backward(total)
         clip = self.grad_clip.get(name)
         if clip is not None and clip > 0:
             # the norm before clipping, logged beside the loss terms
             norm = torch.nn.utils.clip_grad_norm_(self._params[name], clip)
-            values["grad_norm"] = float(norm)
+            logs[self._key(name, "grad_norm")] = float(norm)
         optimizer = self.optimizers[name]
         if self.lr_factor is not None and name in self.scheduled:
             factor = self.lr_factor(self.global_step)
@@ -110,6 +118,13 @@ class OptimizerUpdater:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         self.steps_taken[name] += 1
-        if name in self.emas and name in self.live:
-            self.emas[name].update(self.live[name], self.steps_taken[name])
-        return {f"{name}/{k}": v for k, v in values.items()}
+        ema = self.emas.get(name)
+        if ema is not None and name in self.live:
+            ema.update(self.live[name], self.steps_taken[name])
+        return logs
+
+    def _key(self, name: str, term: str) -> str:
+        key = self._keys.get((name, term))
+        if key is None:
+            key = self._keys[(name, term)] = f"{name}/{term}"
+        return key
