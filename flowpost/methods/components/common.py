@@ -200,11 +200,11 @@ def flow_matching_loss(
     >>> round(float(flow_matching_loss(lambda x, t, c: 0 * x, torch.zeros(4096, 2), None)), 1)
     1.0
     """
-    coupling = coupling if coupling is not None else IndependentCoupling()
     time_sampler = time_sampler if time_sampler is not None else UniformTime()
     path = path if path is not None else LinearPath()
     x0 = random.randn_like(x1)
-    x0, x1, cond = coupling(x0, x1, cond)
+    if coupling is not None and not isinstance(coupling, IndependentCoupling):
+        x0, x1, cond = coupling(x0, x1, cond)  # independent: the pairs as drawn
     t = time_sampler.sample(x1.shape[0], device=x1.device)
     point = path.sample(x0, x1, t)
     pred = model(point.x_t, point.t, cond)
