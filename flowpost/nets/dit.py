@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, conditioning
+from flowpost.nets.embeddings import (
+    CondEmbedding,
+    TimeEmbedding,
+    end_time_embedding,
+    net_conditioning,
+)
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:
@@ -155,11 +160,7 @@ class DiT(nn.Module):
         self.repeat_embed = nn.Embedding(repeats, hidden) if repeats > 1 else None
         if self.repeat_embed is not None:
             nn.init.normal_(self.repeat_embed.weight, std=0.02)
-        self.end_time_embed = (
-            TimeEmbedding(hidden, time_embed_dim, scale=time_scale, zero_init=True)
-            if end_time
-            else None
-        )
+        self.end_time_embed = end_time_embedding(end_time, hidden, time_embed_dim, time_scale)
         # xavier on the token-wise linears, as in DiT; keeps attention logits moderate
         for block in self.blocks:
             assert isinstance(block, DiTBlock)
@@ -183,16 +184,7 @@ class DiT(nn.Module):
                 f"DiT was built for images ({self.in_channels}, {self.grid[0] * p}, "
                 f"{self.grid[1] * p}), got {tuple(x.shape[1:])}"
             )
-        c = conditioning(
-            self.time_embed,
-            self.cond_embed,
-            t,
-            cond,
-            b,
-            x.device,
-            end_time_embed=self.end_time_embed,
-            t_end=t_end,
-        )
+        c = net_conditioning(self, x, t, cond, t_end)
         tokens = self.patch(x).flatten(2).transpose(1, 2) + self.pos
         for i in range(self.repeats):
             ci = c if self.repeat_embed is None else c + self.repeat_embed.weight[i]

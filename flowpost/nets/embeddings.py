@@ -222,8 +222,41 @@ def conditioning(
     return emb
 
 
+def end_time_embedding(
+    end_time: bool, dim: int, time_embed_dim: int, scale: float
+) -> TimeEmbedding | None:
+    """The end-time embedding of a two-time network (zero-initialised, so a flow's weights
+    load into it unchanged), or ``None`` without an end-time input.
+
+    >>> end_time_embedding(False, 8, 4, 1000.0) is None
+    True
+    """
+    if not end_time:
+        return None
+    return TimeEmbedding(dim, time_embed_dim, scale=scale, zero_init=True)
+
+
+def net_conditioning(
+    net: nn.Module, x: Tensor, t: Tensor, cond: Tensor | None, t_end: Tensor | None = None
+) -> Tensor:
+    """:func:`conditioning` of a batch ``x`` with ``net``'s own ``time_embed``,
+    ``cond_embed`` and ``end_time_embed``."""
+    return conditioning(
+        net.time_embed,  # type: ignore[arg-type]
+        net.cond_embed,  # type: ignore[arg-type]
+        t,
+        cond,
+        x.shape[0],
+        x.device,
+        end_time_embed=net.end_time_embed,  # type: ignore[arg-type]
+        t_end=t_end,
+    )
+
+
 __all__ = [
     "conditioning",
+    "net_conditioning",
+    "end_time_embedding",
     "sinusoidal_embedding",
     "fourier_features",
     "TimeEmbedding",

@@ -22,8 +22,9 @@ from flowpost.nets.embeddings import (
     CondEmbedding,
     TimeEmbedding,
     check_time,
-    conditioning,
+    end_time_embedding,
     fourier_features,
+    net_conditioning,
 )
 
 
@@ -106,11 +107,7 @@ class MLPVelocity(nn.Module):
             nn.init.normal_(self.repeat_embed.weight, std=0.02)
         # created last, so that building with end_time=True draws the same initial weights
         # for every other layer as end_time=False under the same seed
-        self.end_time_embed = (
-            TimeEmbedding(hidden, time_embed_dim, scale=time_scale, zero_init=True)
-            if end_time
-            else None
-        )
+        self.end_time_embed = end_time_embedding(end_time, hidden, time_embed_dim, time_scale)
 
     def forward(
         self, x: Tensor, t: Tensor, cond: Tensor | None = None, t_end: Tensor | None = None
@@ -122,16 +119,7 @@ class MLPVelocity(nn.Module):
                 f"MLPVelocity was built for {self.dim} features, got input of shape "
                 f"{tuple(x.shape)} ({flat.shape[1]} features)"
             )
-        emb = conditioning(
-            self.time_embed,
-            self.cond_embed,
-            t,
-            cond,
-            b,
-            x.device,
-            end_time_embed=self.end_time_embed,
-            t_end=t_end,
-        )
+        emb = net_conditioning(self, x, t, cond, t_end)
         inp = flat
         if self.input_encoding:
             inp = torch.cat(

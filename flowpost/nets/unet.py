@@ -25,7 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, conditioning
+from flowpost.nets.embeddings import (
+    CondEmbedding,
+    TimeEmbedding,
+    end_time_embedding,
+    net_conditioning,
+)
 
 
 def group_norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
@@ -146,28 +151,14 @@ class UNet(nn.Module):
         self.out = nn.Conv2d(c, in_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)  # type: ignore[arg-type]
-        self.end_time_embed = (
-            TimeEmbedding(emb_dim, time_embed_dim, scale=time_scale, zero_init=True)
-            if end_time
-            else None
-        )
+        self.end_time_embed = end_time_embedding(end_time, emb_dim, time_embed_dim, time_scale)
 
     def forward(
         self, x: Tensor, t: Tensor, cond: Tensor | None = None, t_end: Tensor | None = None
     ) -> Tensor:
         if x.ndim != 4:
             raise ValueError(f"UNet expects images (B, C, H, W), got shape {tuple(x.shape)}")
-        b = x.shape[0]
-        emb = conditioning(
-            self.time_embed,
-            self.cond_embed,
-            t,
-            cond,
-            b,
-            x.device,
-            end_time_embed=self.end_time_embed,
-            t_end=t_end,
-        )
+        emb = net_conditioning(self, x, t, cond, t_end)
         h = self.inp(x)
         skips = []
         for i, level in enumerate(self.down):
