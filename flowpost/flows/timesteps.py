@@ -53,9 +53,17 @@ class TimeSampler(ABC):
         """``n`` times, float32, on ``device``, drawn with ``generator`` (global RNG if None)."""
 
 
-def _check_n(n: int) -> None:
+def _draw(
+    n: int, device: torch.device | str | None, generator: torch.Generator | None, *, normal: bool
+) -> Tensor:
+    """``n`` standard normal (``normal``) or uniform draws: per-sample and shard-invariant
+    (:mod:`flowpost.flows.random`) without a ``generator``, from ``generator`` with one."""
     if n < 0:
         raise ValueError(f"number of times must be >= 0, got {n}")
+    if generator is None:
+        return random.randn(n, device=device) if normal else random.rand(n, device=device)
+    draw = torch.randn if normal else torch.rand
+    return draw(n, device=device, generator=generator)
 
 
 class UniformTime(TimeSampler):
@@ -73,10 +81,7 @@ class UniformTime(TimeSampler):
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        _check_n(n)
-        if generator is None:  # per-sample draws, shard-invariant (flows.random)
-            return random.rand(n, device=device)
-        return torch.rand(n, device=device, generator=generator)
+        return _draw(n, device, generator, normal=False)
 
 
 class LogitNormalTime(TimeSampler):
@@ -103,11 +108,7 @@ class LogitNormalTime(TimeSampler):
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        _check_n(n)
-        if generator is None:
-            z = random.randn(n, device=device)
-        else:
-            z = torch.randn(n, device=device, generator=generator)
+        z = _draw(n, device, generator, normal=True)
         return torch.sigmoid(self.mean + self.std * z)
 
 
