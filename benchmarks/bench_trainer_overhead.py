@@ -10,6 +10,7 @@ other jobs on a shared machine disturb far less than wall-clock time.
 
     python benchmarks/bench_trainer_overhead.py [--rounds 3] [--steps-mlp 400] [--steps-unet 60]
         [--contenders bare flowpost meta torchcfm] [--out benchmarks/results/....json]
+        [--shared]  # the bare loop on the trainer's own objects, alternating in one process
 """
 
 from __future__ import annotations
@@ -120,6 +121,53 @@ def trainer_fit_loop(trainer: Trainer) -> None:
     trainer.run_steps(trainer.config.train.steps - trainer.step)
 
 
+def shared_objects(
+    net_cfg: dict, data_name: str, steps: int, batch: int, rounds: int
+) -> tuple[float, float]:
+    """Steps/s of the bare loop and of the trainer on the *same* network, optimiser, EMA and
+    data (the trainer's own), alternating in chunks of ``steps`` in one process: only the
+    code of a step differs, not the objects it works on. Medians over ``rounds`` chunks each."""
+    recipe = {
+        "data": {"name": data_name},
+        "model": net_cfg,
+        "method": {"name": "flow_matching", "label_dropout": 0.0},
+        "train": {"steps": 10**9, "batch_size": batch, "lr": 1e-3, "grad_clip": 1.0,
+                  "ema_decay": 0.999, "checkpoint_every": 0, "log_every": 10**9},
+        "eval": {"plots": False},
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer.from_config(build_run_config(recipe), tmp, progress=False)
+        net, ema = trainer.method.role("policy"), trainer.emas["policy"]
+        opt, x_data = trainer.optimizers["policy"], trainer.train_x
+        assert x_data is not None
+        params = list(net.parameters())
+
+        def bare(k: int) -> None:
+            for _ in range(k):
+                x1 = x_data[torch.randint(0, x_data.shape[0], (batch,))]
+                x0 = torch.randn_like(x1)
+                t = torch.rand(batch)
+                tt = t.view(-1, *([1] * (x1.ndim - 1)))
+                loss = (net((1 - tt) * x0 + tt * x1, t, None) - (x1 - x0)).pow(2).mean()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                ema.update(net)
+                float(loss.detach())
+
+        runs: dict[str, Callable[[int], None]] = {"bare": bare, "flowpost": trainer.run_steps}
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for run in runs.values():
+            run(5)
+        for _ in range(rounds):
+            for name, run in runs.items():
+                start = time.process_time()
+                run(steps)
+                times[name].append(steps / (time.process_time() - start))
+    return statistics.median(times["bare"]), statistics.median(times["flowpost"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -141,6 +189,12 @@ def main() -> None:
         "(Python, optimiser and EMA calls), so the trainer's own cost shows there undiluted",
     )
     parser.add_argument("--steps-tiny", type=int, default=1000)
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="time the bare loop and the trainer on the same objects (the trainer's network, "
+        "optimiser, EMA and data), alternating chunks of 1/10 of the steps in one process",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -169,6 +223,24 @@ def main() -> None:
     chosen = tuple(keys[t] for t in args.tasks)
     tasks = {name: task for name, task in tasks.items() if name.startswith(chosen)}
     results: dict[str, dict[str, float]] = {}
+    if args.shared:
+        for task, (net_cfg, data_name, steps, batch) in tasks.items():
+            chunk = max(1, steps // 10)
+            bare, ours = shared_objects(net_cfg, data_name, chunk, batch, 10 * args.rounds)
+            results[task] = {
+                "bare_steps_per_s": bare,
+                "flowpost_steps_per_s": ours,
+                "flowpost_overhead_pct": 100 * (bare / ours - 1),
+                "rounds": 10 * args.rounds,
+                "steps": chunk,
+                "shared_objects": True,
+            }
+            print(f"{task:32s} bare {bare:10.1f}  flowpost {ours:10.1f}  "
+                  f"{results[task]['flowpost_overhead_pct']:+.1f}%")  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"threads": 1, "results": results}, indent=1))
+        print(f"wrote {args.out}")
+        return
     for task, (net_cfg, data_name, steps, batch) in tasks.items():
         samples: dict[str, list[float]] = {c: [] for c in contenders}
         for _ in range(args.rounds):
