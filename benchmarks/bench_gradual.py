@@ -14,7 +14,8 @@ rerun; the pretrained flows are kept under ``--work``). Two sizes:
 
 * full (default): the shipped recipes' budgets, ``benchmarks/results/gradual.json``;
 * ``--quick``: 300 fine-tuning iterations from a 1000-iteration pretrained flow, the two toys,
-  ``benchmarks/results/gradual_quick.json`` (about 20 minutes on one free core).
+  ``benchmarks/results/gradual_quick.json`` (sized for about 20 minutes on one free core;
+  not yet timed).
 
     python benchmarks/bench_gradual.py run --tasks rotated unbalanced --seeds 0 1 2
     python benchmarks/bench_gradual.py run --quick
@@ -347,7 +348,7 @@ def main() -> None:
         "--quick",
         action="store_true",
         help=f"{QUICK_STEPS} iterations from a {QUICK_PRETRAIN}-iteration pretrained flow, the "
-        "toys, into gradual_quick.json (about 20 minutes on one core)",
+        "toys, into gradual_quick.json (sized for about 20 minutes on one free core)",
     )
     r.add_argument(
         "--set", nargs="*", default=[], help="overrides for every cell, e.g. eval.n_samples=500"

@@ -254,7 +254,8 @@ def table_setup(results: dict[str, Any]) -> str:
                     f"{mean([c['train_s'] for c in cs]) / 60:.1f}",
                 ]
             )
-    head = ["task", "variant", "seeds", "iterations", "pretrained flow", "train min/cell"]
+    wall = "train wall min/cell (shared CPU)"
+    head = ["task", "variant", "seeds", "iterations", "pretrained flow", wall]
     return _table(head, rows)
 
 
