@@ -13,6 +13,11 @@ sample keeps its label.
   epsilon scaling below, where plain kernels underflow),
   where the cost is first divided by its mean so that ``reg`` does not depend on the data's
   scale; then for each target ``j`` a source index is drawn from the column ``P[:, j]``.
+  With integer class labels the plan is solved within each label (``within_labels``): the
+  sampler draws the noise independently of the label, so the noise paired with a label must
+  stay N(0, I); a batch-wide plan sends the noise nearest each class's samples to that class
+  and biases every class-conditional model trained on it. Float (vector) conditions are
+  unique per sample, so they are paired batch-wide.
   Straighter pairings give straighter flow-matching paths (Tong et al. 2023, Pooladian et
   al. 2023).
 """
@@ -144,17 +149,26 @@ class OTCoupling(Coupling):
         method: ``"exact"`` (``ot.emd``) or ``"sinkhorn"`` (entropic, ``ot.sinkhorn``).
         reg: entropic regularisation for Sinkhorn, relative to the mean pairwise cost.
         num_iter_max: iteration cap for the solver (default 1e6 for exact, 1000 for sinkhorn).
+        within_labels: with integer labels, pair only within each label (default True).
 
     >>> x0 = torch.tensor([[0.0], [10.0], [5.0]])
     >>> x1 = torch.tensor([[9.0], [1.0], [6.0]])
-    >>> labels = torch.tensor([0, 1, 2])
-    >>> a, b, c = OTCoupling()(x0, x1, labels)
-    >>> a[:, 0].tolist(), b[:, 0].tolist(), c.tolist()
-    ([10.0, 0.0, 5.0], [9.0, 1.0, 6.0], [0, 1, 2])
+    >>> a, b, c = OTCoupling()(x0, x1)
+    >>> a[:, 0].tolist(), b[:, 0].tolist(), c
+    ([10.0, 0.0, 5.0], [9.0, 1.0, 6.0], None)
+    >>> labels = torch.tensor([0, 0, 1])  # the noise for label 1 stays its own draw
+    >>> OTCoupling()(x0, x1, labels)[0][:, 0].tolist()
+    [10.0, 0.0, 5.0]
+    >>> OTCoupling()(x0, x1, torch.tensor([0, 1, 1]))[0][:, 0].tolist()
+    [0.0, 5.0, 10.0]
     """
 
     def __init__(
-        self, method: str = "exact", reg: float = 0.05, num_iter_max: int | None = None
+        self,
+        method: str = "exact",
+        reg: float = 0.05,
+        num_iter_max: int | None = None,
+        within_labels: bool = True,
     ) -> None:
         if method not in ("exact", "sinkhorn"):
             raise ValueError(f"unknown OT method {method!r}; choose 'exact' or 'sinkhorn'")
@@ -163,6 +177,7 @@ class OTCoupling(Coupling):
         self.method = method
         self.reg = float(reg)
         self.num_iter_max = num_iter_max
+        self.within_labels = within_labels
 
     def source_indices(
         self, x0: Tensor, x1: Tensor, generator: torch.Generator | None = None
@@ -188,7 +203,21 @@ class OTCoupling(Coupling):
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         _check(x0, x1, cond)
-        idx = self.source_indices(x0, x1, generator)
+        labelled = (
+            self.within_labels
+            and cond is not None
+            and cond.dim() == 1
+            and not cond.is_floating_point()
+            and x0.shape[0] == x1.shape[0]
+        )
+        if not labelled:
+            return x0[self.source_indices(x0, x1, generator)], x1, cond
+        assert cond is not None
+        idx = torch.arange(x0.shape[0], device=x0.device)
+        for label in torch.unique(cond):
+            rows = (cond == label).nonzero(as_tuple=True)[0]
+            if rows.numel() > 1:
+                idx[rows] = rows[self.source_indices(x0[rows], x1[rows], generator)]
         return x0[idx], x1, cond
 
 

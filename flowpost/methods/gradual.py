@@ -187,18 +187,9 @@ class Gradual(Method):
         """The coupling of ``(x0, x1)``; with class labels (and ``coupling_within_class``) within
         each label, so that the noise paired with a label is still N(0, I): sampling draws the
         noise independently of the label, and a batch-wide OT plan would not."""
-        labelled = cond is not None and self.spec.num_classes is not None
-        if not labelled or self.config.coupling == "independent":
-            return self.coupling(x0, x1, cond)
-        if not self.config.coupling_within_class:
-            return self.coupling(x0, x1, cond)
-        assert cond is not None
-        out = x0.clone()
-        for label in torch.unique(cond):
-            idx = (cond == label).nonzero(as_tuple=True)[0]
-            if idx.numel() > 1:
-                out[idx] = self.coupling(x0[idx], x1[idx], None)[0]
-        return out, x1, cond
+        if cond is None or self.config.coupling_within_class:
+            return self.coupling(x0, x1, cond)  # OT pairs within each integer label
+        return self.coupling(x0, x1, None)[0], x1, cond
 
     def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
         tau = self.temperature.value(step)

@@ -48,6 +48,28 @@ def test_labels_stay_with_x1() -> None:
         assert a.shape == x0.shape
 
 
+def test_ot_pairs_within_each_label_so_the_noise_given_a_label_stays_standard() -> None:
+    # Two classes far apart: a batch-wide plan sends the noise on each class's side to that
+    # class (noise mean given the label ~ +-0.8), the within-label plan keeps it ~ 0.
+    g = torch.Generator().manual_seed(0)
+    n = 512
+    labels = torch.arange(n) % 2
+    x1 = torch.randn(n, 2, generator=g) * 0.1 + (labels.float() * 2 - 1)[:, None] * 3.0
+    x0 = torch.randn(n, 2, generator=g)
+    within, _, _ = OTCoupling()(x0, x1, labels)
+    batch_wide, _, _ = OTCoupling(within_labels=False)(x0, x1, labels)
+    for k in (0, 1):
+        rows = labels == k
+        # within a label: a permutation of that label's own noise, the exact OT of the subset
+        assert torch.equal(within[rows].sort(0).values, x0[rows].sort(0).values)
+        assert torch.equal(within[rows], OTCoupling()(x0[rows], x1[rows])[0])
+        assert within[rows].mean(0).abs().max() < 0.15  # standard error ~ 0.06
+        assert batch_wide[rows].mean(0).abs().max() > 0.5
+    # float (vector) conditions are unique per sample: paired batch-wide
+    vec = torch.randn(n, 3, generator=g)
+    assert torch.equal(OTCoupling()(x0, x1, vec)[0], batch_wide)
+
+
 def test_ot_shortens_pairs_on_average() -> None:
     g = torch.Generator().manual_seed(4)
     x0, x1 = torch.randn(128, 2, generator=g), torch.randn(128, 2, generator=g) + 2.0
