@@ -37,11 +37,7 @@ it gets the end time ``b``; with ``forward(x, t, cond=None)`` it trains fixed ``
 generators (``nfe: k``), whose end time ``b = a + 1/k`` follows from ``a``; any-step training
 (``nfe: 0``) needs the ``t_end`` input. Learning rates: the generator's is ``lr`` (null:
 ``train.lr``) divided by ``model.repeats``; the discriminator's ``disc_lr`` (null: ``lr``).
-
-Example:
-    >>> cfg = AFConfig(ot_weight=0.2, ot_schedule="cosine", ot_end=0.005, ot_decay_steps=100)
-    >>> [round(ot_weight_at(cfg, s), 4) for s in (0, 50, 100, 1000)]
-    [0.2, 0.1025, 0.005, 0.005]
+The ``ot_*`` keys and their schedule: :class:`~flowpost.methods.components.jumps.TransportConfig`.
 """
 
 from __future__ import annotations
@@ -74,6 +70,7 @@ from flowpost.methods.components.adversarial import (
 from flowpost.methods.components.guidance import GuidanceConfig, noised_cross_entropy
 from flowpost.methods.components.imitation import check_betas
 from flowpost.methods.components.jumps import (
+    TransportConfig,
     any_step_times,
     chain_sources,
     fixed_k_times,
@@ -81,7 +78,6 @@ from flowpost.methods.components.jumps import (
     jump_chain,
     jump_samples,
     ot_loss,
-    scheduled_weight,
     takes_end_time,
 )
 from flowpost.nets.config import DiscriminatorConfig, NetConfig
@@ -89,7 +85,6 @@ from flowpost.nets.config import DiscriminatorConfig, NetConfig
 __all__ = [
     "AFConfig",
     "AdversarialFlow",
-    "ot_weight_at",
     "fixed_k_times",
     "any_step_times",
     "ot_loss",
@@ -97,7 +92,7 @@ __all__ = [
 
 
 @dataclass
-class AFConfig(GuidanceConfig):
+class AFConfig(GuidanceConfig, TransportConfig):
     """The ``method`` section for Adversarial Flow Models (``name: adversarial``); the
     classifier-guidance keys ``cg_*`` come from
     :class:`~flowpost.methods.components.guidance.GuidanceConfig`."""
@@ -151,15 +146,6 @@ class AFConfig(GuidanceConfig):
         0.25, "fraction of the batch the R1/R2 penalty is computed on", min=0.0, max=1.0
     )
     cp_weight: float = option(0.01, "weight of the logit-centering penalty", min=0.0)
-    ot_weight: float = option(0.05, "optimal-transport weight at step 0", min=0.0)
-    ot_schedule: str = option(
-        "constant",
-        "ot_weight over training: constant, cosine decay to ot_end over "
-        "ot_decay_steps, or a step drop to ot_end at ot_decay_steps",
-        choices=["constant", "cosine", "step"],
-    )
-    ot_end: float = option(0.005, "ot_weight floor (cosine) / value after the drop (step)", min=0.0)
-    ot_decay_steps: int = option(100_000, "length of the cosine decay / step of the drop", min=1)
     grad_norm: bool = option(True, "normalise the adversarial gradient reaching G (phi)")
     grad_norm_decay: float = option(
         0.9, "EMA decay of the gradient-norm statistic", min=0.0, max=1.0
@@ -189,11 +175,6 @@ class AFConfig(GuidanceConfig):
                 f"parameterization 'direct' (G = g(z)) only fits one-step training (nfe: 1), "
                 f"got nfe: {self.nfe}; use parameterization: residual"
             )
-
-
-def ot_weight_at(cfg: AFConfig, step: int) -> float:
-    """``ot_weight`` at optimiser ``step`` under ``ot_schedule`` (exact on resume)."""
-    return scheduled_weight(cfg.ot_weight, cfg.ot_end, cfg.ot_schedule, cfg.ot_decay_steps, step)
 
 
 # ----------------------------------------------------------------------------- the method
@@ -363,7 +344,7 @@ class AdversarialFlow(Method):
             r = self.discriminator(real_in, cond, b).detach()
             f = self.discriminator(adv_in, cond, b)
         terms = {"adv": relativistic_loss(f, r)}
-        lam = ot_weight_at(cfg, step)
+        lam = cfg.ot_weight_at(step)
         if lam > 0:
             terms["ot"] = lam * ot_loss(fake, x_a, (b - a).abs().clamp_min(1e-3))
         if self.classifier is not None and cond is not None:
@@ -390,7 +371,7 @@ class AdversarialFlow(Method):
         a, b, x_a, x_b = self.draw(x, cond)
         terms, _ = self.generator_terms(x_a, x_b, a, b, cond, step)
         logs.update(update.step("generator", **terms))
-        logs["ot_weight"] = ot_weight_at(self.config, step)
+        logs["ot_weight"] = self.config.ot_weight_at(step)
         logs["grad_norm_ema"] = float(self.grad_norm.square_avg.sqrt())
         return logs
 

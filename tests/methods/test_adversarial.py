@@ -17,7 +17,6 @@ from flowpost.methods.adversarial import (
     AdversarialFlow,
     AFConfig,
     ot_loss,
-    ot_weight_at,
 )
 from flowpost.methods.base import get_method_class
 from flowpost.methods.components.adversarial import (
@@ -206,15 +205,15 @@ def test_gradient_normalisation_removes_discriminator_scale() -> None:
 
 def test_ot_schedules() -> None:
     const = AFConfig(ot_weight=0.05)
-    assert [ot_weight_at(const, s) for s in (0, 10**6)] == [0.05, 0.05]
+    assert [const.ot_weight_at(s) for s in (0, 10**6)] == [0.05, 0.05]
     cos = AFConfig(ot_weight=0.2, ot_schedule="cosine", ot_end=0.01, ot_decay_steps=1000)
-    assert ot_weight_at(cos, 0) == pytest.approx(0.2)
-    assert ot_weight_at(cos, 500) == pytest.approx(0.105)
-    assert ot_weight_at(cos, 250) == pytest.approx(0.01 + 0.19 * (1 + math.cos(math.pi / 4)) / 2)
-    assert ot_weight_at(cos, 1000) == pytest.approx(0.01)
-    assert ot_weight_at(cos, 5000) == pytest.approx(0.01)
+    assert cos.ot_weight_at(0) == pytest.approx(0.2)
+    assert cos.ot_weight_at(500) == pytest.approx(0.105)
+    assert cos.ot_weight_at(250) == pytest.approx(0.01 + 0.19 * (1 + math.cos(math.pi / 4)) / 2)
+    assert cos.ot_weight_at(1000) == pytest.approx(0.01)
+    assert cos.ot_weight_at(5000) == pytest.approx(0.01)
     drop = AFConfig(ot_weight=0.2, ot_schedule="step", ot_end=0.02, ot_decay_steps=100)
-    assert [ot_weight_at(drop, s) for s in (0, 99, 100, 400)] == [0.2, 0.2, 0.02, 0.02]
+    assert [drop.ot_weight_at(s) for s in (0, 99, 100, 400)] == [0.2, 0.2, 0.02, 0.02]
 
 
 # --------------------------------------------------------------------------- sampling, setup

@@ -16,13 +16,16 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from flowpost.config import option
 from flowpost.flows import random
 from flowpost.flows.paths import expand_like, interpolate
+from flowpost.methods.base import MethodConfig
 
 __all__ = [
     "fixed_k_times",
@@ -33,6 +36,7 @@ __all__ = [
     "chain_sources",
     "ot_loss",
     "scheduled_weight",
+    "TransportConfig",
     "takes_end_time",
 ]
 
@@ -162,6 +166,32 @@ def scheduled_weight(start: float, end: float, schedule: str, decay_steps: int, 
     if schedule == "step":
         return start if step < decay_steps else end
     raise ValueError(f"unknown schedule {schedule!r}; use constant, cosine or step")
+
+
+@dataclass
+class TransportConfig(MethodConfig):
+    """The optimal-transport term's weight over training (the ``ot_*`` keys of a method).
+
+    >>> cfg = TransportConfig(ot_weight=0.2, ot_schedule="cosine", ot_end=0.005, ot_decay_steps=100)
+    >>> [round(cfg.ot_weight_at(s), 4) for s in (0, 50, 100, 1000)]
+    [0.2, 0.1025, 0.005, 0.005]
+    """
+
+    ot_weight: float = option(0.05, "optimal-transport weight at step 0", min=0.0)
+    ot_schedule: str = option(
+        "constant",
+        "ot_weight over training: constant, cosine decay to ot_end over "
+        "ot_decay_steps, or a step drop to ot_end at ot_decay_steps",
+        choices=["constant", "cosine", "step"],
+    )
+    ot_end: float = option(0.005, "ot_weight floor (cosine) / value after the drop (step)", min=0.0)
+    ot_decay_steps: int = option(100_000, "length of the cosine decay / step of the drop", min=1)
+
+    def ot_weight_at(self, step: int) -> float:
+        """``ot_weight`` at optimiser ``step`` under ``ot_schedule`` (exact on resume)."""
+        return scheduled_weight(
+            self.ot_weight, self.ot_end, self.ot_schedule, self.ot_decay_steps, step
+        )
 
 
 def takes_end_time(module: nn.Module) -> bool:
