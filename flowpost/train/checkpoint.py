@@ -187,6 +187,12 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         state = json.loads(state_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{state_file}: corrupted ({err}); delete this checkpoint") from None
+    if isinstance(state, dict) and "state_sha256" not in state:
+        raise CheckpointError(
+            f"{state_file}: has no state_sha256 (written by a flowpost older than checksummed "
+            "checkpoints, or by hand), so it cannot be verified; retrain or resume from a "
+            "checkpoint written by this version"
+        )
     if not isinstance(state, dict) or state.get("state_sha256") != state_digest(state):
         raise CheckpointError(
             f"{state_file}: checksum mismatch (modified or damaged); delete this checkpoint "

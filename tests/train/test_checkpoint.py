@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -131,3 +134,15 @@ def test_pruning_and_rewriting_never_leave_half_deleted_checkpoints(tmp_path, mo
         "step_00000002",
         "step_00000003",
     ]
+
+
+def test_a_checkpoint_without_a_state_checksum_is_named_as_such(tmp_path: Path) -> None:
+    # An older checkpoint has no state_sha256: say so, not "modified or damaged".
+    folder = save_checkpoint(tmp_path, 1, {"a": torch.ones(2)}, {"x": 1}, keep=1)
+    state_file = folder / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["state_sha256"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="has no state_sha256") as err:
+        load_checkpoint(folder)
+    assert "\n" not in str(err.value)
