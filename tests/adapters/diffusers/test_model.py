@@ -38,14 +38,19 @@ def test_packing_and_condition_round_trip() -> None:
         unpack_condition(torch.randn(2, 50), 32, 7)
 
 
-def test_flux_shift_matches_diffusers_time_shift() -> None:
-    sched = FlowMatchEulerDiscreteScheduler(
+def _flux_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """diffusers' FLUX scheduler with the FLUX.1 pipeline's dynamic-shift settings."""
+    return FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True,
         base_shift=0.5,
         max_shift=1.15,
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
+
+
+def test_flux_shift_matches_diffusers_time_shift() -> None:
+    sched = _flux_scheduler()
     seq = 1024
     mu = float(np.log(flux_shift(seq)))
     sched.set_timesteps(sigmas=np.linspace(1.0, 1 / 8, 8), mu=mu)
@@ -59,13 +64,7 @@ def _their_loop(flow, family: str, noise: torch.Tensor, cond: torch.Tensor, step
     b, _, h, w = noise.shape
     prompt, pooled = unpack_condition(cond, 32, 32)
     if family == "flux":
-        sched = FlowMatchEulerDiscreteScheduler(
-            use_dynamic_shifting=True,
-            base_shift=0.5,
-            max_shift=1.15,
-            base_image_seq_len=256,
-            max_image_seq_len=4096,
-        )
+        sched = _flux_scheduler()
         mu = float(np.log(flux_shift((h // 2) * (w // 2))))
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
         lat = pack_latents(noise)
