@@ -23,7 +23,7 @@ from flowpost.data.images import IMAGE_DATASETS, load_image_dataset
 from flowpost.data.toys import TOYS, sample_toy
 
 # robot tasks: demonstrations of a scripted expert (flowpost.envs, the [robot] extra)
-ROBOT_TASKS: tuple[str, ...] = ("reacher",)
+ROBOT_TASKS: tuple[str, ...] = ("reacher", "pusher")
 DATASETS: tuple[str, ...] = (*TOYS, *IMAGE_DATASETS, "file", "folder", *ROBOT_TASKS, "latents")
 
 # Held-out toy samples come from a generator seeded with seed + this offset, a stream the

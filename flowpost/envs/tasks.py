@@ -10,6 +10,13 @@ the observation alone, the distance that decides success and the threshold it is
   **Success: the fingertip is within 0.01 (1 cm; the arm's reach is 0.21) of the target at
   the last step.** The final distance is the Euclidean fingertip-target distance read from
   the simulator at the end of the episode.
+* ``pusher`` (``Pusher-v5`` run for **300** steps of 0.05 s instead of its default 100): a
+  7-joint arm must push a cylinder to a goal on a table. The expert
+  (:mod:`flowpost.envs.pusher`) cradles the object in its U-shaped hand and pushes it.
+  **Success: the object's centre is within 0.03 (3 cm; the object's radius is 5 cm) of the
+  goal in the table plane at the last step.** The horizon is longer than the default
+  because Pusher-v5's object is so light that contact moves it at about 0.03 m/s: in 100
+  steps (5 s) no pusher can bring it the at least 0.17 it starts from the goal.
 
 gymnasium and MuJoCo are the ``[robot]`` extra; nothing in the core imports this module.
 
@@ -17,6 +24,8 @@ Example:
     >>> task = get_task("reacher")
     >>> task.env_id, task.threshold, task.obs_dim, task.act_dim
     ('Reacher-v5', 0.01, 10, 2)
+    >>> get_task("pusher").obs_dim, get_task("pusher").steps
+    (23, 300)
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from flowpost.envs.pusher import pusher_distance, pusher_expert
 
 _L1, _L2 = 0.1, 0.11  # Reacher link lengths (shoulder -> elbow, elbow -> fingertip)
 
@@ -71,7 +82,7 @@ class RobotTask:
 
     def make_env(self) -> Any:
         """A fresh environment, with a one-line error when it cannot be made."""
-        return make_env(self.env_id)
+        return make_env(self.env_id, max_episode_steps=self.steps)
 
 
 TASKS: dict[str, RobotTask] = {
@@ -86,6 +97,17 @@ TASKS: dict[str, RobotTask] = {
         expert=reacher_expert,
         distance=reacher_distance,
     ),
+    "pusher": RobotTask(
+        name="pusher",
+        env_id="Pusher-v5",
+        obs_dim=23,
+        act_dim=7,
+        action_scale=2.0,
+        steps=300,
+        threshold=0.03,
+        expert=pusher_expert,
+        distance=pusher_distance,
+    ),
 }
 
 
@@ -95,7 +117,7 @@ def get_task(name: str) -> RobotTask:
     return TASKS[name]
 
 
-def make_env(env_id: str) -> Any:
+def make_env(env_id: str, max_episode_steps: int | None = None) -> Any:
     """``gymnasium.make(env_id)``, turning a missing extra or an unknown id into one line."""
     try:
         import gymnasium as gym
@@ -104,7 +126,7 @@ def make_env(env_id: str) -> Any:
             f"environment {env_id!r} needs gymnasium and MuJoCo: pip install 'flowpost[robot]'"
         ) from None
     try:
-        return gym.make(env_id)
+        return gym.make(env_id, max_episode_steps=max_episode_steps)
     except ImportError as err:
         raise ValueError(
             f"environment {env_id!r} cannot be made ({err}); pip install 'flowpost[robot]'"
