@@ -24,6 +24,7 @@ interrupted run resumes where it stopped; trained run folders are reused):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -134,6 +135,13 @@ def robot(task: str, seeds: list[int], episodes: int, runs: tuple[str, ...] = RU
         "expert",
         lambda: expert_rollouts(get_task(task), episodes=episodes, seed=eval_seed),
     )
+    if task == "pusher":  # why the task runs 300 steps: the expert at Pusher-v5's own 100
+        cells.get(
+            "expert_steps100",
+            lambda: expert_rollouts(
+                dataclasses.replace(get_task(task), steps=100), episodes=episodes, seed=eval_seed
+            ),
+        )
     for seed in seeds:
         base = WORK / task / f"seed{seed}"
         for name in runs:

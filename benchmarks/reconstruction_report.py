@@ -42,6 +42,12 @@ def robot_tables(task: str) -> str:
         "|---|---|---|---|---|---|",
         f"| scripted expert | - | {e['success_rate']:.3f} | - | {e['final_distance']:.5f} | - |",
     ]
+    if "expert_steps100" in data:  # pusher: the expert at Pusher-v5's own 100-step horizon
+        e100 = data["expert_steps100"]
+        out.append(
+            f"| scripted expert, 100 steps | - | {e100['success_rate']:.3f} | - | "
+            f"{e100['final_distance']:.5f} | - |"
+        )
     for name in RUNS:
         for nfe in NFES:
             rows = [data.get(f"{s}/{name}/nfe{nfe}") for s in seeds]
