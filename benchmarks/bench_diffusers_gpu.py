@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--methods", default="sft,fail_pd,af")
     parser.add_argument("--compile", default="off,on", help="off, on or off,on")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, no result file")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the result file (JSON)")
     args = parser.parse_args()
     args.device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     if args.smoke:
@@ -167,8 +168,8 @@ def main() -> None:
         "steps_timed": args.steps, "warmup": args.warmup,
         "rows": rows,
     }  # fmt: skip
-    RESULTS.write_text(json.dumps(result, indent=1))
-    print(f"wrote {RESULTS}")
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -137,8 +137,10 @@ def gft_loss(
     >>> [round(float(v), 3) for v in gft_loss(p, d, a, 0.5)]
     [4.0, 1.0]
     """
+    # the anchor is the frozen reference's output: bf16 under autocast, while the data drift
+    # is float32; lerp needs one dtype, and the target is kept in the data's precision
     target = data_drift if anchor is None or temperature == 0.0 else (
-        torch.lerp(data_drift, anchor, temperature)
+        torch.lerp(data_drift, anchor.to(data_drift.dtype), temperature)
     )  # fmt: skip
     loss = (pred - target).pow(2).mean()
     fit = loss.detach() if target is data_drift else (pred - data_drift).pow(2).mean().detach()

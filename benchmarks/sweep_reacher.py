@@ -1,0 +1,142 @@
+"""A time-boxed, parallel sweep of FT-FM / ResFT-FM settings on Reacher-v5, through the CLI.
+
+Why: on the committed recipes FT-FM fell below the pretrained policy at the deployed 2 NFE
+(docs/methods/reconstruction.md). Each candidate remedy (a weaker reconstruction term, fewer
+steps, more demonstrations) needs 3 seeds of ~2 CPU-minutes each; this script runs them as
+``flowpost train`` jobs in a pool of processes (one thread each), the pretrained policies
+first, then every variant seed-major (so a cut-off sweep still covers every variant at seed
+0), and records each run's end-of-training evaluation (``summary.json``: success rate, final
+distance, return at the recipe's ``eval.nfe`` = 2 over ``eval.episodes`` episodes).
+
+Results are written after every finished job to ``--results`` (JSON; finished jobs are
+never rerun when the run folder holds a ``summary.json``). The variant that a later recipe
+adopts must then be validated by ``bench_reconstruction.py robot`` on the committed recipe.
+
+    python benchmarks/sweep_reacher.py --work /tmp/sweep --jobs 12 --budget 480
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "reconstruction_sweep_reacher.json"
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str  # variant name, e.g. "ft_fm/sigma0.3"
+    recipe: str
+    seed: int
+    demos: int
+    sets: tuple[str, ...] = ()
+    after: str | None = None  # the pretrain job this one starts from
+    extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/d{self.demos}/s{self.seed}"
+
+
+# (variant, recipe, overrides): every FT variant runs on the pretrained policy of its demos
+VARIANTS: list[tuple[str, str, tuple[str, ...], int]] = [
+    ("ft_fm/base", "ft_fm", (), 200),
+    ("resft_fm/base", "resft_fm", (), 200),
+    ("ft_fm/sigma0.3", "ft_fm", ("method.sigma=0.3",), 200),
+    ("ft_fm/sigma1", "ft_fm", ("method.sigma=1.0",), 200),
+    ("ft_fm/learn_sigma", "ft_fm", ("method.learn_sigma=true",), 200),
+    ("resft_fm/sigma0.3", "resft_fm", ("method.sigma=0.3",), 200),
+    ("ft_fm/base", "ft_fm", (), 1000),
+    ("resft_fm/base", "resft_fm", (), 1000),
+    ("ft_fm/sigma0.3", "ft_fm", ("method.sigma=0.3",), 1000),
+    ("ft_fm/steps200", "ft_fm", ("train.steps=200",), 200),
+]
+
+
+def plan(seeds: list[int]) -> list[Job]:
+    jobs = [
+        Job("pretrain", "pretrain", s, d, (f"data.demos={d}",))
+        for d in sorted({v[3] for v in VARIANTS})
+        for s in seeds
+    ]
+    for s in seeds:
+        for name, recipe, sets, d in VARIANTS:
+            jobs.append(Job(name, recipe, s, d, (f"data.demos={d}", *sets), f"pretrain/d{d}/s{s}"))
+    return jobs
+
+
+def run_job(job: Job, work: Path, common: tuple[str, ...] = ()) -> dict[str, object]:
+    out = work / job.key.replace("/", "-")
+    summary = out / "summary.json"
+    sets = [f"train.seed={job.seed}", *job.sets, *common]
+    if job.after:
+        sets.append(f"init_from={work / job.after.replace('/', '-')}")
+    cmd = [sys.executable, "-m", "flowpost", "train", f"recipes/reacher/{job.recipe}.yaml"]
+    cmd += ["--out", str(out), "--no-progress", "--overwrite"]
+    for s in sets:
+        cmd += ["--set", s]
+    started, record = time.time(), {"command": " ".join(cmd[2:])}
+    if not summary.is_file():
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            record["error"] = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+            return record
+    s = json.loads(summary.read_text())
+    for k in ("success_rate", "final_distance", "return", "nfe", "step"):
+        record[k] = s.get(k)
+    record["wall_s"] = round(time.time() - started, 1)
+    return record
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", default="/tmp/flowpost-sweep-reacher")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--jobs", type=int, default=2, help="processes at once")
+    p.add_argument("--budget", type=float, default=3600, help="seconds; no job starts after")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--set", dest="common", action="append", default=[], help="for every job")
+    p.add_argument("--only", nargs="*", help="only these variant names (and the pretraining)")
+    args = p.parse_args()
+    work, results = Path(args.work), Path(args.results)
+    work.mkdir(parents=True, exist_ok=True)
+    data: dict[str, object] = json.loads(results.read_text()) if results.is_file() else {}
+    cells: dict[str, object] = data.setdefault("cells", {})  # type: ignore[assignment]
+    data["meta"] = {"cpu_count": os.cpu_count(), "jobs": args.jobs, "host": os.uname().nodename}
+    todo = [j for j in plan(args.seeds) if j.key not in cells]
+    if args.only:
+        todo = [j for j in todo if j.name == "pretrain" or j.name in args.only]
+    done = {k for k, v in cells.items() if "error" not in v}  # type: ignore[operator]
+    deadline = time.time() + args.budget
+    running: dict[Future[dict[str, object]], Job] = {}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        while todo or running:
+            ready = [j for j in todo if j.after is None or j.after in done]
+            while ready and len(running) < args.jobs and time.time() < deadline:
+                job = ready.pop(0)
+                todo.remove(job)
+                running[pool.submit(run_job, job, work, tuple(args.common))] = job
+            if not running:
+                break
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                job = running.pop(fut)
+                record = fut.result()
+                cells[job.key] = record
+                if "error" not in record:
+                    done.add(job.key)
+                results.write_text(json.dumps(data, indent=1, sort_keys=True))
+                print(job.key, {k: record.get(k) for k in ("success_rate", "error")}, flush=True)
+    print(f"{len(cells)} cells in {results}")
+
+
+if __name__ == "__main__":
+    main()
