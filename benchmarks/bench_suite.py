@@ -23,7 +23,7 @@ one override the weights need to load. A *cell* is one (task, contender, demonst
 deployed steps, seed); ``pretrained`` and ``sft`` train once and are scored at 1, 2 and 4
 steps. Cells are stored in the results JSON as they finish (under a file lock) and never
 rerun; a worker claims a cell before running it, so several workers can share one
-results file (``--workers`` or separate processes); a killed cell starts again.
+results file (run several processes with the same arguments); a killed cell starts again.
 
 Sizes (``--quick`` is the default):
 
@@ -207,7 +207,9 @@ def claim(work: Path, key: str) -> Path | None:
 
 def flowpost(*args: str) -> str:
     """``python -m flowpost ...`` from the repository root; its output, or an error."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    # the checkout first, then whatever the caller's path holds (packages installed by path)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "flowpost", *args], cwd=ROOT, env=env, capture_output=True, text=True
     )
@@ -353,6 +355,7 @@ def main() -> None:
     p.add_argument("--contenders", nargs="*", choices=CONTENDERS, help="restrict contenders")
     p.add_argument("--demos", nargs="*", type=int, help="restrict demonstration counts")
     p.add_argument("--seeds", nargs="*", type=int, help="restrict seeds")
+    p.add_argument("--steps", nargs="*", type=int, help="restrict deployed steps (post-training)")
     p.add_argument("--work", default="/tmp/flowpost-suite", help="run folders and arrays")
     p.add_argument("--results", default=str(RESULTS), help="the results JSON")
     p.add_argument("--out", default=str(ROOT / "docs" / "suite.md"), help="report: Markdown")
@@ -373,6 +376,7 @@ def main() -> None:
         and (not args.contenders or c.contender in args.contenders)
         and (not args.demos or c.demos in args.demos or c.contender == "pretrained")
         and (not args.seeds or c.seed in args.seeds)
+        and (not args.steps or c.steps == 0 or c.steps in args.steps)
     )
     cells = [c for c in cells if keep(c)]
     if args.what == "list":
