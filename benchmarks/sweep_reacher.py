@@ -96,6 +96,33 @@ def run_job(job: Job, work: Path, common: tuple[str, ...] = ()) -> dict[str, obj
     return record
 
 
+def table(data: dict[str, object]) -> str:
+    """Markdown: per variant and seed, success at 2 NFE and return, and the paired gain over
+    the pretrained policy of the same demonstrations and seed (same evaluation episodes)."""
+    cells: dict[str, dict[str, object]] = data["cells"]  # type: ignore[assignment]
+    lines = [
+        "| variant | demos | seeds | success (per seed) | mean gain over pretrained | "
+        "return (mean) |",
+        "|---|---|---|---|---|---|",
+    ]
+    variants = dict.fromkeys(k.rsplit("/", 2)[0] + "/" + k.rsplit("/", 2)[1] for k in cells)
+    for variant in variants:
+        name, demos = variant.rsplit("/", 1)
+        runs = {k.rsplit("/", 1)[1]: v for k, v in cells.items() if k.startswith(variant + "/")}
+        ok = {s: v for s, v in runs.items() if v.get("success_rate") is not None}
+        pre = {s: cells.get(f"pretrain/{demos}/{s}", {}) for s in ok}
+        gains = [
+            float(v["success_rate"]) - float(pre[s]["success_rate"])  # type: ignore[arg-type]
+            for s, v in ok.items()
+            if name != "pretrain" and pre[s].get("success_rate") is not None
+        ]
+        per = ", ".join(f"{s}: {v['success_rate']:.3f}" for s, v in sorted(ok.items()))
+        gain = f"{sum(gains) / len(gains):+.3f} ({len(gains)} seeds)" if gains else "-"
+        ret = sum(float(v["return"]) for v in ok.values()) / max(len(ok), 1)  # type: ignore[arg-type]
+        lines.append(f"| {name} | {demos[1:]} | {len(ok)} | {per} | {gain} | {ret:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default="/tmp/flowpost-sweep-reacher")
@@ -105,8 +132,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--set", dest="common", action="append", default=[], help="for every job")
     p.add_argument("--only", nargs="*", help="only these variant names (and the pretraining)")
+    p.add_argument("--table", action="store_true", help="print the results as Markdown")
     args = p.parse_args()
     work, results = Path(args.work), Path(args.results)
+    if args.table:
+        print(table(json.loads(results.read_text())))
+        return
     work.mkdir(parents=True, exist_ok=True)
     data: dict[str, object] = json.loads(results.read_text()) if results.is_file() else {}
     cells: dict[str, object] = data.setdefault("cells", {})  # type: ignore[assignment]
