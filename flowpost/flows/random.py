@@ -23,10 +23,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -62,11 +64,13 @@ def current_shard() -> Shard | None:
     return _SHARD.get()
 
 
-def _global_rows(n: int) -> tuple[int, slice | None]:
+def _draw(draw: Callable[..., Tensor], n: int, tail: tuple[int, ...], **kwargs: Any) -> Tensor:
+    """``draw((n, *tail), **kwargs)``; inside a shard of which ``n`` is the local batch, the
+    global batch's draw and this process's rows of it."""
     shard = _SHARD.get()
     if shard is None or shard.total == shard.local or n != shard.local:
-        return n, None
-    return shard.total, slice(shard.offset, shard.offset + shard.local)
+        return draw((n, *tail), **kwargs)
+    return draw((shard.total, *tail), **kwargs)[shard.offset : shard.offset + shard.local]
 
 
 def randn(
@@ -76,13 +80,13 @@ def randn(
     dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Standard normal ``(n, *tail)``, shard-invariant when ``n`` is the local batch."""
-    rows, keep = _global_rows(n)
-    out = torch.randn((rows, *tail), device=device, dtype=dtype)
-    return out if keep is None else out[keep]
+    return _draw(torch.randn, n, tail, device=device, dtype=dtype)
 
 
 def randn_like(x: Tensor) -> Tensor:
     """Standard normal shaped like ``x`` (rows are samples)."""
+    if _SHARD.get() is None:  # the same draw as randn's, by torch's quickest call
+        return torch.randn_like(x, memory_format=torch.contiguous_format)
     return randn(x.shape[0], *x.shape[1:], device=x.device, dtype=x.dtype)
 
 
@@ -93,15 +97,11 @@ def rand(
     dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Uniform on [0, 1) ``(n, *tail)``, shard-invariant when ``n`` is the local batch."""
-    rows, keep = _global_rows(n)
-    out = torch.rand((rows, *tail), device=device, dtype=dtype)
-    return out if keep is None else out[keep]
+    return _draw(torch.rand, n, tail, device=device, dtype=dtype)
 
 
 def randint(
     low: int, high: int, n: int, *tail: int, device: torch.device | str | None = None
 ) -> Tensor:
     """Integers in ``[low, high)`` ``(n, *tail)``, shard-invariant when ``n`` is the local batch."""
-    rows, keep = _global_rows(n)
-    out = torch.randint(low, high, (rows, *tail), device=device)
-    return out if keep is None else out[keep]
+    return _draw(partial(torch.randint, low, high), n, tail, device=device)

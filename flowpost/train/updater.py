@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,17 @@ class NonFiniteLossError(DivergenceError):
         self.step = step
         self.term = term
         self.value = value
+
+
+class _Plan(NamedTuple):
+    """What a step of one optimiser needs (see :class:`OptimizerUpdater`)."""
+
+    optimizer: torch.optim.Optimizer
+    params: list[Tensor]
+    clip: float | None  # None: no clipping
+    norm_key: str  # the logged name of the gradient norm
+    lr_factor: Callable[[int], float] | None  # None: not scheduled
+    ema: tuple[EMA, nn.Module] | None  # (EMA, live module) to update after the step
 
 
 class OptimizerUpdater:
@@ -80,14 +92,25 @@ class OptimizerUpdater:
         self.backward = backward
         self.global_step = 0
         self.steps_taken: dict[str, int] = {name: 0 for name in optimizers}
-        self._params = {
-            name: [p for g in opt.param_groups for p in g["params"]]
-            for name, opt in optimizers.items()
-        }
         self._keys: dict[tuple[str, str], str] = {}  # (optimiser, term) -> logged name
+        # what a step of each optimiser needs, looked up once (a step is the hot path)
+        self._plans = {name: self._plan(name, opt) for name, opt in optimizers.items()}
+
+    def _plan(self, name: str, opt: torch.optim.Optimizer) -> _Plan:
+        clip = self.grad_clip.get(name)
+        ema, live = self.emas.get(name), self.live.get(name)
+        return _Plan(
+            opt,
+            [p for g in opt.param_groups for p in g["params"]],
+            clip if clip is not None and clip > 0 else None,
+            f"{name}/grad_norm",
+            self.lr_factor if name in self.scheduled else None,
+            (ema, live) if ema is not None and live is not None else None,
+        )
 
     def step(self, name: str, **terms: Tensor) -> dict[str, float]:
-        if name not in self.optimizers:
+        plan = self._plans.get(name)
+        if plan is None:
             raise KeyError(f"no optimiser named {name!r}; known: {sorted(self.optimizers)}")
         if not terms:
             raise ValueError("update.step needs at least one loss term")
@@ -104,23 +127,21 @@ class OptimizerUpdater:
             total.backward()
         else:
             self.backward(total)
-        clip = self.grad_clip.get(name)
-        if clip is not None and clip > 0:
+        if plan.clip is not None:
             # the norm before clipping, logged beside the loss terms
-            norm = torch.nn.utils.clip_grad_norm_(self._params[name], clip)
-            logs[self._key(name, "grad_norm")] = float(norm)
-        optimizer = self.optimizers[name]
-        if self.lr_factor is not None and name in self.scheduled:
-            factor = self.lr_factor(self.global_step)
+            norm = torch.nn.utils.clip_grad_norm_(plan.params, plan.clip)
+            logs[plan.norm_key] = float(norm)
+        optimizer = plan.optimizer
+        if plan.lr_factor is not None:
+            factor = plan.lr_factor(self.global_step)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
         optimizer.step()
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         self.steps_taken[name] += 1
-        ema = self.emas.get(name)
-        if ema is not None and name in self.live:
-            ema.update(self.live[name], self.steps_taken[name])
+        if plan.ema is not None:
+            plan.ema[0].update(plan.ema[1], self.steps_taken[name])
         return logs
 
     def _key(self, name: str, term: str) -> str:

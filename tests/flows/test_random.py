@@ -51,3 +51,24 @@ def test_draws_of_another_size_are_not_sliced() -> None:
 def test_bad_shard_is_refused() -> None:
     with pytest.raises(ValueError, match="bad shard"), batch_shard(offset=3, local=2, total=4):
         pass
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+def test_randn_like_outside_a_shard_is_randn_of_the_shape(dtype: torch.dtype, layout: str) -> None:
+    # its quick path (torch.randn_like) must draw what randn and the sharded path draw,
+    # whatever the memory layout of the tensor it copies the shape of
+    x = torch.zeros(4, 3, 5, 5, dtype=dtype)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        x = x.transpose(2, 3)
+    torch.manual_seed(5)
+    quick = randn_like(x)
+    torch.manual_seed(5)
+    with batch_shard(offset=0, local=4, total=4):  # one process: the general path
+        general = randn_like(x)
+    torch.manual_seed(5)
+    plain = torch.randn(tuple(x.shape), dtype=dtype)
+    assert torch.equal(quick, plain) and torch.equal(general, plain)
+    assert quick.is_contiguous() and quick.dtype == dtype
