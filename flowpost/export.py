@@ -38,7 +38,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from flowpost.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from flowpost.train.checkpoint import CheckpointError, load_checkpoint
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -50,16 +50,9 @@ def _run_state(
     run: Path, last: bool = False
 ) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Any]]:
     from flowpost.config import load_yaml
-    from flowpost.train.selection import BEST_DIR
+    from flowpost.train.selection import chosen_checkpoint
 
-    if not (run / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run}: not a run folder (no config.yaml)")
-    found = latest_checkpoint(run / "checkpoints")
-    if found is None:
-        raise CheckpointError(f"{run}: no checkpoint to export")
-    best = None if last else latest_checkpoint(run / BEST_DIR)
-    found = best or found
-    tensors, state = load_checkpoint(found)
+    tensors, state = load_checkpoint(chosen_checkpoint(run, last=last, use="export"))
     return load_yaml(run / "config.yaml"), tensors, state
 
 

@@ -170,22 +170,15 @@ def load(
     from flowpost.methods.base import build_method
     from flowpost.train.checkpoint import (
         CheckpointError,
-        latest_checkpoint,
         load_checkpoint,
         split_prefixed,
     )
     from flowpost.train.config import build_run_config
-    from flowpost.train.selection import BEST_DIR
+    from flowpost.train.selection import BEST_DIR, chosen_checkpoint
 
     root = Path(path)
-    if not (root / "config.yaml").is_file():
-        raise FileNotFoundError(f"{root}: not a run folder (no config.yaml)")
+    found = chosen_checkpoint(root, last=last)
     config = build_run_config(load_yaml(root / "config.yaml"))
-    found = latest_checkpoint(root / "checkpoints")
-    if found is None:
-        raise CheckpointError(f"{root}: no checkpoint to load")
-    best = None if last else latest_checkpoint(root / BEST_DIR)
-    found = best or found
     tensors, state = load_checkpoint(found)
     info = dict(state.get("run") or {})
     if "data" not in info or "cond_dim" not in info["data"]:
@@ -234,7 +227,7 @@ def load(
     summary_file = root / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     run = Run(root, config, method, roles=roles, info=info, summary=summary)
-    run.checkpoint, run.best = found, best is not None
+    run.checkpoint, run.best = found, found.parent == root / BEST_DIR
     return run
 
 

@@ -56,7 +56,11 @@ def _save(fig: Any, path: str | Path) -> None:
             tmp.unlink()
 
 
-def _hist_axes(ax: Any, samples: np.ndarray, reference: np.ndarray | None, title: str) -> None:
+def _hist_axes(
+    ax: Any, samples: np.ndarray, reference: np.ndarray | None, title: str, **kwargs: Any
+) -> None:
+    """Histograms of the samples and the reference (grey, behind) on shared bins; ``kwargs``
+    go to ``ax.hist`` (``orientation="horizontal"`` beside a panel of paths)."""
     data = samples.reshape(-1)
     lo, hi = float(data.min()), float(data.max())
     if reference is not None:
@@ -64,16 +68,10 @@ def _hist_axes(ax: Any, samples: np.ndarray, reference: np.ndarray | None, title
         lo, hi = min(lo, float(ref.min())), max(hi, float(ref.max()))
     bins = np.linspace(lo - 1e-3, hi + 1e-3, 121)
     if reference is not None:
-        ax.hist(
-            reference.reshape(-1),
-            bins=bins,
-            density=True,
-            alpha=0.4,
-            color="gray",
-            label="reference",
-        )
-    ax.hist(data, bins=bins, density=True, alpha=0.7, color="C0", label="samples")
-    ax.set_title(title)
+        ax.hist(ref, bins=bins, density=True, alpha=0.4, color="gray", label="reference", **kwargs)
+    ax.hist(data, bins=bins, density=True, alpha=0.7, color="C0", label="samples", **kwargs)
+    if title:
+        ax.set_title(title)
     ax.legend(fontsize=8)
 
 
@@ -104,28 +102,7 @@ def plot_hist_1d(
     ax0.plot(t, traj[:, :max_lines], color="C0", alpha=0.25, lw=0.7)
     ax0.set_xlabel("t (0 noise, 1 data)")
     ax0.set_title(title or "trajectories")
-    both = s.reshape(-1) if ref is None else np.concatenate([s.reshape(-1), ref.reshape(-1)])
-    bins = np.linspace(float(both.min()) - 1e-3, float(both.max()) + 1e-3, 121)
-    if ref is not None:
-        ax1.hist(
-            ref.reshape(-1),
-            bins=bins,
-            density=True,
-            orientation="horizontal",
-            alpha=0.4,
-            color="gray",
-            label="reference",
-        )
-    ax1.hist(
-        s.reshape(-1),
-        bins=bins,
-        density=True,
-        orientation="horizontal",
-        alpha=0.7,
-        color="C0",
-        label="samples",
-    )
-    ax1.legend(fontsize=8)
+    _hist_axes(ax1, s, ref, "", orientation="horizontal")
     _save(fig, path)
 
 

@@ -46,10 +46,7 @@ from torch import Tensor, nn
 
 from flowpost.config import ConfigError, option
 from flowpost.data.base import Batch, DataSpec
-from flowpost.flows.couplings import IndependentCoupling
-from flowpost.flows.paths import LinearPath
 from flowpost.flows.solvers import encode, sample
-from flowpost.flows.timesteps import UniformTime
 from flowpost.methods.base import (
     Method,
     MethodConfig,
@@ -187,9 +184,6 @@ class Reconstruction(Method):
             self.log_sigma = nn.Parameter(log_sigma)
         else:
             self.register_buffer("log_sigma", log_sigma)
-        self.coupling = IndependentCoupling()
-        self.time_sampler = UniformTime()
-        self.path = LinearPath()
 
     # -- roles --------------------------------------------------------------------------
     def build_policy(self) -> nn.Module:
@@ -233,16 +227,9 @@ class Reconstruction(Method):
         )
         terms = {"rec": gaussian_nll(x_hat, batch.x, self.log_sigma).mean()}
         if c.fm_weight > 0:
+            # independent coupling, uniform times, the linear path (flow_matching_loss's own)
             cond = drop_labels(batch.cond, c.label_dropout, self.spec.num_classes)
-            fm = flow_matching_loss(
-                self.policy,
-                batch.x,
-                cond,
-                coupling=self.coupling,
-                time_sampler=self.time_sampler,
-                path=self.path,
-            )
-            terms["fm"] = c.fm_weight * fm
+            terms["fm"] = c.fm_weight * flow_matching_loss(self.policy, batch.x, cond)
         return terms
 
     def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:

@@ -53,10 +53,23 @@ from torch import Tensor
 from flowpost.data.base import ArrayData, DataSpec
 from flowpost.data.registry import split_off
 from flowpost.eval.metrics import knn_precision_recall, w2
-from flowpost.train.checkpoint import checkpoint_dirs
+from flowpost.train.checkpoint import CheckpointError, checkpoint_dirs, latest_checkpoint
 
 MIN_HOLDOUT = 5
 BEST_DIR = "best"
+
+
+def chosen_checkpoint(run: Path, *, last: bool = False, use: str = "load") -> Path:
+    """The checkpoint a finished run folder is used through: the best one kept by held-out
+    selection if there is one (unless ``last``), else the newest. A folder that is not a run,
+    or holds no checkpoint, is one :class:`CheckpointError` line (``use``: what for)."""
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run}: not a run folder (no config.yaml)")
+    found = latest_checkpoint(run / "checkpoints")
+    if found is None:
+        raise CheckpointError(f"{run}: no checkpoint to {use}")
+    best = None if last else latest_checkpoint(run / BEST_DIR)
+    return best or found
 
 
 def split_holdout(data: ArrayData, fraction: float, seed: int) -> tuple[ArrayData, ArrayData]:
