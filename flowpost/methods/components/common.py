@@ -38,6 +38,7 @@ __all__ = [
     "solve",
     "rollout",
     "rollout_noise",
+    "group_rows",
     "flow_matching_loss",
     "drop_labels",
 ]
@@ -132,6 +133,24 @@ class Rollout:
     states: Trajectory | None = None
 
 
+def group_rows(rows: Tensor, group_size: int) -> Tensor:
+    """The row of ``rows`` (a process's slice of the batch) that each of its groups of
+    ``group_size`` rollouts is drawn for (:func:`rollout_noise`): the first
+    ``len(rows) // group_size`` rows, or, when the batch is split over processes, this
+    process's slice of the groups the whole batch forms (1 or N processes alike).
+
+    >>> group_rows(torch.arange(8), 4).tolist()
+    [0, 1]
+    """
+    n = rows.shape[0]
+    groups = n // group_size
+    shard = random.current_shard()
+    if shard is not None and shard.local == n and shard.total != n:
+        start = shard.offset // group_size
+        return all_gather_rows(rows)[: shard.total // group_size][start : start + groups]
+    return rows[:groups]
+
+
 def rollout_noise(
     like: Tensor, cond: Tensor | None, group_size: int | None = None
 ) -> tuple[Tensor, Tensor | None]:
@@ -156,12 +175,8 @@ def rollout_noise(
                 f"method.pg_group_size={group_size}; change train.batch_size"
             )
         n = groups * group_size
-        if cond is not None and split and shard is not None:
-            # the process's slice of the groups the whole batch forms (1 or N processes alike)
-            full = all_gather_rows(cond)[: shard.total // group_size]
-            cond = full.repeat_interleave(group_size, dim=0)[shard.offset : shard.offset + n]
-        elif cond is not None:
-            cond = cond[:groups].repeat_interleave(group_size, dim=0)
+        if cond is not None:
+            cond = group_rows(cond, group_size).repeat_interleave(group_size, dim=0)
     elif cond is not None:
         cond = cond[:n]
     x0 = random.randn(n, *like.shape[1:], device=like.device, dtype=like.dtype)

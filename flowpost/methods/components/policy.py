@@ -37,6 +37,7 @@ from flowpost.methods.components.common import (
     Rollout,
     flow_matching_loss,
     grid_shift,
+    group_rows,
     rollout,
     rollout_noise,
     solver_grid,
@@ -63,6 +64,7 @@ __all__ = [
     "policy_rollout",
     "anchor_terms",
     "pd_terms",
+    "with_teachers",
     "pg_update",
     "policy_update",
 ]
@@ -126,6 +128,11 @@ class PolicyConfig(MethodConfig):
     pg_epochs: int = option(1, "PG: policy updates per batch of rollouts", min=1)
     pg_draws: int = option(8, "PG (fpo): (t, x0) draws per sample of the surrogate", min=1)
     pg_adv_clip: float = option(5.0, "PG: advantage clip", min=0.0)
+    pg_expert: bool = option(
+        False,
+        "PG (fpo): add one expert sample of the batch to each group of rollouts, scored and "
+        "trained on like them (the authors' teacher samples in the policy update)",
+    )
     pg_sde_noise: float = option(
         0.7, "PG (sde): diffusion scale a in g(t) = a sqrt(1 - t)", min=0.0
     )
@@ -137,6 +144,10 @@ class PolicyConfig(MethodConfig):
         if self.variant == "pg" and self.pg_estimator == "sde" and self.pg_sde_noise <= 0:
             raise ConfigError(
                 "pg_estimator 'sde' needs pg_sde_noise > 0 (a deterministic step has no density)"
+            )
+        if self.variant == "pg" and self.pg_estimator == "sde" and self.pg_expert:
+            raise ConfigError(
+                "pg_expert needs pg_estimator 'fpo' (an expert sample has no SDE trajectory)"
             )
 
 
@@ -212,6 +223,22 @@ def pd_terms(
     return terms
 
 
+def with_teachers(roll: Rollout, expert: Batch, group_size: int) -> tuple[Tensor, Tensor | None]:
+    """The grouped samples of ``roll`` with one expert sample appended to each group (the
+    expert row the group was rolled out for, :func:`~.common.group_rows`): groups of
+    ``group_size + 1``, the expert last; the conditions likewise."""
+    groups = roll.x1.shape[0] // group_size
+
+    def join(rolled: Tensor, teacher: Tensor) -> Tensor:
+        a = rolled.reshape(groups, group_size, *rolled.shape[1:])
+        b = teacher.reshape(groups, 1, *teacher.shape[1:]).to(rolled.dtype)
+        return torch.cat([a, b], 1).reshape(groups * (group_size + 1), *rolled.shape[1:])
+
+    x = join(roll.x1, group_rows(expert.x, group_size))
+    cond = None if roll.cond is None else join(roll.cond, roll.cond[::group_size])
+    return x, cond
+
+
 def pg_update(
     policy: Field,
     reference: Field,
@@ -223,15 +250,18 @@ def pg_update(
 ) -> dict[str, float]:
     """PPO epochs on one batch of grouped rollouts (old policy = the policy now); given the
     ``expert`` batch, each epoch adds the ``fm`` anchor (``fm_weight``)."""
-    x1 = roll.x1
-    rewards = reward(x1, roll.cond)
-    adv = group_advantages(rewards, cfg.pg_group_size, cfg.pg_adv_clip)
+    x1, cond, group = roll.x1, roll.cond, cfg.pg_group_size
+    if cfg.pg_expert and expert is not None:
+        x1, cond = with_teachers(roll, expert, group)
+        group += 1
+    rewards = reward(x1, cond)
+    adv = group_advantages(rewards, group, cfg.pg_adv_clip)
     logs: dict[str, float] = {"pg/reward": float(rewards.mean())}
     fpo = cfg.pg_estimator == "fpo"
     if fpo:
         draws = draw_fpo(x1, cfg.pg_draws)
         with torch.no_grad():
-            old = -fpo_surrogate(policy, x1, draws, roll.cond).loss
+            old = -fpo_surrogate(policy, x1, draws, cond).loss
     else:
         assert roll.states is not None
         with torch.no_grad():
@@ -239,7 +269,7 @@ def pg_update(
     for epoch in range(cfg.pg_epochs):
         terms: dict[str, Tensor] = {}
         if fpo:
-            new = fpo_surrogate(policy, x1, draws, roll.cond)
+            new = fpo_surrogate(policy, x1, draws, cond)
             ratio = likelihood_ratio(-new.loss, old)
             reg_points = new
         else:
@@ -250,7 +280,7 @@ def pg_update(
         terms["ppo"] = ppo_clip_loss(ratio, adv, cfg.pg_clip)
         if cfg.ref_weight > 0:
             if not fpo:
-                reg_points = fpo_surrogate(policy, x1, draw_fpo(x1, 1), roll.cond)
+                reg_points = fpo_surrogate(policy, x1, draw_fpo(x1, 1), cond)
             p = reg_points
             reg = velocity_regulariser(p.v, reference, p.x_t, p.t, p.cond)
             terms["reg"] = cfg.ref_weight * reg.mean()
