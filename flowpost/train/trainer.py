@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs, DistributedType
+from accelerate.state import AcceleratorState
 from torch import nn
 
 from flowpost.data import DataSplit
@@ -127,6 +128,9 @@ class Trainer:
         # auto: the GPUs if there are any, else the CPU; under torchrun / accelerate launch
         # that is DDP over NCCL or gloo (a CPU run must say cpu=True to Accelerate for that)
         cpu = tc.device == "cpu" or (tc.device == "auto" and not torch.cuda.is_available())
+        # Accelerate keeps one state per process and refuses a second trainer with another
+        # precision (fp32, then bf16: `fit` twice, or tests); the process group is kept
+        AcceleratorState._reset_state()
         self.accelerator = Accelerator(
             mixed_precision="no" if tc.precision == "fp32" else tc.precision,
             cpu=cpu,

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
 from flowpost.train.ema import EMA
 
@@ -51,6 +52,10 @@ class _Plan(NamedTuple):
     norm_key: str  # the logged name of the gradient norm
     lr_factor: Callable[[int], float] | None  # None: not scheduled
     ema: tuple[EMA, nn.Module] | None  # (EMA, live module) to update after the step
+    # the autograd nodes that add into each parameter's .grad, held: torch frees them with
+    # each step's graph and builds them anew at the next forward unless something keeps
+    # them (a hand-written loop does, through its last loss); the gradients are the same
+    accumulators: list[Any]
 
 
 class OptimizerUpdater:
@@ -99,13 +104,15 @@ class OptimizerUpdater:
     def _plan(self, name: str, opt: torch.optim.Optimizer) -> _Plan:
         clip = self.grad_clip.get(name)
         ema, live = self.emas.get(name), self.live.get(name)
+        params = [p for g in opt.param_groups for p in g["params"]]
         return _Plan(
             opt,
-            [p for g in opt.param_groups for p in g["params"]],
+            params,
             clip if clip is not None and clip > 0 else None,
             f"{name}/grad_norm",
             self.lr_factor if name in self.scheduled else None,
             (ema, live) if ema is not None and live is not None else None,
+            [get_gradient_edge(p).node for p in params if p.requires_grad and p.is_leaf],
         )
 
     def step(self, name: str, **terms: Tensor) -> dict[str, float]:
