@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -65,12 +64,13 @@ def current_shard() -> Shard | None:
 
 
 def _draw(draw: Callable[..., Tensor], n: int, tail: tuple[int, ...], **kwargs: Any) -> Tensor:
-    """``draw((n, *tail), **kwargs)``; inside a shard of which ``n`` is the local batch, the
-    global batch's draw and this process's rows of it."""
+    """``draw(n, *tail, **kwargs)``; inside a shard of which ``n`` is the local batch, the
+    global batch's draw and this process's rows of it. (Sizes go as separate integers: torch
+    parses a size tuple only after trying, and failing, to read it as an integer.)"""
     shard = _SHARD.get()
     if shard is None or shard.total == shard.local or n != shard.local:
-        return draw((n, *tail), **kwargs)
-    return draw((shard.total, *tail), **kwargs)[shard.offset : shard.offset + shard.local]
+        return draw(n, *tail, **kwargs)
+    return draw(shard.total, *tail, **kwargs)[shard.offset : shard.offset + shard.local]
 
 
 def randn(
@@ -104,4 +104,8 @@ def randint(
     low: int, high: int, n: int, *tail: int, device: torch.device | str | None = None
 ) -> Tensor:
     """Integers in ``[low, high)`` ``(n, *tail)``, shard-invariant when ``n`` is the local batch."""
-    return _draw(partial(torch.randint, low, high), n, tail, device=device)
+
+    def draw(*size: int, device: torch.device | str | None) -> Tensor:
+        return torch.randint(low, high, size, device=device)
+
+    return _draw(draw, n, tail, device=device)

@@ -66,3 +66,28 @@ def test_schedule_follows_training_iterations_not_optimiser_steps() -> None:
         up.global_step = iteration
         up.step("policy", x=net(torch.ones(1, 1)).sum())
         assert opt.param_groups[0]["lr"] == pytest.approx(1.0 / (1 + iteration))
+
+
+def test_steps_reuse_the_gradient_accumulators_and_match_a_plain_loop() -> None:
+    # the updater holds each parameter's AccumulateGrad node, so a step does not rebuild
+    # them: a hook put on the nodes (no reference kept here) fires at every step; the
+    # arithmetic is a plain loop's
+    from torch.autograd.graph import get_gradient_edge
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    twin = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    twin.load_state_dict(net.state_dict())
+    up = OptimizerUpdater({"policy": torch.optim.Adam(net.parameters(), lr=0.1)})
+    opt = torch.optim.Adam(twin.parameters(), lr=0.1)
+    fired: list[int] = []
+    for p in net.parameters():
+        get_gradient_edge(p).node.register_prehook(lambda grads: fired.append(1))
+    x = torch.randn(16, 3)
+    for _ in range(3):
+        up.step("policy", mse=net(x).pow(2).mean())
+        twin(x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    assert len(fired) == 3 * len(list(net.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), twin.parameters()))
