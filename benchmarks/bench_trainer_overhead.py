@@ -59,14 +59,15 @@ CLIP = 1.0
 
 
 def build_trainer(net_cfg: dict[str, Any], data_name: str, batch: int, out: str) -> Trainer:
-    """A flow-matching SFT trainer: no label dropout, constant lr, clipping at ``CLIP``, EMA,
-    no checkpoints and no logging between the timed steps."""
+    """A flow-matching SFT trainer on the CPU: no label dropout, constant lr, clipping at
+    ``CLIP``, EMA, no checkpoints and no logging between the timed steps."""
     recipe = {
         "data": {"name": data_name},
         "model": net_cfg,
         "method": {"name": "flow_matching", "label_dropout": 0.0},
         "train": {"steps": 10**9, "batch_size": batch, "lr": 1e-3, "grad_clip": CLIP,
-                  "ema_decay": 0.999, "checkpoint_every": 0, "log_every": 10**9},
+                  "ema_decay": 0.999, "checkpoint_every": 0, "log_every": 10**9,
+                  "device": "cpu"},
         "eval": {"plots": False},
     }  # fmt: skip
     return Trainer.from_config(build_run_config(recipe), out, progress=False)
