@@ -165,7 +165,7 @@ def cmd_table(args: argparse.Namespace) -> None:
     """Per task, mean ± sd over the seeds of W2 and the diversity metrics the task has."""
     cells = load(Path(args.results)).get("cells", {})
     tasks = sorted({k.split("/")[0] for k in cells})
-    cols = ["w2", "mode_spread", "near_mode_mass", "density", "coverage"]
+    cols = ["w2", "mode_spread", "between_modes", "mode_tv", "density", "coverage"]
     print("| task | contender | seeds | " + " | ".join(cols) + " |")
     print("|---|---|---|" + "---|" * len(cols))
     for task in tasks:
@@ -183,6 +183,19 @@ def cmd_table(args: argparse.Namespace) -> None:
                 ]
                 name = contender if kind == "kept" else f"{contender} (last)"
                 print(f"| {task} | {name} | {len(recs)} | " + " | ".join(vals) + " |")
+    # FAIL-PG's kept and last models against the pretrained flow (one per source, seed 0)
+    # and SFT of the same seed, cell by cell
+    print()
+    for kind in ("kept", "last"):
+        for other in ("pretrained", "sft"):
+            wins, n = 0, 0
+            for key, rec in cells.items():
+                task, contender, k, seed = key.split("/")
+                base = cells.get(f"{task}/{other}/{k}/{'s0' if other == 'pretrained' else seed}")
+                if contender == "fail_pg" and base is not None:
+                    n += 1
+                    wins += rec["metrics"][kind]["w2"] <= base["metrics"]["kept"]["w2"]
+            print(f"fail_pg ({kind}) W2 <= {other}: {wins} of {n} (task, seed) cells")
 
 
 def main() -> None:
