@@ -150,6 +150,11 @@ class AFConfig(GuidanceConfig, TransportConfig):
     grad_norm_decay: float = option(
         0.9, "EMA decay of the gradient-norm statistic", min=0.0, max=1.0
     )
+    grad_norm_per_hop: bool = option(
+        False,
+        "fixed k > 1: normalise each hop's adversarial gradient by its own statistic, so "
+        "every hop weighs its OT term as a one-step model does (false: one for the batch)",
+    )
     augment_p: float = option(
         0.0,
         "images: probability of a random translation and of a cutout, applied "
@@ -238,7 +243,8 @@ class AdversarialFlow(Method):
 
             classifier = TimeClassifier(spec)
         self.classifier = classifier if config.cg_weight > 0 else None
-        self.grad_norm = GradientNormalizer(config.grad_norm_decay)
+        self.hop_groups = config.nfe if config.grad_norm_per_hop and config.nfe > 1 else 1
+        self.grad_norm = GradientNormalizer(config.grad_norm_decay, groups=self.hop_groups)
         # D's logits on real / fake at its last update (logged as its accuracy)
         self.last_logits: tuple[Tensor, Tensor] = (torch.zeros(1), torch.zeros(1))
         self.residual = config.parameterization == "residual" or (
@@ -338,7 +344,8 @@ class AdversarialFlow(Method):
         """``L_G``'s terms (adv, ot, cg) and the generated sample."""
         cfg = self.config
         fake = self.jump(self.generator, x_a, a, b, cond)
-        adv_in = self.grad_norm(fake) if cfg.grad_norm else fake
+        hop = (a * self.hop_groups).round().long().clamp(0, self.hop_groups - 1)
+        adv_in = self.grad_norm(fake, hop) if cfg.grad_norm else fake
         real_in, adv_in = augment_pair(real, adv_in, cfg.augment_p if self.spec.is_image else 0.0)
         with frozen(self.discriminator):
             r = self.discriminator(real_in, cond, b).detach()
@@ -372,7 +379,7 @@ class AdversarialFlow(Method):
         terms, _ = self.generator_terms(x_a, x_b, a, b, cond, step)
         logs.update(update.step("generator", **terms))
         logs["ot_weight"] = self.config.ot_weight_at(step)
-        logs["grad_norm_ema"] = float(self.grad_norm.square_avg.sqrt())
+        logs["grad_norm_ema"] = float(self.grad_norm.square_avg.sqrt().mean())
         return logs
 
     # -- sampling ------------------------------------------------------------------------------

@@ -200,6 +200,50 @@ def test_gradient_normalisation_removes_discriminator_scale() -> None:
     assert ratio.item() == pytest.approx(1000.0, rel=1e-3)  # without phi it scales with D
 
 
+class HopScaledD(nn.Module):
+    """D(x, b) = s(b) x . c with s = 1 at b = 1/2 and 100 at b = 1: a much sharper
+    discriminator at the last hop, as a trained one is."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.c = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor, cond: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        assert t is not None
+        return (1.0 + 99.0 * (t > 0.75).float()) * (x.flatten(1) @ self.c)
+
+
+@pytest.mark.parametrize("per_hop", [False, True])
+def test_per_hop_gradient_normalisation_balances_the_hops(per_hop: bool) -> None:
+    """k = 2: the adversarial gradient reaching G's output is normalised per hop when
+    ``grad_norm_per_hop`` (each hop then as large as a one-step model's: mean square
+    1 / numel^2 with decay 0), by one statistic otherwise (the last hop's 100x sharper D
+    then gets 100x the first hop's gradient)."""
+    torch.manual_seed(0)
+    cfg = AFConfig(nfe=2, ot_weight=0.0, grad_norm_decay=0.0, grad_norm_per_hop=per_hop)
+    m = make(cfg, dim=3, d=HopScaledD(3))
+    a = torch.tensor([0.0, 0.5] * 4)
+    b = a + 0.5
+    x_a = torch.randn(8, 3)
+    fake = m.jump(m.generator, x_a, a, b)
+    fake.retain_grad()
+    hop = (a * 2).long()
+    adv_in = m.grad_norm(fake, hop)
+    r = m.discriminator(torch.randn(8, 3), None, b).detach()
+    relativistic_loss(m.discriminator(adv_in, None, b), r).backward()
+    assert fake.grad is not None
+    ms = [fake.grad[hop == j].square().mean().item() for j in (0, 1)]
+    if per_hop:
+        assert m.grad_norm.square_avg.shape == (2,)
+        assert ms == pytest.approx([1 / 24**2, 1 / 24**2], rel=1e-4)
+    else:
+        assert m.grad_norm.square_avg.shape == ()
+        assert ms[1] / ms[0] > 100.0**2 / 4  # only the sigmoid weights differ between rows
+    # the method's own generator step uses the same grouping
+    terms, _ = m.generator_terms(x_a, torch.randn(8, 3), a, b, None, step=0)
+    assert math.isfinite(terms["adv"].item())
+
+
 # --------------------------------------------------------------------------- schedules, times
 
 

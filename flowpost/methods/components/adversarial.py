@@ -156,8 +156,11 @@ def discriminator_accuracy(real_logits: Tensor, fake_logits: Tensor) -> dict[str
 
 class _NormalizeGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, square_avg: Tensor, decay: float, eps: float) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x: Tensor, square_avg: Tensor, group: Tensor | None, decay: float, eps: float
+    ) -> Tensor:
         ctx.square_avg = square_avg
+        ctx.group = group
         ctx.decay = decay
         ctx.eps = eps
         return x.view_as(x)
@@ -166,42 +169,83 @@ class _NormalizeGrad(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         # ||g||^2 * numel: equals dividing by sqrt(n) afterwards, but does not depend on the
         # (local) batch size, since g itself carries the 1/B of the batch mean
-        stat = grad.detach().float().square().sum() * grad.numel()
+        square_avg: Tensor = ctx.square_avg
+        rows = grad.detach().float().flatten(1).square().sum(1)
+        if ctx.group is None:
+            stat, count = rows.sum().reshape(1), torch.ones(1, device=grad.device)
+        else:  # per group: its own rows' mean square, at the whole batch's scale
+            k = square_avg.numel()
+            stat = torch.zeros(k, device=grad.device).index_add_(0, ctx.group, rows)
+            ones = torch.ones_like(rows)
+            count = torch.zeros(k, device=grad.device).index_add_(0, ctx.group, ones)
+            stat = stat * grad.shape[0] / count.clamp_min(1)
+        stat = stat * grad.numel()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # the mean of the local statistics (gloo has no AVG, so SUM / world size)
-            torch.distributed.all_reduce(stat)
-            stat = stat / torch.distributed.get_world_size()
-        square_avg: Tensor = ctx.square_avg
-        square_avg.lerp_(stat.to(square_avg.dtype), 1.0 - ctx.decay)
-        return grad / (square_avg.sqrt() + ctx.eps).to(grad.dtype), None, None, None
+            both = torch.stack([stat * (count > 0), (count > 0).float()])
+            torch.distributed.all_reduce(both)
+            stat, count = both[0] / both[1].clamp_min(1), both[1]
+        seen = (count > 0).reshape(square_avg.shape)
+        new = square_avg.lerp(stat.reshape(square_avg.shape).to(square_avg.dtype), 1.0 - ctx.decay)
+        square_avg.copy_(torch.where(seen, new, square_avg))  # an empty group keeps its EMA
+        scale = square_avg.reshape(-1).sqrt() + ctx.eps
+        if ctx.group is None:
+            return grad / scale[0].to(grad.dtype), None, None, None, None
+        div = scale[ctx.group].to(grad.dtype).reshape(-1, *([1] * (grad.ndim - 1)))
+        return grad / div, None, None, None, None
 
 
 class GradientNormalizer(nn.Module):
     """``phi``: identity forward; backward divides the gradient by
     ``sqrt(EMA(||g||^2 * numel)) + eps``. The EMA is a buffer, so it is checkpointed.
 
+    With ``groups = k > 1`` the rows of a batch belong to ``k`` groups (``group``, (B,)
+    integers, e.g. the hop of a ``k``-step AF generator) and each group is normalised by its
+    own EMA of ``(B / B_j) ||g_j||^2 * numel`` (its rows' mean square at the whole batch's
+    scale): every group's normalised gradient then has the size one group alone would get.
+
     >>> phi = GradientNormalizer(decay=0.0)
     >>> x = torch.ones(4, 3, requires_grad=True)
     >>> (1000 * phi(x)).sum().backward()
     >>> round(float(x.grad.norm() * x.numel() ** 0.5), 4)  # scale-free: ||g'|| = 1/sqrt(numel)
     1.0
+    >>> phi2, y = GradientNormalizer(decay=0.0, groups=2), torch.ones(4, 3, requires_grad=True)
+    >>> up = torch.tensor([[1.0], [1.0], [100.0], [100.0]])  # group 1: 100x the gradient
+    >>> (up * phi2(y, torch.tensor([0, 0, 1, 1]))).sum().backward()
+    >>> [round(float(v) * 12, 4) for v in y.grad[:, 0]]  # both groups at 1/numel per element
+    [1.0, 1.0, 1.0, 1.0]
     """
 
     square_avg: Tensor
 
-    def __init__(self, decay: float = 0.9, eps: float = 1e-8) -> None:
+    def __init__(self, decay: float = 0.9, eps: float = 1e-8, groups: int = 1) -> None:
         super().__init__()
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"gradient-norm EMA decay must be in [0, 1], got {decay}")
+        if groups < 1:
+            raise ValueError(f"gradient-norm groups must be >= 1, got {groups}")
         self.decay = decay
         self.eps = eps
-        self.register_buffer("square_avg", torch.zeros(()))
+        self.groups = groups
+        self.register_buffer("square_avg", torch.zeros(()) if groups == 1 else torch.zeros(groups))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, group: Tensor | None = None) -> Tensor:
+        """``x`` unchanged; ``group`` (B,) in ``[0, groups)`` is needed when ``groups > 1``."""
         if not torch.is_grad_enabled() or not x.requires_grad:
             return x
-        out: Tensor = _NormalizeGrad.apply(x, self.square_avg, self.decay, self.eps)
+        if self.groups > 1 and group is None:
+            raise ValueError(f"this normaliser has {self.groups} groups; pass group=(B,) ids")
+        g = None if self.groups == 1 or group is None else group.long()
+        out: Tensor = _NormalizeGrad.apply(x, self.square_avg, g, self.decay, self.eps)
         return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # a checkpoint of one global statistic (older flowpost) seeds every group with it
+        key = prefix + "square_avg"
+        value = state_dict.get(key)
+        if value is not None and value.ndim == 0 and self.square_avg.ndim == 1:
+            state_dict[key] = value.expand(self.groups).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------- augmentation

@@ -52,6 +52,50 @@ def test_gradient_normalizer_formula_and_buffer() -> None:
     assert phi.square_avg.item() == pytest.approx(0.19 * stat, rel=1e-5)
 
 
+def test_grouped_gradient_normalizer_gives_each_group_its_own_scale() -> None:
+    """Group j's rows are divided by sqrt(EMA((B / B_j) ||g_j||^2 numel)): a group whose
+    upstream gradient is 100x larger comes out the same size as the other, where one shared
+    statistic would keep the 100x between them; an empty group keeps its EMA."""
+    torch.manual_seed(0)
+    group = torch.tensor([0, 0, 0, 1, 1, 2])  # group 3 is empty in this batch
+    up = torch.randn(6, 5) * torch.tensor([1.0, 1.0, 1.0, 100.0, 100.0, 3.0])[:, None]
+    phi = GradientNormalizer(decay=0.5, groups=4)
+    phi.square_avg.fill_(7.0)
+    x = torch.randn(6, 5, requires_grad=True)
+    (phi(x, group) * up).sum().backward()
+    assert x.grad is not None
+    for j in range(3):
+        rows = group == j
+        stat = float(up[rows].square().sum()) * 6 / int(rows.sum()) * up.numel()
+        ema = 0.5 * 7.0 + 0.5 * stat
+        assert phi.square_avg[j].item() == pytest.approx(ema, rel=1e-5)
+        assert torch.allclose(x.grad[rows], up[rows] / (math.sqrt(ema) + 1e-8), rtol=1e-5)
+    assert phi.square_avg[3].item() == 7.0
+    # with decay 0 each group's normalised rows have mean square 1 / numel^2, whatever its scale
+    phi0, y = GradientNormalizer(decay=0.0, groups=3), torch.randn(6, 5, requires_grad=True)
+    (phi0(y, group) * up).sum().backward()
+    assert y.grad is not None
+    for j in range(3):
+        ms = y.grad[group == j].square().mean().item()
+        assert ms == pytest.approx(1 / up.numel() ** 2, rel=1e-5)
+    shared, z = GradientNormalizer(decay=0.0), torch.randn(6, 5, requires_grad=True)
+    (shared(z) * up).sum().backward()
+    assert z.grad is not None
+    ratio = z.grad[group == 1].norm(dim=1).mean() / z.grad[group == 0].norm(dim=1).mean()
+    assert ratio.item() > 30  # one statistic keeps the groups' scale difference
+    with pytest.raises(ValueError, match="groups"):
+        GradientNormalizer(groups=2)(torch.randn(2, 2, requires_grad=True))
+
+
+def test_grouped_normalizer_loads_a_single_statistic() -> None:
+    """A checkpoint of the global statistic (one number) seeds every group with it."""
+    one = GradientNormalizer()
+    one.square_avg.fill_(2.5)
+    grouped = GradientNormalizer(groups=3)
+    grouped.load_state_dict(one.state_dict())
+    assert grouped.square_avg.tolist() == [2.5, 2.5, 2.5]
+
+
 def test_augmentation_is_shared_between_real_and_fake() -> None:
     torch.manual_seed(0)
     x = torch.randn(8, 1, 8, 8)
