@@ -189,6 +189,40 @@ def _print_robot(data: dict[str, Any], seeds: list[int]) -> None:
         )
 
 
+def variant(
+    task: str, seeds: list[int], run: str, label: str, sets: list[str], episodes: int
+) -> None:
+    """One recipe with extra ``--set`` overrides (e.g. ``method.encode_nfe=128``), trained from
+    each seed's pretrained run of ``robot`` and rolled out on the same episodes and noise, into
+    ``reconstruction_<task>_variants.json`` as ``seed<s>/<run>_<label>/nfe<k>``; compare it
+    with the ``robot`` cells of the same seed (paired)."""
+    cells = Cells(RESULTS / f"reconstruction_{task}_variants.json")
+    cells.get(f"{run}_{label}/overrides", lambda: sets)
+    for seed in seeds:
+        base = WORK / task / f"seed{seed}"
+        out = base / f"{run}_{label}"
+        overrides = [f"train.seed={seed}", f"init_from={base / 'pretrain'}", *sets]
+        key = f"seed{seed}/{run}_{label}"
+        cells.get(
+            f"{key}/train_wall_s",
+            lambda o=out, sets=overrides: train_recipe(
+                ROOT / "recipes" / task / f"{run}.yaml", o, sets
+            ),
+        )
+        cells.get(
+            f"{key}/train_cpu_s",
+            lambda o=out: json.loads((o / "wall.json").read_text()).get("cpu_s"),
+        )
+        ev = None
+        for nfe in NFES:
+            if f"{key}/nfe{nfe}" in cells.data:
+                continue
+            ev = ev or load_run(out).evaluator(with_reference=True)
+            cells.get(
+                f"{key}/nfe{nfe}", lambda k=nfe, e=ev: e.rollouts(k, episodes=episodes, seed=1234)
+            )
+
+
 # --------------------------------------------------------------------------- contraction
 
 
@@ -263,7 +297,7 @@ def diagnose(task: str, seeds: list[int], episodes: int) -> None:
                 continue
             loaded = None
             if name == "pretrain":
-                for enc in (8, 32):
+                for enc in (8, 32, 128):
 
                     def codes(enc: int = enc, base: Path = base) -> dict[str, float]:
                         trained = load_run(base / "pretrain")
@@ -385,12 +419,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "command",
-        choices=["robot", "diagnose", "contraction", "digits", "plots", "table", "render"],
+        choices=[
+            "robot",
+            "diagnose",
+            "contraction",
+            "digits",
+            "plots",
+            "table",
+            "render",
+            "variant",
+        ],
     )
     parser.add_argument("--task", default="reacher")
     parser.add_argument("--only", nargs="*", choices=RUNS, help="robot: train/evaluate only these")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=500)
+    parser.add_argument("--run", default="ft_fm", choices=RUNS[1:], help="variant: the recipe")
+    parser.add_argument("--label", default="variant", help="variant: name of the variant")
+    parser.add_argument("--set", nargs="*", default=[], dest="sets", help="variant: overrides")
     parser.add_argument("--scale", type=float, default=0.3, help="perturbation std")
     parser.add_argument(
         "--runs", nargs="*", default=None, help="contraction: LABEL=PRETRAINED_RUN,RESFT_RUN"
@@ -404,6 +450,8 @@ def main() -> None:
         robot(args.task, args.seeds, args.episodes, tuple(args.only or RUNS))
     elif args.command == "diagnose":
         diagnose(args.task, args.seeds, args.episodes)
+    elif args.command == "variant":
+        variant(args.task, args.seeds, args.run, args.label, args.sets, args.episodes)
     elif args.command == "contraction":
         contraction(args.task, args.seeds, args.scale, args.runs)
     elif args.command == "digits":
