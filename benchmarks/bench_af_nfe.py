@@ -18,6 +18,7 @@ own state at ``b``. That separates a hop that is trained narrow from a chain tha
     python benchmarks/bench_af_nfe.py --tag old --set method.parameterization=residual
     python benchmarks/bench_af_nfe.py --report          # the tables from the JSON only
     python benchmarks/bench_af_nfe.py --adopt RUN... --tag T --set K=V   # score finished runs
+    python benchmarks/bench_af_nfe.py --rehop           # per-hop scores of the kept runs again
 
 Writes ``benchmarks/results/af_nfe.json``.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import statistics
 import sys
@@ -50,20 +52,31 @@ from bench_adversarial import (  # noqa: E402
 
 RESULT = HERE / "results" / "af_nfe.json"
 KEEP = ("w2", "density", "coverage", "mode_spread_ratio", "between_modes", "mode_tv")
-COLUMNS = ("w2", "robust_spread", "near_mode", "density", "coverage", "between_modes")
+COLUMNS = (
+    "w2",
+    "robust_spread",
+    "mode_spread_ratio",
+    "near_mode",
+    "mode_tv",
+    "density",
+    "coverage",
+)
 
 
 def hop_scores(run_dir: Path, n: int = 2000) -> list[dict[str, float]]:
     """Per hop ``i`` (``a = i/k``, ``b = (i+1)/k``) of the live generator: W2 between the hop
     fed the data interpolant ``(1 - a) z + a x`` (held-out ``x``) and the real interpolant at
     ``b`` (``tf_w2``), the same for the chain's state after ``i + 1`` hops from noise
-    (``chain_w2``), and the W2 of two real interpolant sets at ``b`` (``floor_w2``); for
-    8gaussians at ``b = 1`` also the robust spread of the teacher-forced hop."""
+    (``chain_w2``), the W2 of two real interpolant sets at ``b`` (``floor_w2``), the RMS over
+    samples of the adversarial gradient reaching the teacher-forced output (``adv_grad_rms``:
+    the relativistic loss against the real interpolant, per sample, before normalisation);
+    for 8gaussians at ``b = 1`` also the robust spread of the teacher-forced hop."""
     import torch
 
     from flowpost.data import load_data
     from flowpost.eval.metrics import w2
     from flowpost.methods.adversarial import AdversarialFlow
+    from flowpost.methods.components.adversarial import relativistic_loss
     from flowpost.run import load
 
     run = load(run_dir)
@@ -81,7 +94,13 @@ def hop_scores(run_dir: Path, n: int = 2000) -> list[dict[str, float]]:
             real = (1 - b[0]) * noise() + b[0] * ref
             forced = m.jump(m.generator, (1 - a[0]) * noise() + a[0] * ref, a, b)
             chain = m.jump(m.generator, chain, a, b)
+            with torch.enable_grad():  # the adversarial gradient per sample reaching G
+                f = forced.detach().requires_grad_(True)
+                d_real = m.discriminator(real, None, b).detach()
+                loss = relativistic_loss(m.discriminator(f, None, b), d_real) * n
+                (grad,) = torch.autograd.grad(loss, f)
             row = {
+                "adv_grad_rms": float(grad.norm(dim=1).square().mean().sqrt()),
                 "a": i / k,
                 "tf_w2": w2(forced, real),
                 "chain_w2": w2(chain, real),
@@ -147,6 +166,20 @@ def run_cells(args: argparse.Namespace) -> None:
                 print(f"{key}: W2 {m['w2']:.3f}{extra} ({cell['train_s']} s)", flush=True)
 
 
+def rehop() -> None:
+    """Recompute ``hops`` (:func:`hop_scores`) of every cell whose run folder still exists."""
+    for key in sorted(json.loads(RESULT.read_text())["cells"]):
+        data = json.loads(RESULT.read_text())
+        found = re.search(r"--out (\S+)", data["cells"][key]["command"])
+        if not found or not (Path(found[1]) / "summary.json").is_file():
+            continue
+        hops = hop_scores(Path(found[1]))
+        data = json.loads(RESULT.read_text())
+        data["cells"][key]["metrics"]["hops"] = hops
+        save_results(RESULT, data)
+        print(key, [round(h["adv_grad_rms"], 4) for h in hops], flush=True)
+
+
 def adopt(args: argparse.Namespace) -> None:
     """Score run folders that ``flowpost train recipes/vectors/af.yaml`` made outside this
     script with the same ``--set`` overrides (``--adopt DIR...``, with ``--set`` / ``--tag``
@@ -202,16 +235,18 @@ def report(data: dict[str, Any]) -> str:
     for task in tasks:
         cols = [c for c in COLUMNS if any(values(data, task, m, c) for m in models)]
         lines += [f"**{task}** (W2 floor {data['floor_w2'].get(task, float('nan')):.3f})", ""]
-        lines += ["| model | seeds | " + " | ".join(cols) + " | last hop, teacher-forced W2 |"]
-        lines += ["|" + "---|" * (len(cols) + 3)]
+        forced = ("tf_w2", "tf_robust_spread") if task == "8gaussians" else ("tf_w2",)
+        head = " | ".join(f"last hop fed the interpolant: {c[3:]}" for c in forced)
+        lines += ["| model | seeds | " + " | ".join(cols) + f" | {head} |"]
+        lines += ["|" + "---|" * (len(cols) + 2 + len(forced))]
         for model in models:
             w = values(data, task, model, "w2")
             if not w:
                 continue
             cells = [c for key, c in data["cells"].items() if key.startswith(f"{task}/{model}/")]
-            tf = [c["metrics"]["hops"][-1]["tf_w2"] for c in cells]
             row = [fmt(values(data, task, model, c)) for c in cols]
-            lines.append(f"| {model} | {len(w)} | " + " | ".join(row) + f" | {fmt(tf)} |")
+            row += [fmt([c["metrics"]["hops"][-1][q] for c in cells]) for q in forced]
+            lines.append(f"| {model} | {len(w)} | " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -225,9 +260,12 @@ def main() -> None:
     p.add_argument("--tag", default="", help="suffix of the model's key for --set variants")
     p.add_argument("--work", default="/tmp/flowpost-bench-af-nfe", help="run folders")
     p.add_argument("--report", action="store_true", help="print the tables from the JSON only")
+    p.add_argument("--rehop", action="store_true", help="recompute the per-hop scores")
     p.add_argument("--adopt", nargs="*", help="score these finished run folders (see adopt)")
     args = p.parse_args()
-    if args.adopt:
+    if args.rehop:
+        rehop()
+    elif args.adopt:
         adopt(args)
     elif not args.report:
         run_cells(args)
