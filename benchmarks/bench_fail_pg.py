@@ -25,6 +25,9 @@ they finish and never rerun (resumable).
     python benchmarks/bench_fail_pg.py run --work /tmp/fail-pg --tasks moons-spirals \\
         8g-reweight user-npy --seeds 0 1 2
     python benchmarks/bench_fail_pg.py table
+
+``floor``: a second fresh target set of the same size scored like a run (what a perfect
+model gets).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_suite import claim, flowpost, load, pretrain, sets, store  # noqa: E402
+from bench_suite import claim, floors, flowpost, load, pretrain, sets, store  # noqa: E402
 from suite_tasks import TASKS, score, write_array  # noqa: E402
 
 RESULTS = HERE / "results" / "fail_pg_suite.json"
@@ -131,6 +134,7 @@ def run_cell(task_name: str, contender: str, seed: int, nfe: int, work: Path) ->
 def cmd_run(args: argparse.Namespace) -> None:
     results, work = Path(args.results), Path(args.work)
     meta = {"demos": DEMOS, "samples": SAMPLES, "pretrained": "one flow per source, seed 0"}
+    floors(args.tasks, results)  # a second fresh target set, scored like a run
     for seed in args.seeds:
         for contender in args.contenders:
             if contender == "fail_pg_old" and seed not in args.old_seeds:
@@ -163,12 +167,16 @@ def _fmt(values: list[float]) -> str:
 
 def cmd_table(args: argparse.Namespace) -> None:
     """Per task, mean ± sd over the seeds of W2 and the diversity metrics the task has."""
-    cells = load(Path(args.results)).get("cells", {})
+    data = load(Path(args.results))
+    cells, floor = data.get("cells", {}), data.get("floor", {})
     tasks = sorted({k.split("/")[0] for k in cells})
     cols = ["w2", "mode_spread", "between_modes", "mode_tv", "density", "coverage"]
     print("| task | contender | seeds | " + " | ".join(cols) + " |")
     print("|---|---|---|" + "---|" * len(cols))
     for task in tasks:
+        if task in floor:
+            vals = [f"{floor[task][c]:.3f}" if c in floor[task] else "-" for c in cols]
+            print(f"| {task} | target (floor) | - | " + " | ".join(vals) + " |")
         for contender in CONTENDERS:
             for kind in ("kept", "last"):
                 recs = [
