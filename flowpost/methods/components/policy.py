@@ -120,9 +120,9 @@ class PolicyConfig(MethodConfig):
     )
     pg_estimator: str = option(
         "fpo",
-        "PG ratio: 'fpo' flow-matching-loss surrogate (the paper's; with one epoch its field "
-        "ran away in every 2-D run, docs/methods/fail.md), 'sde' Euler-Maruyama log-probs "
-        "(recipes/vectors/fail_pg.yaml)",
+        "PG ratio: 'fpo' flow-matching-loss surrogate (the paper's; with one epoch and the "
+        "published anchor its field ran away in our 2-D runs, docs/methods/fail.md), 'sde' "
+        "Euler-Maruyama log-probs (recipes/vectors/fail_pg.yaml)",
         choices=["fpo", "sde"],
     )
     pg_group_size: int = option(4, "PG: rollouts per condition (group)", min=2)
