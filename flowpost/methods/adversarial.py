@@ -151,16 +151,10 @@ class AFConfig(GuidanceConfig, TransportConfig):
         0.9, "EMA decay of the gradient-norm statistic", min=0.0, max=1.0
     )
     grad_norm_per_hop: bool = option(
-        False,
-        "fixed k > 1: normalise each hop's adversarial gradient by its own statistic, so "
-        "every hop weighs its OT term as a one-step model does (false: one for the batch)",
+        False, "fixed k > 1: one gradient-norm statistic per hop (false: one for the batch)"
     )
     augment_p: float = option(
-        0.0,
-        "images: probability of a random translation and of a cutout, applied "
-        "identically to the real and fake inputs of D",
-        min=0.0,
-        max=1.0,
+        0.0, "images: P(random translation) = P(cutout), same for D's real and fake", min=0, max=1
     )
     discriminator: DiscriminatorConfig = option(
         default_factory=DiscriminatorConfig,
