@@ -29,7 +29,6 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import flowpost  # noqa: E402  (imported by bench_af_nfe from here too)
+
 MIXTURES = ("mixture1d", "8gaussians")
 RESULTS = ROOT / "benchmarks" / "results"
 AF_RECIPE = "recipes/vectors/af.yaml"
@@ -56,24 +58,6 @@ COLUMNS = (
 
 
 # ------------------------------------------------------------------------------ the CLI
-
-
-def flowpost(*args: str) -> str:
-    """Run ``python -m flowpost ...`` from the repository root; its stdout, or an error."""
-    env = dict(
-        os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "flowpost", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"flowpost {' '.join(args[:2])} failed: {' | '.join(tail)}")
-    return proc.stdout
 
 
 def recipe_steps(recipe: str) -> dict[str, Any]:

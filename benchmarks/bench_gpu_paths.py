@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import flowpost  # noqa: E402
 
 # name, recipe, overrides, the check it starts from, centre offset (degrees) of the 8 modes
 CHECKS: list[tuple[str, str, list[str], str | None, float | None]] = [
@@ -60,20 +62,6 @@ CHECKS: list[tuple[str, str, list[str], str | None, float | None]] = [
     ("af_fp32", "recipes/vectors/af.yaml", ["data.name=8gaussians", "data.path=null"], None, 0.0),
 ]
 SUMMARY_KEYS = ("w2", "mode_spread", "coverage", "step", "nfe", "frechet")
-
-
-def flowpost(*args: str, timeout: float = 600) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "flowpost", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(" | ".join(tail))
-    return proc.stdout
 
 
 def spread(samples: np.ndarray, offset_deg: float) -> dict[str, float]:

@@ -50,7 +50,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +65,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
+from common import flowpost as run_flowpost  # noqa: E402
 from suite_tasks import TASKS, Task, score, write_array  # noqa: E402
 
 RESULTS = HERE / "results" / "suite.json"
@@ -206,17 +206,8 @@ def claim(work: Path, key: str) -> Path | None:
 
 
 def flowpost(*args: str) -> str:
-    """``python -m flowpost ...`` from the repository root; its output, or an error."""
-    # the checkout first, then whatever the caller's path holds (packages installed by path)
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "flowpost", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"flowpost {' '.join(args[:2])} failed: {' | '.join(tail)}")
-    return proc.stdout + proc.stderr
+    """``python -m flowpost ...`` (:func:`common.flowpost`); its output with the warnings."""
+    return run_flowpost(*args, with_stderr=True)
 
 
 def sets(**kv: Any) -> list[str]:

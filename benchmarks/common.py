@@ -2,8 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def flowpost(*args: str, timeout: float | None = None, with_stderr: bool = False) -> str:
+    """``python -m flowpost ...`` from the repository root on one thread (unless
+    ``OMP_NUM_THREADS`` says otherwise); its stdout (and stderr, where the warnings go, with
+    ``with_stderr``), or a RuntimeError naming the command
+    with the last lines of its output. The checkout comes first on the path, then whatever
+    the caller's ``PYTHONPATH`` holds (packages installed by path)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    threads = os.environ.get("OMP_NUM_THREADS", "1")
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=threads)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowpost", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"flowpost {' '.join(args[:2])} failed: {' | '.join(tail)}")
+    return proc.stdout + proc.stderr if with_stderr else proc.stdout
 
 
 class PlainMLP(nn.Module):
