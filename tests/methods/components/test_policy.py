@@ -165,23 +165,23 @@ def test_pg_gradient_is_the_advantage_weighted_surrogate_and_the_anchor_matches_
     got = [p.grad.clone() for p in params]  # type: ignore[union-attr]
     for p in params:
         p.grad = None
+
+    def terms() -> tuple[Tensor, Tensor, Tensor]:
+        """Advantages, per-sample surrogates and anchors with the update's own draws."""
+        torch.manual_seed(5)
+        new = fpo_surrogate(policy, roll.x1, draw_fpo(roll.x1, cfg.pg_draws))
+        reg = velocity_regulariser(new.v, reference, new.x_t, new.t, None).reshape(8, -1).mean(1)
+        return group_advantages(_reward(roll.x1, None), 4), new.loss, reg
+
     # the anchor's gradient alone, for the finite differences
-    torch.manual_seed(5)
-    draws = draw_fpo(roll.x1, cfg.pg_draws)
-    new = fpo_surrogate(policy, roll.x1, draws)
-    adv = group_advantages(_reward(roll.x1, None), 4)
-    reg = velocity_regulariser(new.v, reference, new.x_t, new.t, None).reshape(8, -1).mean(1)
+    _, _, reg = terms()
     (0.3 * reg.mean()).backward()
     anchor_grad = params[0].grad.clone()  # type: ignore[union-attr]
     for p in params:
         p.grad = None
     # the closed form with the same draws
-    torch.manual_seed(5)
-    draws = draw_fpo(roll.x1, cfg.pg_draws)
-    new = fpo_surrogate(policy, roll.x1, draws)
-    adv = group_advantages(_reward(roll.x1, None), 4)
-    reg = velocity_regulariser(new.v, reference, new.x_t, new.t, None).reshape(8, -1).mean(1)
-    ((adv * new.loss).mean() + 0.3 * reg.mean()).backward()
+    adv, surrogate, reg = terms()
+    ((adv * surrogate).mean() + 0.3 * reg.mean()).backward()
     for a, b in zip(got, params, strict=True):
         assert torch.allclose(a, b.grad, rtol=1e-6, atol=1e-10)  # type: ignore[arg-type]
     assert float(torch.cat([g.flatten() for g in got]).norm()) > 1e-3
