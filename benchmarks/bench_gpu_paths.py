@@ -75,7 +75,9 @@ def spread(samples: np.ndarray, offset_deg: float) -> dict[str, float]:
     return {"spread": float(np.median(per)), "near_mode": float(near.mean())}
 
 
-def train(recipe: str, out: Path, sets: list[str], device: str, extra: list[str] = ()) -> float:  # type: ignore[assignment]
+def train(
+    recipe: str, out: Path, sets: list[str], device: str, extra: tuple[str, ...] = ()
+) -> float:
     args = ["train", recipe, "--out", str(out), "--no-progress", *extra]
     for s in [f"train.device={device}", "eval.plots=false", *sets]:
         args += ["--set", s]
@@ -102,7 +104,7 @@ def resume_check(work: Path, device: str, smoke: bool) -> dict[str, Any]:
     cut = runs["cut"]
     shutil.rmtree(cut / "checkpoints" / f"step_{steps:08d}")
     (cut / "summary.json").unlink()
-    train(recipe, cut, sets, device, ["--resume"])
+    train(recipe, cut, sets, device, ("--resume",))
     a, b, c = (weights(r) for r in runs.values())
     diff = lambda x, y: max(float((x[k] - y[k]).abs().max()) for k in x if x[k].is_floating_point())  # noqa: E731
     return {

@@ -24,8 +24,9 @@ import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "reconstruction_sweep_reacher.json"
@@ -39,7 +40,6 @@ class Job:
     demos: int
     sets: tuple[str, ...] = ()
     after: str | None = None  # the pretrain job this one starts from
-    extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -73,7 +73,7 @@ def plan(seeds: list[int]) -> list[Job]:
     return jobs
 
 
-def run_job(job: Job, work: Path, common: tuple[str, ...] = ()) -> dict[str, object]:
+def run_job(job: Job, work: Path, common: tuple[str, ...] = ()) -> dict[str, Any]:
     out = work / job.key.replace("/", "-")
     summary = out / "summary.json"
     sets = [f"train.seed={job.seed}", *job.sets, *common]
@@ -83,7 +83,8 @@ def run_job(job: Job, work: Path, common: tuple[str, ...] = ()) -> dict[str, obj
     cmd += ["--out", str(out), "--no-progress", "--overwrite"]
     for s in sets:
         cmd += ["--set", s]
-    started, record = time.time(), {"command": " ".join(cmd[2:])}
+    started = time.time()
+    record: dict[str, Any] = {"command": " ".join(cmd[2:])}
     if not summary.is_file():
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -96,10 +97,10 @@ def run_job(job: Job, work: Path, common: tuple[str, ...] = ()) -> dict[str, obj
     return record
 
 
-def table(data: dict[str, object]) -> str:
+def table(data: dict[str, Any]) -> str:
     """Markdown: per variant and seed, success at 2 NFE and return, and the paired gain over
     the pretrained policy of the same demonstrations and seed (same evaluation episodes)."""
-    cells: dict[str, dict[str, object]] = data["cells"]  # type: ignore[assignment]
+    cells: dict[str, dict[str, Any]] = data["cells"]
     lines = [
         "| variant | demos | seeds | success (per seed) | mean gain over pretrained | "
         "return (mean) |",
@@ -112,13 +113,13 @@ def table(data: dict[str, object]) -> str:
         ok = {s: v for s, v in runs.items() if v.get("success_rate") is not None}
         pre = {s: cells.get(f"pretrain/{demos}/{s}", {}) for s in ok}
         gains = [
-            float(v["success_rate"]) - float(pre[s]["success_rate"])  # type: ignore[arg-type]
+            float(v["success_rate"]) - float(pre[s]["success_rate"])
             for s, v in ok.items()
             if name != "pretrain" and pre[s].get("success_rate") is not None
         ]
         per = ", ".join(f"{s}: {v['success_rate']:.3f}" for s, v in sorted(ok.items()))
         gain = f"{sum(gains) / len(gains):+.3f} ({len(gains)} seeds)" if gains else "-"
-        ret = sum(float(v["return"]) for v in ok.values()) / max(len(ok), 1)  # type: ignore[arg-type]
+        ret = sum(float(v["return"]) for v in ok.values()) / max(len(ok), 1)
         lines.append(f"| {name} | {demos[1:]} | {len(ok)} | {per} | {gain} | {ret:.1f} |")
     return "\n".join(lines)
 
@@ -139,15 +140,15 @@ def main() -> None:
         print(table(json.loads(results.read_text())))
         return
     work.mkdir(parents=True, exist_ok=True)
-    data: dict[str, object] = json.loads(results.read_text()) if results.is_file() else {}
-    cells: dict[str, object] = data.setdefault("cells", {})  # type: ignore[assignment]
+    data: dict[str, Any] = json.loads(results.read_text()) if results.is_file() else {}
+    cells: dict[str, Any] = data.setdefault("cells", {})
     data["meta"] = {"cpu_count": os.cpu_count(), "jobs": args.jobs, "host": os.uname().nodename}
     todo = [j for j in plan(args.seeds) if j.key not in cells]
     if args.only:
         todo = [j for j in todo if j.name == "pretrain" or j.name in args.only]
-    done = {k for k, v in cells.items() if "error" not in v}  # type: ignore[operator]
+    done = {k for k, v in cells.items() if "error" not in v}
     deadline = time.time() + args.budget
-    running: dict[Future[dict[str, object]], Job] = {}
+    running: dict[Future[dict[str, Any]], Job] = {}
     with ThreadPoolExecutor(args.jobs) as pool:
         while todo or running:
             ready = [j for j in todo if j.after is None or j.after in done]
