@@ -78,6 +78,11 @@ def test_plan_sizes():
     quick = suite.quick_plan()
     assert {c.task for c in quick} == set(suite.QUICK_TASKS) and len(suite.QUICK_TASKS) == 8
     assert {c.contender for c in quick} == {"pretrained", "sft", "fail_pd_local", "af_scratch"}
+    assert {c.seed for c in quick} == {0}
+    three = suite.quick_plan((0, 1, 2))
+    assert len(three) == 3 * len(quick) and len({c.key for c in three}) == len(three)
+    # seed-major: every cell of seed 0 comes before any of seed 1
+    assert [c.seed for c in three] == sorted(c.seed for c in three)
 
 
 def test_cells_are_resumable_and_never_rerun(tmp_path):
