@@ -13,6 +13,16 @@ never rerun when the run folder holds a ``summary.json``). The variant that a la
 adopts must then be validated by ``bench_reconstruction.py robot`` on the committed recipe.
 
     python benchmarks/sweep_reacher.py --work /tmp/sweep --jobs 12 --budget 480
+
+``--grid length`` asks a second question: how long must the policy be pretrained, and what
+do FT-FM and ResFT-FM add to a pretrained policy that is trained longer? It pretrains with
+``train.steps`` = 4000 (the recipe until this sweep) and 16000, and fine-tunes each with the
+committed FT-FM and ResFT-FM recipes, with FT-FM at a reconstruction weight of ~0
+(``method.sigma=10000``: only its flow-matching term, i.e. the same 400 further steps of
+plain flow matching: the control that says what the reconstruction term itself does) and
+with ``method.code_noise=0.3``. Results: ``reconstruction_pretrain_length_reacher.json``.
+
+    python benchmarks/sweep_reacher.py --grid length --work /tmp/sweep-length --jobs 2
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "reconstruction_sweep_reacher.json"
+LENGTH_RESULTS = ROOT / "benchmarks" / "results" / "reconstruction_pretrain_length_reacher.json"
 
 
 @dataclass(frozen=True)
@@ -40,10 +51,12 @@ class Job:
     demos: int
     sets: tuple[str, ...] = ()
     after: str | None = None  # the pretrain job this one starts from
+    pretrain_steps: int = 0  # 0: the recipe's; else train.steps of the pretraining
 
     @property
     def key(self) -> str:
-        return f"{self.name}/d{self.demos}/s{self.seed}"
+        length = f"/p{self.pretrain_steps}" if self.pretrain_steps else ""
+        return f"{self.name}{length}/d{self.demos}/s{self.seed}"
 
 
 # (variant, recipe, overrides): every FT variant runs on the pretrained policy of its demos
@@ -70,6 +83,30 @@ def plan(seeds: list[int]) -> list[Job]:
     for s in seeds:
         for name, recipe, sets, d in VARIANTS:
             jobs.append(Job(name, recipe, s, d, (f"data.demos={d}", *sets), f"pretrain/d{d}/s{s}"))
+    return jobs
+
+
+LENGTH_STEPS = (4000, 16000)
+LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
+    ("ft_fm/base", "ft_fm", ()),
+    ("resft_fm/base", "resft_fm", ()),
+    ("ft_fm/fm_only", "ft_fm", ("method.sigma=10000",)),
+    ("ft_fm/code_noise0.3", "ft_fm", ("method.code_noise=0.3",)),
+]
+
+
+def plan_length(seeds: list[int], demos: int = 200) -> list[Job]:
+    """Pretrainings of each length, then every variant on each, seed-major."""
+    d = f"data.demos={demos}"
+    jobs = [
+        Job("pretrain", "pretrain", s, demos, (d, f"train.steps={n}"), pretrain_steps=n)
+        for s in seeds
+        for n in LENGTH_STEPS
+    ]
+    for s, n in ((s, n) for s in seeds for n in LENGTH_STEPS):
+        after = f"pretrain/p{n}/d{demos}/s{s}"
+        for name, recipe, sets in LENGTH_VARIANTS:
+            jobs.append(Job(name, recipe, s, demos, (d, *sets), after, pretrain_steps=n))
     return jobs
 
 
@@ -106,12 +143,16 @@ def table(data: dict[str, Any]) -> str:
         "return (mean) |",
         "|---|---|---|---|---|---|",
     ]
-    variants = dict.fromkeys(k.rsplit("/", 2)[0] + "/" + k.rsplit("/", 2)[1] for k in cells)
+    variants = dict.fromkeys(k.rsplit("/", 1)[0] for k in cells)
     for variant in variants:
         name, demos = variant.rsplit("/", 1)
+        length = ""
+        if name.rsplit("/", 1)[-1].startswith("p"):  # --grid length: name/p<steps>
+            name, length = name.rsplit("/", 1)
         runs = {k.rsplit("/", 1)[1]: v for k, v in cells.items() if k.startswith(variant + "/")}
         ok = {s: v for s, v in runs.items() if v.get("success_rate") is not None}
-        pre = {s: cells.get(f"pretrain/{demos}/{s}", {}) for s in ok}
+        prefix = f"pretrain/{length}/" if length else "pretrain/"
+        pre = {s: cells.get(f"{prefix}{demos}/{s}", {}) for s in ok}
         gains = [
             float(v["success_rate"]) - float(pre[s]["success_rate"])
             for s, v in ok.items()
@@ -120,14 +161,16 @@ def table(data: dict[str, Any]) -> str:
         per = ", ".join(f"{s}: {v['success_rate']:.3f}" for s, v in sorted(ok.items()))
         gain = f"{sum(gains) / len(gains):+.3f} ({len(gains)} seeds)" if gains else "-"
         ret = sum(float(v["return"]) for v in ok.values()) / max(len(ok), 1)
-        lines.append(f"| {name} | {demos[1:]} | {len(ok)} | {per} | {gain} | {ret:.1f} |")
+        label = f"{name} (pretrained {length[1:]} steps)" if length else name
+        lines.append(f"| {label} | {demos[1:]} | {len(ok)} | {per} | {gain} | {ret:.1f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default="/tmp/flowpost-sweep-reacher")
-    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--results", help=f"default {RESULTS.name} ({LENGTH_RESULTS.name} for length)")
+    p.add_argument("--grid", choices=["remedies", "length"], default="remedies")
     p.add_argument("--jobs", type=int, default=2, help="processes at once")
     p.add_argument("--budget", type=float, default=3600, help="seconds; no job starts after")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -135,7 +178,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="only these variant names (and the pretraining)")
     p.add_argument("--table", action="store_true", help="print the results as Markdown")
     args = p.parse_args()
-    work, results = Path(args.work), Path(args.results)
+    default = LENGTH_RESULTS if args.grid == "length" else RESULTS
+    work, results = Path(args.work), Path(args.results or default)
     if args.table:
         print(table(json.loads(results.read_text())))
         return
@@ -143,7 +187,8 @@ def main() -> None:
     data: dict[str, Any] = json.loads(results.read_text()) if results.is_file() else {}
     cells: dict[str, Any] = data.setdefault("cells", {})
     data["meta"] = {"cpu_count": os.cpu_count(), "jobs": args.jobs, "host": os.uname().nodename}
-    todo = [j for j in plan(args.seeds) if j.key not in cells]
+    jobs = plan_length(args.seeds) if args.grid == "length" else plan(args.seeds)
+    todo = [j for j in jobs if j.key not in cells]
     if args.only:
         todo = [j for j in todo if j.name == "pretrain" or j.name in args.only]
     done = {k for k, v in cells.items() if "error" not in v}

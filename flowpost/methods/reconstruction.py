@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from flowpost.config import ConfigError, option
 from flowpost.data.base import Batch, DataSpec
+from flowpost.flows.random import randn_like
 from flowpost.flows.solvers import encode, sample
 from flowpost.methods.base import (
     Method,
@@ -94,6 +95,12 @@ class ReconstructionConfig(MethodConfig):
     )
     checkpoint: bool = option(
         True, "recompute each decoder step in backward (memory flat in the number of steps)"
+    )
+    code_noise: float = option(
+        0.0,
+        "std of Gaussian noise added to each code before decoding (a stochastic encoder; "
+        "penalises the decoder's sensitivity to its code; 0: the plain autoencoder)",
+        min=0.0,
     )
     lr: float | None = option(None, "learning rate (None: train.lr)", min=0.0)
 
@@ -146,10 +153,14 @@ def reconstruct(
     encode_nfe: int,
     encode_solver: str,
     checkpoint: bool = True,
+    code_noise: float = 0.0,
 ) -> Tensor:
-    """``D(E(x1))``: encode with ``encoder`` (no gradient), decode with ``decoder`` (gradient)."""
+    """``D(E(x1) + code_noise * eps)``: encode with ``encoder`` (no gradient), decode with
+    ``decoder`` (gradient)."""
     with torch.no_grad():
         z = encode(encoder, x1, encode_nfe, encode_solver, cond=cond)
+        if code_noise > 0:
+            z = z + code_noise * randn_like(z)
     out = sample(decoder, z.detach(), nfe, solver, cond=cond, grad=True, checkpoint=checkpoint)
     assert isinstance(out, Tensor)
     return out
@@ -224,6 +235,7 @@ class Reconstruction(Method):
             encode_nfe=c.encode_nfe,
             encode_solver=c.encode_solver,
             checkpoint=c.checkpoint,
+            code_noise=c.code_noise,
         )
         terms = {"rec": gaussian_nll(x_hat, batch.x, self.log_sigma).mean()}
         if c.fm_weight > 0:

@@ -66,6 +66,30 @@ def test_reconstruction_loss_on_a_linear_field_by_hand() -> None:
     assert method.policy.k.grad is not None and method.reference.k.grad is None
 
 
+def test_code_noise_adds_the_decoder_sensitivity_to_the_loss() -> None:
+    # v = x, one Euler step: D(z + s eps) = 2 z + 2 s eps, so the expected squared error per
+    # dimension is (2/e - 1)^2 x1^2 + 4 s^2: the noise costs s^2 |dD/dz|^2 on average
+    s = 0.3
+    method = Reconstruction(
+        ReconstructionConfig(nfe=1, encode_nfe=256, sigma=1.0, fm_weight=0.0, code_noise=s),
+        DataSpec((2,)),
+        NET,
+    )
+    method.policy, method.reference = Linear(1.0), Linear(1.0)
+    x1 = torch.tensor([[1.0, -2.0]]).repeat(20000, 1)
+    torch.manual_seed(0)
+    rec = method.losses(Batch(x1))["rec"]  # sigma 1: the loss is half the mean square
+    expected = ((2.0 / math.e - 1.0) ** 2 * x1[0] ** 2).mean() + 4 * s**2
+    assert 2 * rec.item() == pytest.approx(expected.item(), rel=0.02)
+    plain = Reconstruction(
+        ReconstructionConfig(nfe=1, encode_nfe=256, sigma=1.0, fm_weight=0.0), DataSpec((2,)), NET
+    )
+    plain.policy, plain.reference = Linear(1.0), Linear(1.0)
+    assert 2 * plain.losses(Batch(x1))["rec"].item() == pytest.approx(
+        expected.item() - 4 * s**2, rel=1e-5
+    )
+
+
 @pytest.mark.parametrize(("solver", "order"), [("euler", 1), ("heun", 2), ("rk4", 4)])
 def test_round_trip_error_follows_the_solver_order(solver: str, order: int) -> None:
     x1 = torch.linspace(-2, 2, 16)[:, None].repeat(1, 2)
