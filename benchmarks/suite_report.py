@@ -169,6 +169,32 @@ def af_beats_fm(data: dict[str, Any]) -> list[tuple[str, bool, str]]:
     return out
 
 
+def guards(data: dict[str, Any]) -> list[str]:
+    """What the held-out selection and the guards did in the post-training runs: the runs
+    whose kept model is the starting one (step 0: nothing of the post-training is deployed),
+    and how many runs a guard warned in, by kind."""
+    runs = {k: c for k, c in data["cells"].items() if parse(k)[1] != "pretrained"}
+    start = sorted(
+        k for k, c in runs.items() if c.get("checkpoints", {}).get("best", "").endswith("_00000000")
+    )
+    kinds = {"the discriminator dominates": 0, "collapse on held-out demos": 0}
+    warned = 0
+    for c in runs.values():
+        found = c.get("warnings") or []
+        warned += bool(found)
+        for kind in kinds:
+            kinds[kind] += any(kind in w for w in found)
+    return [
+        f"* **Held-out selection kept the starting model** (best checkpoint at step 0, so the "
+        f"run deploys its initial weights) in {len(start)} of {len(runs)} post-training runs"
+        + (": " + ", ".join(start) if start else "")
+        + ".",
+        f"* **A guard warned** in {warned} of {len(runs)} runs: "
+        + ", ".join(f"'{k}' in {n}" for k, n in kinds.items())
+        + ".",
+    ]
+
+
 def claims(data: dict[str, Any]) -> list[str]:
     lines = [
         "## The issue's claims, decided from the JSON",
@@ -212,7 +238,7 @@ def claims(data: dict[str, Any]) -> list[str]:
         + "; ".join(f"{t}{'' if w else ' (NOT better)'}" for _, w, t in af)
         + ("." if af else "")
     )
-    return lines
+    return [*lines, "", "## What the guards did", "", *guards(data)]
 
 
 def render(data: dict[str, Any], planned: dict[str, list[str]] | None = None) -> str:
@@ -264,4 +290,4 @@ def render(data: dict[str, Any], planned: dict[str, list[str]] | None = None) ->
     return "\n".join(head + body)
 
 
-__all__ = ["render", "claims", "fail_beats_sft", "worse_than_pretrained", "af_beats_fm"]
+__all__ = ["render", "claims", "guards", "fail_beats_sft", "worse_than_pretrained", "af_beats_fm"]

@@ -141,3 +141,22 @@ def test_docstring_examples():
 
     for module in (tasks, report):
         assert doctest.testmod(module).failed == 0
+
+
+def test_report_names_runs_that_kept_their_start_and_guard_warnings():
+    import suite_report
+
+    data = {
+        "cells": {
+            "t/pretrained/d0/k0/s0": {"checkpoints": {"last": "checkpoints/step_00003000"}},
+            "t/sft/d64/k0/s0": {"checkpoints": {"best": "best/step_00000000"}, "warnings": []},
+            "t/fail_pd_local/d64/k1/s0": {
+                "checkpoints": {"best": "best/step_00000500"},
+                "warnings": ["warning: step 9: the discriminator dominates (accuracy 0.91)"],
+            },
+        }
+    }
+    start, warned = suite_report.guards(data)
+    assert "in 1 of 2 post-training runs: t/sft/d64/k0/s0." in start
+    assert "in 1 of 2 runs" in warned and "'the discriminator dominates' in 1" in warned
+    assert "'collapse on held-out demos' in 0" in warned
