@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -143,11 +144,17 @@ def table(data: dict[str, Any]) -> str:
         "return (mean) |",
         "|---|---|---|---|---|---|",
     ]
-    variants = dict.fromkeys(k.rsplit("/", 1)[0] for k in cells)
+
+    # pretraining first, then its fine-tunings (length grid: grouped by pretraining length)
+    def order(key: str) -> tuple[int, bool]:
+        length = re.findall(r"/p(\d+)/", key)
+        return (int(length[0]) if length else 0, not key.startswith("pretrain"))
+
+    variants = dict.fromkeys(k.rsplit("/", 1)[0] for k in sorted(cells, key=order))
     for variant in variants:
         name, demos = variant.rsplit("/", 1)
         length = ""
-        if name.rsplit("/", 1)[-1].startswith("p"):  # --grid length: name/p<steps>
+        if re.fullmatch(r".+/p\d+", name):  # --grid length: name/p<steps>
             name, length = name.rsplit("/", 1)
         runs = {k.rsplit("/", 1)[1]: v for k, v in cells.items() if k.startswith(variant + "/")}
         ok = {s: v for s, v in runs.items() if v.get("success_rate") is not None}
@@ -161,7 +168,10 @@ def table(data: dict[str, Any]) -> str:
         per = ", ".join(f"{s}: {v['success_rate']:.3f}" for s, v in sorted(ok.items()))
         gain = f"{sum(gains) / len(gains):+.3f} ({len(gains)} seeds)" if gains else "-"
         ret = sum(float(v["return"]) for v in ok.values()) / max(len(ok), 1)
-        label = f"{name} (pretrained {length[1:]} steps)" if length else name
+        label = name
+        if length:
+            label = f"pretrain, {length[1:]} steps" if name == "pretrain" else f"{name}, on it"
+            label = f"**{label}**" if name == "pretrain" else label
         lines.append(f"| {label} | {demos[1:]} | {len(ok)} | {per} | {gain} | {ret:.1f} |")
     return "\n".join(lines)
 
