@@ -96,15 +96,17 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
 ]
 
 
-def plan_length(seeds: list[int], demos: int = 200) -> list[Job]:
+def plan_length(
+    seeds: list[int], lengths: tuple[int, ...] = LENGTH_STEPS, demos: int = 200
+) -> list[Job]:
     """Pretrainings of each length, then every variant on each, seed-major."""
     d = f"data.demos={demos}"
     jobs = [
         Job("pretrain", "pretrain", s, demos, (d, f"train.steps={n}"), pretrain_steps=n)
         for s in seeds
-        for n in LENGTH_STEPS
+        for n in lengths
     ]
-    for s, n in ((s, n) for s in seeds for n in LENGTH_STEPS):
+    for s, n in ((s, n) for s in seeds for n in lengths):
         after = f"pretrain/p{n}/d{demos}/s{s}"
         for name, recipe, sets in LENGTH_VARIANTS:
             jobs.append(Job(name, recipe, s, demos, (d, *sets), after, pretrain_steps=n))
@@ -181,6 +183,7 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/flowpost-sweep-reacher")
     p.add_argument("--results", help=f"default {RESULTS.name} ({LENGTH_RESULTS.name} for length)")
     p.add_argument("--grid", choices=["remedies", "length"], default="remedies")
+    p.add_argument("--lengths", type=int, nargs="+", default=list(LENGTH_STEPS))
     p.add_argument("--jobs", type=int, default=2, help="processes at once")
     p.add_argument("--budget", type=float, default=3600, help="seconds; no job starts after")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -197,7 +200,8 @@ def main() -> None:
     data: dict[str, Any] = json.loads(results.read_text()) if results.is_file() else {}
     cells: dict[str, Any] = data.setdefault("cells", {})
     data["meta"] = {"cpu_count": os.cpu_count(), "jobs": args.jobs, "host": os.uname().nodename}
-    jobs = plan_length(args.seeds) if args.grid == "length" else plan(args.seeds)
+    lengths = tuple(args.lengths)
+    jobs = plan_length(args.seeds, lengths) if args.grid == "length" else plan(args.seeds)
     todo = [j for j in jobs if j.key not in cells]
     if args.only:
         todo = [j for j in todo if j.name == "pretrain" or j.name in args.only]
