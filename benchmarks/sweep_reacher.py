@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -137,6 +138,24 @@ def run_job(job: Job, work: Path, common: tuple[str, ...] = ()) -> dict[str, Any
     return record
 
 
+PROFILE_NFE = (1, 4)
+
+
+def nfe_profile(job: Job, work: Path, record: dict[str, Any]) -> None:
+    """Add the pretrained policy's success at other step counts (``flowpost eval --nfe K
+    --json``, the recipe's evaluation episodes): the few-step gap fine-tuning targets."""
+    out = work / job.key.replace("/", "-")
+    profile = record.setdefault("nfe_profile", {})
+    for k in PROFILE_NFE:
+        if str(k) in profile:
+            continue
+        cmd = [sys.executable, "-m", "flowpost", "eval", str(out), "--nfe", str(k), "--json"]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode == 0:
+            m = json.loads(proc.stdout)
+            profile[str(k)] = {key: m.get(key) for key in ("success_rate", "return")}
+
+
 def table(data: dict[str, Any]) -> str:
     """Markdown: per variant and seed, success at 2 NFE and return, and the paired gain over
     the pretrained policy of the same demonstrations and seed (same evaluation episodes)."""
@@ -170,6 +189,13 @@ def table(data: dict[str, Any]) -> str:
         per = ", ".join(f"{s}: {v['success_rate']:.3f}" for s, v in sorted(ok.items()))
         gain = f"{sum(gains) / len(gains):+.3f} ({len(gains)} seeds)" if gains else "-"
         ret = sum(float(v["return"]) for v in ok.values()) / max(len(ok), 1)
+        profile = [v.get("nfe_profile", {}) for v in ok.values()] if name == "pretrain" else []
+        if profile and all(profile):
+            extra = ", ".join(
+                f"{k} NFE {statistics.fmean(p[k]['success_rate'] for p in profile):.3f}"
+                for k in sorted(profile[0], key=int)
+            )
+            per += f" (mean at {extra})"
         label = name
         if length:
             label = f"pretrain, {length[1:]} steps" if name == "pretrain" else f"{name}, on it"
@@ -226,6 +252,11 @@ def main() -> None:
                     done.add(job.key)
                 results.write_text(json.dumps(data, indent=1, sort_keys=True))
                 print(job.key, {k: record.get(k) for k in ("success_rate", "error")}, flush=True)
+    if args.grid == "length":  # the pretrained policies' few-step gap
+        for job in jobs:
+            if job.name == "pretrain" and job.key in done:
+                nfe_profile(job, work, cells[job.key])
+                results.write_text(json.dumps(data, indent=1, sort_keys=True))
     print(f"{len(cells)} cells in {results}")
 
 
