@@ -23,6 +23,7 @@ plain flow matching: the control that says what the reconstruction term itself d
 with ``method.code_noise=0.3``. Results: ``reconstruction_pretrain_length_reacher.json``.
 
     python benchmarks/sweep_reacher.py --grid length --work /tmp/sweep-length --jobs 2
+    python benchmarks/sweep_reacher.py --grid length --task pusher --work /tmp/sweep-pusher
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "reconstruction_sweep_reacher.json"
-LENGTH_RESULTS = ROOT / "benchmarks" / "results" / "reconstruction_pretrain_length_reacher.json"
+LENGTH_RESULTS = "reconstruction_pretrain_length_{task}.json"  # in RESULTS' folder
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Job:
     sets: tuple[str, ...] = ()
     after: str | None = None  # the pretrain job this one starts from
     pretrain_steps: int = 0  # 0: the recipe's; else train.steps of the pretraining
+    task: str = "reacher"  # recipes/<task>/
 
     @property
     def key(self) -> str:
@@ -98,19 +100,22 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
 
 
 def plan_length(
-    seeds: list[int], lengths: tuple[int, ...] = LENGTH_STEPS, demos: int = 200
+    seeds: list[int],
+    lengths: tuple[int, ...] = LENGTH_STEPS,
+    demos: int = 200,
+    task: str = "reacher",
 ) -> list[Job]:
     """Pretrainings of each length, then every variant on each, seed-major."""
     d = f"data.demos={demos}"
     jobs = [
-        Job("pretrain", "pretrain", s, demos, (d, f"train.steps={n}"), pretrain_steps=n)
+        Job("pretrain", "pretrain", s, demos, (d, f"train.steps={n}"), None, n, task)
         for s in seeds
         for n in lengths
     ]
     for s, n in ((s, n) for s in seeds for n in lengths):
         after = f"pretrain/p{n}/d{demos}/s{s}"
         for name, recipe, sets in LENGTH_VARIANTS:
-            jobs.append(Job(name, recipe, s, demos, (d, *sets), after, pretrain_steps=n))
+            jobs.append(Job(name, recipe, s, demos, (d, *sets), after, n, task))
     return jobs
 
 
@@ -120,7 +125,7 @@ def run_job(job: Job, work: Path, common: tuple[str, ...] = ()) -> dict[str, Any
     sets = [f"train.seed={job.seed}", *job.sets, *common]
     if job.after:
         sets.append(f"init_from={work / job.after.replace('/', '-')}")
-    cmd = [sys.executable, "-m", "flowpost", "train", f"recipes/reacher/{job.recipe}.yaml"]
+    cmd = [sys.executable, "-m", "flowpost", "train", f"recipes/{job.task}/{job.recipe}.yaml"]
     cmd += ["--out", str(out), "--no-progress", "--overwrite"]
     for s in sets:
         cmd += ["--set", s]
@@ -207,7 +212,8 @@ def table(data: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default="/tmp/flowpost-sweep-reacher")
-    p.add_argument("--results", help=f"default {RESULTS.name} ({LENGTH_RESULTS.name} for length)")
+    p.add_argument("--results", help=f"default {RESULTS.name} ({LENGTH_RESULTS} for length)")
+    p.add_argument("--task", choices=["reacher", "pusher"], default="reacher", help="length grid")
     p.add_argument("--grid", choices=["remedies", "length"], default="remedies")
     p.add_argument("--lengths", type=int, nargs="+", default=list(LENGTH_STEPS))
     p.add_argument("--jobs", type=int, default=2, help="processes at once")
@@ -217,7 +223,9 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="only these variant names (and the pretraining)")
     p.add_argument("--table", action="store_true", help="print the results as Markdown")
     args = p.parse_args()
-    default = LENGTH_RESULTS if args.grid == "length" else RESULTS
+    default = RESULTS
+    if args.grid == "length":
+        default = RESULTS.with_name(LENGTH_RESULTS.format(task=args.task))
     work, results = Path(args.work), Path(args.results or default)
     if args.table:
         print(table(json.loads(results.read_text())))
@@ -227,7 +235,9 @@ def main() -> None:
     cells: dict[str, Any] = data.setdefault("cells", {})
     data["meta"] = {"cpu_count": os.cpu_count(), "jobs": args.jobs, "host": os.uname().nodename}
     lengths = tuple(args.lengths)
-    jobs = plan_length(args.seeds, lengths) if args.grid == "length" else plan(args.seeds)
+    jobs = plan(args.seeds)
+    if args.grid == "length":
+        jobs = plan_length(args.seeds, lengths, task=args.task)
     todo = [j for j in jobs if j.key not in cells]
     if args.only:
         todo = [j for j in todo if j.name == "pretrain" or j.name in args.only]
