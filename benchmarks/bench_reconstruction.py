@@ -11,6 +11,10 @@ interrupted run resumes where it stopped; trained run folders are reused):
   with the sampler's noise scaled by 0 and 1, for the ``robot`` runs.
 * ``contraction``: end-point displacement when a perturbation is injected halfway
   (t = 0.5) through sampling, pretrained against ResFT-FM, from the ``robot`` runs.
+* ``spread``: for named run folders (``--runs LABEL=RUN``), how the sampler's actions spread
+  per condition and how far their per-condition mean is from the demonstrated chunk, on
+  held-out conditions, at 2 and 32 Euler steps: whether a policy lost precision by
+  spreading or by aiming worse.
 * ``digits``: pretrain on sklearn digits, FT-FM at 2 NFE; reconstruction error (encode
   held-out digits by 32 RK4 steps, decode at K Euler steps) and sample Frechet distance at
   NFE 1, 2, 4, before and after.
@@ -332,6 +336,38 @@ def diagnose(task: str, seeds: list[int], episodes: int) -> None:
                 cells.get(key, scaled)
 
 
+# --------------------------------------------------------------------------- spread
+
+
+def spread(task: str, runs: list[str], conditions: int = 300, draws: int = 64) -> None:
+    """Per run: the RMS over held-out conditions of the actions' std across ``draws`` noise
+    draws (``spread``) and of the per-condition mean's distance to the demonstrated chunk
+    (``mean_error``), in the policy's normalised action units, at 2 and 32 Euler steps."""
+    cells = Cells(RESULTS / f"reconstruction_spread_{task}.json")
+    for label, run in (r.split("=", 1) for r in runs):
+        for nfe in (2, 32):
+
+            def compute(folder: str = run, nfe: int = nfe) -> dict[str, Any]:
+                ev = load_run(Path(folder)).evaluator(with_reference=True)
+                held = ev.reference
+                assert held is not None and held.cond is not None
+                x1, cond = held.x[:conditions], held.cond[:conditions]
+                g = torch.Generator().manual_seed(0)
+                z = torch.randn(len(x1) * draws, *x1.shape[1:], generator=g)
+                ev.method.eval()
+                with torch.no_grad():
+                    x = ev.method.generate(
+                        z, cond.repeat_interleave(draws, 0), nfe=nfe, roles=ev.roles
+                    ).reshape(len(x1), draws, -1)
+                return {
+                    "spread": float(x.std(1).pow(2).mean().sqrt()),
+                    "mean_error": float((x.mean(1) - x1.flatten(1)).pow(2).mean().sqrt()),
+                    "run": folder,
+                }
+
+            cells.get(f"{label}/nfe{nfe}", compute)
+
+
 # --------------------------------------------------------------------------- digits
 
 
@@ -428,6 +464,7 @@ def main() -> None:
             "table",
             "render",
             "variant",
+            "spread",
         ],
     )
     parser.add_argument("--task", default="reacher")
@@ -439,7 +476,10 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], dest="sets", help="variant: overrides")
     parser.add_argument("--scale", type=float, default=0.3, help="perturbation std")
     parser.add_argument(
-        "--runs", nargs="*", default=None, help="contraction: LABEL=PRETRAINED_RUN,RESFT_RUN"
+        "--runs",
+        nargs="*",
+        default=None,
+        help="contraction: LABEL=PRETRAINED_RUN,RESFT_RUN; spread: LABEL=RUN",
     )
     parser.add_argument(
         "--pretrain-steps", type=int, default=None, help="digits: shorter pretraining"
@@ -456,6 +496,8 @@ def main() -> None:
         contraction(args.task, args.seeds, args.scale, args.runs)
     elif args.command == "digits":
         digits(args.seeds, args.pretrain_steps)
+    elif args.command == "spread":
+        spread(args.task, args.runs or [])
     elif args.command == "table":
         table(args.task)
     elif args.command == "render":

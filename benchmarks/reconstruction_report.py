@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +138,20 @@ def render(task: str) -> None:
     """Write the tables into ``docs/methods/reconstruction.md`` between the markers
     ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` (NAME: the task, ``contraction_TASK``,
     ``digits``), so that no number in the page is typed by hand."""
-    blocks = {task: robot_tables}
+    blocks: dict[str, Callable[[str], str]] = {task: robot_tables}
     blocks[f"contraction_{task}"] = lambda t: contraction_table(t)
     if (RESULTS / f"reconstruction_diagnostics_{task}.json").is_file():
         blocks[f"diagnostics_{task}"] = diagnostics_table
     if (RESULTS / "reconstruction_digits.json").is_file():
         blocks["digits"] = lambda t: digits_table()
+    if (RESULTS / f"reconstruction_spread_{task}.json").is_file():
+        blocks[f"spread_{task}"] = spread_table
+    for sweep, name in (
+        ("reconstruction_sweep_reacher.json", "sweep_reacher"),
+        (f"reconstruction_pretrain_length_{task}.json", f"length_{task}"),
+    ):
+        if (RESULTS / sweep).is_file():
+            blocks[name] = partial(lambda sweep, _task: sweep_table(sweep), sweep)
     text = DOC.read_text()
     for name, make in blocks.items():
         start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
@@ -152,6 +162,35 @@ def render(task: str) -> None:
         text = f"{head}{start}\n{make(task)}\n{end}{tail}"
         print(f"rendered {name}")
     DOC.write_text(text)
+
+
+def spread_table(task: str) -> str:
+    """The ``spread`` cells: per run label, spread and mean error at 2 and 32 steps."""
+    data = json.loads((RESULTS / f"reconstruction_spread_{task}.json").read_text())
+
+    def order(label: str) -> tuple[int, bool, str]:  # pretraining length, pretrained first
+        length = [int(p[1:]) for p in label.split("/") if p[:1] == "p" and p[1:].isdigit()]
+        return (length[0] if length else 0, not label.startswith("pretrain"), label)
+
+    labels = sorted({k.rsplit("/", 1)[0] for k in data}, key=order)
+    out = [
+        "| run | spread, 2 steps | mean error, 2 steps | spread, 32 steps | mean error, 32 steps |",
+        "|---|---|---|---|---|",
+    ]
+    for label in labels:
+        cols = []
+        for nfe in (2, 32):
+            v = data.get(f"{label}/nfe{nfe}")
+            cols += [f"{v['spread']:.3f}", f"{v['mean_error']:.3f}"] if v else ["-", "-"]
+        out.append(f"| {label} | " + " | ".join(cols) + " |")
+    return "\n".join(out)
+
+
+def sweep_table(name: str) -> str:
+    """A ``sweep_reacher.py`` results file as its Markdown table."""
+    from sweep_reacher import table
+
+    return table(json.loads((RESULTS / name).read_text()))
 
 
 def digits_table() -> str:
