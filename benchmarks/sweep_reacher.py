@@ -20,7 +20,9 @@ do FT-FM and ResFT-FM add to a pretrained policy that is trained longer? It pret
 committed FT-FM and ResFT-FM recipes, with FT-FM at a reconstruction weight of ~0
 (``method.sigma=10000``: only its flow-matching term, i.e. the same 400 further steps of
 plain flow matching: the control that says what the reconstruction term itself does) and
-with ``method.code_noise=0.3``. Results: ``reconstruction_pretrain_length_reacher.json``.
+with ``method.code_noise=0.3``; and FT-FM / ResFT-FM trained for and deployed at 1 NFE
+(compared with the pretrained policy at 1 NFE).
+Results: ``reconstruction_pretrain_length_reacher.json``.
 
     python benchmarks/sweep_reacher.py --grid length --work /tmp/sweep-length --jobs 2
     python benchmarks/sweep_reacher.py --grid length --task pusher --work /tmp/sweep-pusher
@@ -96,6 +98,9 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("resft_fm/base", "resft_fm", ()),
     ("ft_fm/fm_only", "ft_fm", ("method.sigma=10000",)),
     ("ft_fm/code_noise0.3", "ft_fm", ("method.code_noise=0.3",)),
+    # trained for and deployed at 1 NFE (compared with the pretrained policy at 1 NFE)
+    ("ft_fm/nfe1", "ft_fm", ("method.nfe=1", "eval.nfe=1")),
+    ("resft_fm/nfe1", "resft_fm", ("method.nfe=1", "eval.nfe=1")),
 ]
 
 
@@ -186,10 +191,17 @@ def table(data: dict[str, Any]) -> str:
         ok = {s: v for s, v in runs.items() if v.get("success_rate") is not None}
         prefix = f"pretrain/{length}/" if length else "pretrain/"
         pre = {s: cells.get(f"{prefix}{demos}/{s}", {}) for s in ok}
+
+        def baseline(pretrained: dict[str, Any], nfe: Any) -> Any:
+            """The pretrained policy's success at the run's deployed NFE."""
+            if nfe in (None, 2):
+                return pretrained.get("success_rate")
+            return pretrained.get("nfe_profile", {}).get(str(nfe), {}).get("success_rate")
+
         gains = [
-            float(v["success_rate"]) - float(pre[s]["success_rate"])
+            float(v["success_rate"]) - float(baseline(pre[s], v.get("nfe")))
             for s, v in ok.items()
-            if name != "pretrain" and pre[s].get("success_rate") is not None
+            if name != "pretrain" and baseline(pre[s], v.get("nfe")) is not None
         ]
         per = ", ".join(f"{s}: {v['success_rate']:.3f}" for s, v in sorted(ok.items()))
         gain = f"{sum(gains) / len(gains):+.3f} ({len(gains)} seeds)" if gains else "-"
@@ -205,6 +217,8 @@ def table(data: dict[str, Any]) -> str:
         if length:
             label = f"pretrain, {length[1:]} steps" if name == "pretrain" else f"{name}, on it"
             label = f"**{label}**" if name == "pretrain" else label
+        nfes = {v.get("nfe") for v in ok.values()} - {None, 2}
+        label += f" (at {nfes.pop()} NFE)" if len(nfes) == 1 else ""
         lines.append(f"| {label} | {demos[1:]} | {len(ok)} | {per} | {gain} | {ret:.1f} |")
     return "\n".join(lines)
 
