@@ -161,9 +161,11 @@ def nfe_profile(job: Job, work: Path, record: dict[str, Any]) -> None:
             continue
         cmd = [sys.executable, "-m", "flowpost", "eval", str(out), "--nfe", str(k), "--json"]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode == 0:
-            m = json.loads(proc.stdout)
-            profile[str(k)] = {key: m.get(key) for key in ("success_rate", "return")}
+        if proc.returncode != 0:  # left out of the record (and the table); say why
+            print(f"{job.key}: eval --nfe {k} failed: {proc.stderr.strip()[-300:]}", flush=True)
+            continue
+        m = json.loads(proc.stdout)
+        profile[str(k)] = {key: m.get(key) for key in ("success_rate", "return")}
 
 
 def table(data: dict[str, Any]) -> str:
