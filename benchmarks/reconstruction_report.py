@@ -151,7 +151,7 @@ def render(task: str) -> None:
         (f"reconstruction_pretrain_length_{task}.json", f"length_{task}"),
     ):
         if (RESULTS / sweep).is_file():
-            blocks[name] = partial(lambda sweep, _task: sweep_table(sweep), sweep)
+            blocks[name] = partial(sweep_table, sweep)
     text = DOC.read_text()
     for name, make in blocks.items():
         start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
@@ -168,9 +168,10 @@ def spread_table(task: str) -> str:
     """The ``spread`` cells: per run label, spread and mean error at 2 and 32 steps."""
     data = json.loads((RESULTS / f"reconstruction_spread_{task}.json").read_text())
 
+    from sweep_reacher import pretrain_length
+
     def order(label: str) -> tuple[int, bool, str]:  # pretraining length, pretrained first
-        length = [int(p[1:]) for p in label.split("/") if p[:1] == "p" and p[1:].isdigit()]
-        return (length[0] if length else 0, not label.startswith("pretrain"), label)
+        return (pretrain_length(label), not label.startswith("pretrain"), label)
 
     labels = sorted({k.rsplit("/", 1)[0] for k in data}, key=order)
     out = [
@@ -186,8 +187,9 @@ def spread_table(task: str) -> str:
     return "\n".join(out)
 
 
-def sweep_table(name: str) -> str:
-    """A ``sweep_reacher.py`` results file as its Markdown table."""
+def sweep_table(name: str, _task: str = "") -> str:
+    """A ``sweep_reacher.py`` results file as its Markdown table (``_task``: the page's task,
+    unused: the file's name says which task it holds)."""
     from sweep_reacher import table
 
     return table(json.loads((RESULTS / name).read_text()))

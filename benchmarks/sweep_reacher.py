@@ -168,6 +168,22 @@ def nfe_profile(job: Job, work: Path, record: dict[str, Any]) -> None:
         profile[str(k)] = {key: m.get(key) for key in ("success_rate", "return")}
 
 
+def pretrain_length(key: str) -> int:
+    """The pretraining length a length-grid key names (``.../p16000/...``), else 0."""
+    found = re.search(r"/p(\d+)(/|$)", key)
+    return int(found.group(1)) if found else 0
+
+
+def baseline(pretrained: dict[str, Any], nfe: Any) -> float | None:
+    """The pretrained policy's success at a run's deployed NFE (the recipe's 2, or its
+    ``nfe_profile``), None where it was not measured."""
+    if nfe in (None, 2):
+        value = pretrained.get("success_rate")
+    else:
+        value = pretrained.get("nfe_profile", {}).get(str(nfe), {}).get("success_rate")
+    return None if value is None else float(value)
+
+
 def table(data: dict[str, Any]) -> str:
     """Markdown: per variant and seed, success at 2 NFE and return, and the paired gain over
     the pretrained policy of the same demonstrations and seed (same evaluation episodes)."""
@@ -180,8 +196,7 @@ def table(data: dict[str, Any]) -> str:
 
     # pretraining first, then its fine-tunings (length grid: grouped by pretraining length)
     def order(key: str) -> tuple[int, bool]:
-        length = re.findall(r"/p(\d+)/", key)
-        return (int(length[0]) if length else 0, not key.startswith("pretrain"))
+        return (pretrain_length(key), not key.startswith("pretrain"))
 
     variants = dict.fromkeys(k.rsplit("/", 1)[0] for k in sorted(cells, key=order))
     for variant in variants:
@@ -193,17 +208,11 @@ def table(data: dict[str, Any]) -> str:
         ok = {s: v for s, v in runs.items() if v.get("success_rate") is not None}
         prefix = f"pretrain/{length}/" if length else "pretrain/"
         pre = {s: cells.get(f"{prefix}{demos}/{s}", {}) for s in ok}
-
-        def baseline(pretrained: dict[str, Any], nfe: Any) -> Any:
-            """The pretrained policy's success at the run's deployed NFE."""
-            if nfe in (None, 2):
-                return pretrained.get("success_rate")
-            return pretrained.get("nfe_profile", {}).get(str(nfe), {}).get("success_rate")
-
+        base = {s: baseline(pre[s], v.get("nfe")) for s, v in ok.items()}
         gains = [
-            float(v["success_rate"]) - float(baseline(pre[s], v.get("nfe")))
+            float(v["success_rate"]) - b
             for s, v in ok.items()
-            if name != "pretrain" and baseline(pre[s], v.get("nfe")) is not None
+            if name != "pretrain" and (b := base[s]) is not None
         ]
         per = ", ".join(f"{s}: {v['success_rate']:.3f}" for s, v in sorted(ok.items()))
         gain = f"{sum(gains) / len(gains):+.3f} ({len(gains)} seeds)" if gains else "-"
