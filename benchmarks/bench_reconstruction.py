@@ -345,10 +345,15 @@ def spread(task: str, runs: list[str], conditions: int = 300, draws: int = 64) -
     (``mean_error``), in the policy's normalised action units, at 2 and 32 Euler steps."""
     cells = Cells(RESULTS / f"reconstruction_spread_{task}.json")
     for label, run in (r.split("=", 1) for r in runs):
+        loaded: list[Any] = []  # the run, loaded once and only if a cell needs it
+
         for nfe in (2, 32):
 
-            def compute(folder: str = run, nfe: int = nfe) -> dict[str, Any]:
-                ev = load_run(Path(folder)).evaluator(with_reference=True)
+            def compute(
+                folder: str = run, nfe: int = nfe, loaded: list[Any] = loaded
+            ) -> dict[str, Any]:
+                loaded[:] = loaded or [load_run(Path(folder)).evaluator(with_reference=True)]
+                ev = loaded[0]
                 held = ev.reference
                 assert held is not None and held.cond is not None
                 x1, cond = held.x[:conditions], held.cond[:conditions]
