@@ -101,6 +101,18 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     # trained for and deployed at 1 NFE (compared with the pretrained policy at 1 NFE)
     ("ft_fm/nfe1", "ft_fm", ("method.nfe=1", "eval.nfe=1")),
     ("resft_fm/nfe1", "resft_fm", ("method.nfe=1", "eval.nfe=1")),
+    # session 7, on the 16000-step policies only (--lengths 16000): does a policy whose
+    # 2-step sampler spreads less do better? A stronger guaranteed contraction of ResFT-FM's
+    # residual, a noisier code for FT-FM (which penalises the decoder's sensitivity to its
+    # code), and a weaker reconstruction term.
+    ("resft_fm/mu0.5", "resft_fm", ("method.mu=0.5",)),
+    ("resft_fm/mu1", "resft_fm", ("method.mu=1.0",)),
+    ("resft_fm/mu2", "resft_fm", ("method.mu=2.0",)),
+    ("resft_fm/mu4", "resft_fm", ("method.mu=4.0",)),
+    ("ft_fm/code_noise0.6", "ft_fm", ("method.code_noise=0.6",)),
+    ("ft_fm/code_noise1", "ft_fm", ("method.code_noise=1.0",)),
+    ("resft_fm/code_noise1", "resft_fm", ("method.code_noise=1.0",)),
+    ("ft_fm/sigma0.3", "ft_fm", ("method.sigma=0.3",)),
 ]
 
 
