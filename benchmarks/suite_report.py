@@ -30,6 +30,7 @@ NAMES = {
     "af_init": "AF from the pretrained flow",
 }
 ADVERSARIAL = ("fail_pd_local", "fail_pd_pathwise", "fail_pg", "af_scratch", "af_init")
+STEP_COUNTS = (1, 2, 4)  # the deployed sampler steps the pretrained flow is scored at
 DIVERSITY = (
     "mode_spread_ratio",
     "between_modes",
@@ -60,6 +61,31 @@ def values(
         v = cell.get("metrics", {}).get(str(steps), {}).get(metric)
         if isinstance(v, (int, float)) and math.isfinite(v):
             out[s] = float(v)
+    return out
+
+
+def demo_values(data: dict[str, Any], task: str, demos: int, metric: str) -> dict[int, float]:
+    """{seed: metric} of the demonstrations themselves, resampled (``bench_suite.py``'s
+    ``demo_references``): what a model reproducing its training data exactly scores."""
+    out = {}
+    for key, m in data.get("demos", {}).items():
+        t, d, s = key.split("/")
+        v = m.get(metric)
+        if t == task and int(d[1:]) == demos and isinstance(v, (int, float)):
+            out[int(s[1:])] = float(v)
+    return out
+
+
+def at_demo_level(data: dict[str, Any]) -> list[str]:
+    """(pair, demos, steps) where the pretrained flow's mean W2 is already at or below the
+    demonstrations' own: no post-training on them can be expected to gain there."""
+    out = []
+    for task, d in pairs(data):
+        ref = mean(demo_values(data, task, d, "w2"))
+        for k in STEP_COUNTS:
+            pre = mean(values(data, task, "pretrained", d, k, "w2"))
+            if ref is not None and pre is not None and pre <= ref:
+                out.append(f"{task}, {d} demos, {k} steps: pretrained {pre:.3f} vs {ref:.3f}")
     return out
 
 
@@ -101,6 +127,13 @@ def task_table(data: dict[str, Any], task: str, present: set[tuple[str, int, int
         + " |"
     )
     for d in demos:
+        ref = {m: demo_values(data, task, d, m) for m in metrics}
+        if ref["w2"]:
+            lines.append(
+                f"| {d} | the demonstrations themselves, resampled | - | {len(ref['w2'])} | "
+                + " | ".join(fmt(ref[m]) for m in metrics)
+                + " |"
+            )
         for c in NAMES:
             for k in sorted({k for cc, dd, k in present if cc == c and (dd == d or not dd)}):
                 w = values(data, task, c, d, k, "w2")
@@ -128,9 +161,11 @@ def fail_beats_sft(data: dict[str, Any], contender: str) -> tuple[int, int, list
         if all(a < b for a, b in zip(f, s)):  # type: ignore[operator]
             wins += 1
         else:
+            ref = mean(demo_values(data, task, d, "w2"))
             losses.append(
                 f"{task}, {d} demos: 1 step {f[0]:.3f} vs {s[0]:.3f}, "
                 f"2 steps {f[1]:.3f} vs {s[1]:.3f}"
+                + ("" if ref is None else f" (the demonstrations themselves: {ref:.3f})")
             )
     return wins, total, losses
 
@@ -149,7 +184,11 @@ def worse_than_pretrained(data: dict[str, Any]) -> tuple[int, list[str]]:
             continue
         n += 1
         if w > pre:
-            bad.append(f"{key}: W2 {w:.3f} vs pretrained {pre:.3f}")
+            ref = demo_values(data, t, d, "w2").get(s)
+            bad.append(
+                f"{key}: W2 {w:.3f} vs pretrained {pre:.3f}"
+                + ("" if ref is None else f" (its demonstrations: {ref:.3f})")
+            )
     return n, bad
 
 
@@ -238,6 +277,17 @@ def claims(data: dict[str, Any]) -> list[str]:
         + "; ".join(f"{t}{'' if w else ' (NOT better)'}" for _, w, t in af)
         + ("." if af else "")
     )
+    level = at_demo_level(data)
+    if level:
+        lines.append(
+            "* **Where the pretrained flow already scores as well as the demonstrations "
+            "themselves** (mean W2 of the flow not post-trained at or below that of the "
+            "demonstrations resampled, i.e. of a model that reproduces its training data "
+            "exactly): "
+            + "; ".join(level)
+            + ". A post-trained model learns the target from those demonstrations only, so "
+            "there it cannot be expected to beat the starting flow, whatever its method."
+        )
     return [*lines, "", "## What the guards did", "", *guards(data)]
 
 

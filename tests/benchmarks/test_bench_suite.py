@@ -77,7 +77,13 @@ def test_plan_sizes():
     assert len(full) == 3 * 10 * (1 + 3 * (1 + 5 * 3))
     quick = suite.quick_plan()
     assert {c.task for c in quick} == set(suite.QUICK_TASKS) and len(suite.QUICK_TASKS) == 8
-    assert {c.contender for c in quick} == {"pretrained", "sft", "fail_pd_local", "af_scratch"}
+    assert {c.contender for c in quick} == {
+        "pretrained",
+        "sft",
+        "fail_pd_local",
+        "fail_pd_pathwise",
+        "af_scratch",
+    }
     assert {c.seed for c in quick} == {0}
     three = suite.quick_plan((0, 1, 2))
     assert len(three) == 3 * len(quick) and len({c.key for c in three}) == len(three)
@@ -160,3 +166,36 @@ def test_report_names_runs_that_kept_their_start_and_guard_warnings():
     assert "in 1 of 2 post-training runs: t/sft/d64/k0/s0." in start
     assert "in 1 of 2 runs" in warned and "'the discriminator dominates' in 1" in warned
     assert "'collapse on held-out demos' in 0" in warned
+
+
+def test_report_sets_the_demonstrations_own_score_beside_the_runs():
+    cells = {
+        "t/pretrained/d0/k0/s0": {"metrics": {"1": {"w2": 0.9}, "2": {"w2": 0.10}}},
+        "t/sft/d64/k0/s0": {"metrics": {"1": {"w2": 0.8}, "2": {"w2": 0.12}}},
+        "t/fail_pd_local/d64/k1/s0": {"metrics": {"1": {"w2": 0.2}}},
+        "t/fail_pd_local/d64/k2/s0": {"metrics": {"2": {"w2": 0.15}}},
+    }
+    data = {"cells": cells, "demos": {"t/d64/s0": {"w2": 0.14}}}
+    # the pretrained flow at 2 steps already scores below its demonstrations (0.10 <= 0.14)
+    assert report.at_demo_level(data) == ["t, 64 demos, 2 steps: pretrained 0.100 vs 0.140"]
+    _, bad = report.worse_than_pretrained(data)
+    assert bad == [
+        "t/fail_pd_local/d64/k2/s0: W2 0.150 vs pretrained 0.100 (its demonstrations: 0.140)"
+    ]
+    losses = report.fail_beats_sft(data, "fail_pd_local")[2]
+    assert losses[0].endswith("(the demonstrations themselves: 0.140)")
+    table = report.task_table(data, "t", report.grid(data)["t"])
+    assert "| 64 | the demonstrations themselves, resampled | - | 1 | 0.140 |" in table
+
+
+def test_demo_references_resample_the_demonstrations(tmp_path, monkeypatch):
+    monkeypatch.setattr(suite, "score", lambda task, x: {"n": len(x), "mean": float(x.mean())})
+    cells = suite.plan(["moons-spirals"], ["sft"], [64], [1], [0])
+    results = tmp_path / "suite.json"
+    suite.demo_references(cells, results)
+    got = json.loads(results.read_text())["demos"]
+    assert list(got) == ["moons-spirals/d64/s0"]
+    ref = got["moons-spirals/d64/s0"]
+    assert ref["n"] == suite.SAMPLES
+    demos = tasks.TASKS["moons-spirals"].demos(64, 0)
+    assert abs(ref["mean"] - demos.mean()) < 0.1  # drawn from them
