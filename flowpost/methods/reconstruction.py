@@ -133,6 +133,18 @@ class ResidualReconstructionConfig(ReconstructionConfig):
             raise ConfigError(
                 f"mu: must be > 0 (the residual's guaranteed contraction rate), got {self.mu}"
             )
+        # The guarantee is the ODE's. An Euler step h of the residual alone maps x - m to
+        # (I - h K)(x - m) with K >= mu I: at h * mu >= 1 every direction lands on m or
+        # past it, so the deployed sampler no longer contracts, it flips (on Reacher at 2
+        # steps mu = 2 took success from 0.90 to 0.01; reconstruction.md, ResFT-FM's mu).
+        steps = self.nfe  # euler: one evaluation per step
+        if self.solver == "euler" and self.mu / steps >= 1:
+            raise ConfigError(
+                f"mu: {self.mu} with {steps} Euler steps of {1 / steps:g}: step * mu = "
+                f"{self.mu / steps:g} >= 1, so one step of the residual moves every state onto "
+                f"its centre m or past it and the deployed sampler does not contract; use "
+                f"mu < {steps:g} (or more steps)"
+            )
 
 
 def gaussian_nll(x_hat: Tensor, x1: Tensor, log_sigma: Tensor) -> Tensor:

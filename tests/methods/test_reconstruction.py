@@ -135,6 +135,15 @@ def test_residual_symmetric_jacobian_is_bounded_by_minus_mu(dim: int, rank: int 
         assert worst == pytest.approx(-mu, abs=tol)
 
 
+def test_a_mu_that_makes_the_euler_step_overshoot_is_one_clear_error() -> None:
+    # 2 Euler steps of 0.5: the residual's step (I - 0.5 K) with K >= mu I flips at mu >= 2
+    build_run_config({"method": {"name": "resft_fm", "mu": 1.9, "nfe": 2}})
+    build_run_config({"method": {"name": "resft_fm", "mu": 2.0, "nfe": 4, "solver": "rk4"}})
+    for mu, nfe in ((2.0, 2), (1.0, 1), (5.0, 4)):
+        with pytest.raises(ConfigError, match=r"^method\.mu: .* >= 1, so one step"):
+            build_run_config({"method": {"name": "resft_fm", "mu": mu, "nfe": nfe}})
+
+
 def test_non_positive_mu_is_one_clear_error() -> None:
     for mu in (0.0, -1.0):
         with pytest.raises(ConfigError, match=r"^method\.mu: must be > 0"):
