@@ -121,6 +121,9 @@ def sample(
     seed: int = typer.Option(0, help="noise seed"),
     out: Path = typer.Option(Path("samples.npy"), "--out", help=".npy array or .png plot/grid"),
     last: bool = typer.Option(False, "--last", help="use the last checkpoint, not the best"),
+    noise_scale: float | None = typer.Option(
+        None, "--noise-scale", help="scale of the starting noise (default: the run's)"
+    ),
 ) -> None:
     """Draw samples from a run's EMA model (its best checkpoint if it kept one) into a .npy
     file or a PNG; needs neither a trainer nor the training data."""
@@ -132,7 +135,7 @@ def sample(
         _fail(f"--out must end in .npy or .png, got {out}")
     try:
         loaded = _load(run, last)
-        samples = loaded.sample(n, nfe, solver=solver, seed=seed)
+        samples = loaded.sample(n, nfe, solver=solver, seed=seed, noise_scale=noise_scale)
     except _user_errors() as err:
         _fail(err)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,11 +153,14 @@ def eval_(
     solver: str | None = typer.Option(None, "--solver", help="ODE solver (default: the run's)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     last: bool = typer.Option(False, "--last", help="use the last checkpoint, not the best"),
+    noise_scale: float | None = typer.Option(
+        None, "--noise-scale", help="scale of the starting noise (default: the run's)"
+    ),
 ) -> None:
     """Metrics of a run's EMA model (its best checkpoint if it kept one) against its held-out
     data."""
     try:
-        metrics = _load(run, last).evaluate(nfe=nfe, solver=solver)
+        metrics = _load(run, last).evaluate(nfe=nfe, solver=solver, noise_scale=noise_scale)
     except _user_errors() as err:
         _fail(err)
     if as_json:

@@ -98,10 +98,14 @@ class Run:
             self._reference, self._robot = split.heldout, split.robot
         return self._reference
 
-    def evaluator(self, *, with_reference: bool = False) -> Evaluator:
-        """An :class:`~flowpost.eval.evaluator.Evaluator` over the EMA roles."""
+    def evaluator(
+        self, *, with_reference: bool = False, noise_scale: float | None = None
+    ) -> Evaluator:
+        """An :class:`~flowpost.eval.evaluator.Evaluator` over the EMA roles, starting from
+        noise scaled by ``noise_scale`` (default: the run's ``eval.noise_scale``)."""
         from flowpost.eval.evaluator import Evaluator
 
+        scale = self.config.eval.noise_scale if noise_scale is None else noise_scale
         return Evaluator(
             self.method,
             roles=self.roles,
@@ -109,6 +113,7 @@ class Run:
             reference=self.reference() if with_reference else self._reference,
             dataset=self.dataset,
             robot=self._robot,
+            noise_scale=scale,
         )
 
     def sample(
@@ -119,13 +124,16 @@ class Run:
         solver: str | None = None,
         cond: Tensor | int | None = None,
         seed: int = 0,
+        noise_scale: float | None = None,
     ) -> Tensor:
         """``n`` samples (CPU, float32) with ``nfe`` network evaluations (default: the run's
         ``eval.nfe``) of ``solver`` (default ``eval.solver``); ``cond``: one label per sample
-        or one label for all (class-conditional runs); ``seed``: the noise."""
+        or one label for all (class-conditional runs); ``seed``: the noise; ``noise_scale``:
+        its scale (default: the run's ``eval.noise_scale``)."""
         ec = self.config.eval
         nfe = ec.nfe if nfe is None else nfe  # 0 is refused by the evaluator, not replaced
-        return self.evaluator().sample(n, nfe, solver=solver or ec.solver, cond=cond, seed=seed)
+        ev = self.evaluator(noise_scale=noise_scale)
+        return ev.sample(n, nfe, solver=solver or ec.solver, cond=cond, seed=seed)
 
     def evaluate(
         self,
@@ -135,11 +143,13 @@ class Run:
         n_samples: int | None = None,
         seed: int | None = None,
         plot: str | Path | None = None,
+        noise_scale: float | None = None,
     ) -> dict[str, float]:
-        """Metrics against the held-out data (defaults from the run's ``eval`` section)."""
+        """Metrics against the held-out data (defaults from the run's ``eval`` section,
+        ``noise_scale`` included)."""
         ec = self.config.eval
         nfe = ec.nfe if nfe is None else nfe  # 0 is refused by the evaluator, not replaced
-        return self.evaluator(with_reference=True).evaluate(
+        return self.evaluator(with_reference=True, noise_scale=noise_scale).evaluate(
             nfe,
             solver=solver or ec.solver,
             n_samples=n_samples or ec.n_samples,

@@ -95,6 +95,26 @@ def test_zero_samples_and_zero_nfe_are_one_line_errors(tmp_path) -> None:
     assert result.exit_code == 2 and "nfe=0" in _one_error_line(result)
 
 
+def test_noise_scale_from_the_run_or_the_command_line(tmp_path) -> None:
+    _, run = _trained(tmp_path, steps=2)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["eval"]["noise_scale"] == 1.0
+    outs = {}
+    for scale in ("1", "0"):
+        out = tmp_path / f"s{scale}.npy"
+        args = ["sample", str(run), "--nfe", "2", "--n", "20", "--noise-scale", scale]
+        assert runner.invoke(app, [*args, "--out", str(out)]).exit_code == 0
+        outs[scale] = np.load(out)
+    assert outs["1"].std(0).min() > 0.1 and outs["0"].std(0).max() < 1e-6  # z = 0: one point
+    cfg["eval"]["noise_scale"] = 0.0  # a run deployed at 0 samples its z = 0 map by default
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "d.npy"
+    assert runner.invoke(app, ["sample", str(run), "--nfe", "2", "--out", str(out)]).exit_code == 0
+    assert np.allclose(np.load(out), outs["0"][:1])
+    result = runner.invoke(app, ["eval", str(run), "--nfe", "2", "--noise-scale", "-1"])
+    assert result.exit_code == 2 and "noise_scale must be >= 0" in _one_error_line(result)
+
+
 def test_non_finite_samples_are_refused_by_sample_and_eval(tmp_path, monkeypatch) -> None:
     import torch
 

@@ -36,7 +36,9 @@ class NonFiniteSamplesError(ValueError):
 class Evaluator:
     """Draw samples from a method's (EMA) roles and score them against a reference.
 
-    ``spec`` defaults to the method's data spec; ``reference`` (held-out data) is needed only
+    ``noise_scale`` multiplies the noise every sample and roll-out starts from (1: the
+    model's distribution; 0: the deterministic map of ``z = 0``). ``spec`` defaults to the
+    method's data spec; ``reference`` (held-out data) is needed only
     by :meth:`evaluate` and, for class-conditional data, gives the labels samples are drawn
     with (cycled), so the class mix matches the held-out set. ``dataset`` (as in
     :class:`flowpost.data.DataSplit.name`) switches on the dataset's own metrics.
@@ -66,9 +68,13 @@ class Evaluator:
         dataset: str | None = None,
         device: torch.device | str | None = None,
         robot: Any = None,
+        noise_scale: float = 1.0,
     ) -> None:
+        if not noise_scale >= 0:
+            raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
         self.method = method
         self.robot = robot
+        self.noise_scale = float(noise_scale)
         self.roles = dict(roles) if roles is not None else None
         self.spec: DataSpec = spec if spec is not None else method.spec
         self.reference = reference
@@ -129,6 +135,7 @@ class Evaluator:
         labels = self.conditions(n, cond)
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn((n, *self.spec.shape), generator=gen).to(self.device)
+        noise = noise * self.noise_scale
         devices = [self.device] if self.device.type == "cuda" else []
         was_training = self.method.training
         with torch.random.fork_rng(devices=devices):
@@ -194,6 +201,7 @@ class Evaluator:
         self.method.eval()
 
         def generate(noise: Tensor, cond: Tensor) -> Tensor:
+            noise = noise * self.noise_scale
             return self.method.generate(noise, cond, nfe=nfe, solver=solver, roles=self.roles)
 
         try:

@@ -128,6 +128,14 @@ class EvalConfig:
     )
     seed: int = option(1234, "seed of the evaluation noise (separate from training's stream)")
     episodes: int = option(100, "robot tasks: roll-out episodes per evaluation", min=1)
+    noise_scale: float = option(
+        1.0,
+        "scale of the noise the deployed sampler starts from (samples, metrics, roll-outs; "
+        "held-out selection always scores 1): 1 samples the model, below 1 trades spread for "
+        "precision, 0 deploys the deterministic map of z = 0 (a policy of a deterministic "
+        "expert)",
+        min=0.0,
+    )
     plots: bool = option(True, "save sample plots into the run's plots/ folder")
     grid: int = option(
         64,

@@ -337,6 +337,7 @@ class Trainer:
             dataset=self.data.name,
             device=self.device,
             robot=self.data.robot,
+            noise_scale=self.config.eval.noise_scale,
         )
 
     def evaluate(

@@ -100,3 +100,27 @@ def test_evaluate_saves_a_plot(tmp_path) -> None:
     ev = Evaluator(AffineSampler(0.5, 1.0), reference=ArrayData(_target(200, 1)))  # type: ignore[arg-type]
     ev.evaluate(nfe=2, n_samples=200, plot=tmp_path / "p.png", title="t")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+class RecordingRobot:
+    """A stand-in robot task: one roll-out step that feeds ``generate`` unit noise and
+    reports the mean absolute action it got back."""
+
+    def evaluate(self, generate, *, episodes: int, seed: int, device) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        actions = generate(torch.ones(4, 2), None)
+        return {"mean_abs_action": float(actions.detach().abs().mean())}
+
+
+def test_noise_scale_scales_the_starting_noise_of_samples_and_roll_outs() -> None:
+    # samples are scale * noise + shift: the noise scale multiplies their spread around the
+    # shift, 0 gives the deterministic map of z = 0
+    for noise_scale, spread in ((1.0, 0.5), (0.5, 0.25), (0.0, 0.0)):
+        ev = Evaluator(AffineSampler(0.5, 1.0), noise_scale=noise_scale)  # type: ignore[arg-type]
+        x = ev.sample(4000, nfe=2, seed=0)
+        assert x.std(0).mean().item() == pytest.approx(spread, abs=0.02)
+        assert x.mean().item() == pytest.approx(1.0, abs=0.03)
+    robot = Evaluator(AffineSampler(1.0, 0.0), robot=RecordingRobot(), noise_scale=0.25)  # type: ignore[arg-type]
+    out = robot.rollouts(nfe=2, episodes=1)
+    assert out["mean_abs_action"] == pytest.approx(0.25, abs=0.01)  # 1.0 * (0.25 * 1) + 0
+    with pytest.raises(ValueError, match="noise_scale must be >= 0"):
+        Evaluator(AffineSampler(0.5, 1.0), noise_scale=-1.0)  # type: ignore[arg-type]
