@@ -15,6 +15,9 @@ interrupted run resumes where it stopped; trained run folders are reused):
   per condition and how far their per-condition mean is from the demonstrated chunk, on
   held-out conditions, at 2 and 32 Euler steps: whether a policy lost precision by
   spreading or by aiming worse.
+* ``noise``: for named run folders (``--runs LABEL=RUN``), roll-out success at the run's
+  ``eval.nfe`` with the sampler's starting noise scaled by 0 (``eval.noise_scale: 0``, a
+  deterministic policy) and by 1 (as sampled), on the run's own evaluation episodes.
 * ``digits``: pretrain on sklearn digits, FT-FM at 2 NFE; reconstruction error (encode
   held-out digits by 32 RK4 steps, decode at K Euler steps) and sample Frechet distance at
   NFE 1, 2, 4, before and after.
@@ -373,6 +376,28 @@ def spread(task: str, runs: list[str], conditions: int = 300, draws: int = 64) -
             cells.get(f"{label}/nfe{nfe}", compute)
 
 
+def noise_scale(task: str, runs: list[str], scales: tuple[float, ...] = (0.0, 1.0)) -> None:
+    """Per named run (``LABEL=RUN``): roll-out success, final distance and return at the
+    run's ``eval.nfe`` with the sampler's starting noise scaled by each of ``scales``
+    (``eval.noise_scale``; 0: the deterministic map of z = 0), on the run's own evaluation
+    episodes and noise seed (so scale 1 repeats its end-of-training evaluation)."""
+    cells = Cells(RESULTS / f"reconstruction_noise_scale_{task}.json")
+    for label, run in (r.split("=", 1) for r in runs):
+        loaded: list[Any] = []  # the run, loaded once and only if a cell needs it
+        for scale in scales:
+
+            def compute(
+                folder: str = run, scale: float = scale, loaded: list[Any] = loaded
+            ) -> dict[str, Any]:
+                loaded[:] = loaded or [load_run(Path(folder))]
+                ec = loaded[0].config.eval
+                ev = loaded[0].evaluator(with_reference=True, noise_scale=scale)
+                out: dict[str, Any] = ev.rollouts(ec.nfe, episodes=ec.episodes, seed=ec.seed)
+                return {**out, "nfe": ec.nfe, "episodes": ec.episodes, "run": folder}
+
+            cells.get(f"{label}/noise{scale:g}", compute)
+
+
 # --------------------------------------------------------------------------- digits
 
 
@@ -470,6 +495,7 @@ def main() -> None:
             "render",
             "variant",
             "spread",
+            "noise",
         ],
     )
     parser.add_argument("--task", default="reacher")
@@ -484,7 +510,7 @@ def main() -> None:
         "--runs",
         nargs="*",
         default=None,
-        help="contraction: LABEL=PRETRAINED_RUN,RESFT_RUN; spread: LABEL=RUN",
+        help="contraction: LABEL=PRETRAINED_RUN,RESFT_RUN; spread, noise: LABEL=RUN",
     )
     parser.add_argument(
         "--pretrain-steps", type=int, default=None, help="digits: shorter pretraining"
@@ -503,6 +529,8 @@ def main() -> None:
         digits(args.seeds, args.pretrain_steps)
     elif args.command == "spread":
         spread(args.task, args.runs or [])
+    elif args.command == "noise":
+        noise_scale(args.task, args.runs or [])
     elif args.command == "table":
         table(args.task)
     elif args.command == "render":

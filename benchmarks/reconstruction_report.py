@@ -146,6 +146,8 @@ def render(task: str) -> None:
         blocks["digits"] = lambda t: digits_table()
     if (RESULTS / f"reconstruction_spread_{task}.json").is_file():
         blocks[f"spread_{task}"] = spread_table
+    if (RESULTS / f"reconstruction_noise_scale_{task}.json").is_file():
+        blocks[f"noise_{task}"] = noise_table
     for sweep, name in (
         ("reconstruction_sweep_reacher.json", "sweep_reacher"),
         (f"reconstruction_pretrain_length_{task}.json", f"length_{task}"),
@@ -184,6 +186,40 @@ def spread_table(task: str) -> str:
             v = data.get(f"{label}/nfe{nfe}")
             cols += [f"{v['spread']:.3f}", f"{v['mean_error']:.3f}"] if v else ["-", "-"]
         out.append(f"| {label} | " + " | ".join(cols) + " |")
+    return "\n".join(out)
+
+
+def noise_table(task: str) -> str:
+    """The ``noise`` cells: per variant (label without its seed), success per seed with the
+    sampler's noise scaled by 0 and by 1, and the mean gain over the pretrained policy of
+    the same seed and pretraining length at the same scale (paired: same episodes)."""
+    data = json.loads((RESULTS / f"reconstruction_noise_scale_{task}.json").read_text())
+
+    from sweep_reacher import pretrain_length
+
+    runs = sorted({k.rsplit("/", 1)[0] for k in data})  # variant/pN/dD/sS
+    variants = sorted(
+        {r.rsplit("/", 1)[0] for r in runs},
+        key=lambda v: (pretrain_length(v), not v.startswith("pretrain"), v),
+    )
+    out = [
+        "| variant | seeds | success, noise x 0 (per seed) | mean gain, x 0 | "
+        "success, noise x 1 (per seed) | mean gain, x 1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        seeds = sorted(r.rsplit("/", 1)[1] for r in runs if r.rsplit("/", 1)[0] == v)
+        pre = "pretrain/p" + v.rsplit("/p", 1)[1]  # same pretraining length and demos
+        cols = []
+        for scale in ("0", "1"):
+            got = {s: data.get(f"{v}/{s}/noise{scale}", {}).get("success_rate") for s in seeds}
+            per = ", ".join(f"{s}: {x:.3f}" for s, x in got.items() if x is not None)
+            base = {s: data.get(f"{pre}/{s}/noise{scale}", {}).get("success_rate") for s in seeds}
+            gains = [x - b for s, x in got.items() if x is not None and (b := base[s]) is not None]
+            gain = "-" if v == pre or not gains else f"{statistics.fmean(gains):+.3f}"
+            cols += [per or "-", gain]
+        label = f"**{v}**" if v == pre else v
+        out.append(f"| {label} | {len(seeds)} | " + " | ".join(cols) + " |")
     return "\n".join(out)
 
 
