@@ -103,3 +103,18 @@ def test_non_finite_numbers_are_refused_naming_the_key(raw: str) -> None:
     for data, key in (({"lr": value}, "lr"), ({"maybe": value}, "maybe")):
         with pytest.raises(ConfigError, match=rf"^{key}: expected a finite number, got"):
             from_dict(Outer, data)
+
+
+def test_every_shipped_recipe_parses() -> None:
+    import glob
+    from pathlib import Path
+
+    import yaml
+
+    from flowpost.train.config import build_run_config
+
+    root = Path(__file__).resolve().parents[1]
+    recipes = sorted(glob.glob(str(root / "recipes" / "**" / "*.yaml"), recursive=True))
+    assert len(recipes) > 20
+    for path in recipes:
+        build_run_config(yaml.safe_load(Path(path).read_text()))  # a bad key raises
