@@ -63,4 +63,6 @@ def test_recall_spreads_a_clump_and_ignores_samples_no_demonstration_is_near() -
     assert x.grad is not None and float(x.grad[-1].abs().sum()) == 0.0  # precision: not its job
     # covering the demonstrations lowers it: a clump leaves most of them uncovered
     clump = 0.1 * _randn(1024, 12)
-    assert float(sample_recall(clump, None, y, None)) > 3 * float(sample_recall(x, None, y, None))
+    assert float(sample_recall(clump, None, y, None)) > 3 * float(
+        sample_recall(x.detach(), None, y, None)
+    )
