@@ -17,10 +17,11 @@ looks at a method's losses.
   ``coverage_gain > 0`` also a check whose coverage beats the best's by that much while its
   score is short of a collapse, which trades that bound for diversity the few held-out
   points cannot see), ``collapse`` (the score
-  above ``best + tolerance * max(best - floor, sd) + 3 sd``, where ``floor`` and ``sd`` are
-  the mean and spread of the score of bootstrap resamples of the training demonstrations,
-  i.e. of a perfect model; or the coverage below ``1 - coverage_drop`` times the best's; or
-  non-finite samples) or
+  above ``best + tolerance * max(best - floor, sd) + 3 sd`` and above ``floor + 3 sd``,
+  where ``floor`` and ``sd`` are the mean and spread of the score of bootstrap resamples of
+  the training demonstrations, i.e. of a perfect model, so a score a perfect model reaches
+  is never a collapse however lucky the start was; or the coverage below
+  ``1 - coverage_drop`` times the best's; or non-finite samples) or
   ``ok``. The trainer saves the best into ``best/`` and, on a collapse, rolls the weights back
   to it and lowers the learning rates.
 
@@ -213,7 +214,12 @@ class Selector:
             self.lowest = min(self.lowest, check.score)
             return "best", ""
         excess = max(best.score - self.floor, self.noise)
-        diverged = check.score > best.score + self.tolerance * excess + 3 * self.noise
+        # a score a perfect model reaches (within 3 sd of the floor) is never a collapse: with
+        # a few dozen held-out points a lucky start can score far below the floor, and every
+        # later check would then look diverged, however much better it covers the demos
+        diverged = check.score > max(
+            best.score + self.tolerance * excess + 3 * self.noise, self.floor + 3 * self.noise
+        )
         if self.coverage_gain > 0 and not diverged:
             # a few dozen held-out points barely see inside the modes: a model that covers
             # the demonstrations clearly better, at a score short of a collapse, is kept
