@@ -89,6 +89,15 @@ def at_demo_level(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def precision_recall(data: dict[str, Any], task: str, contender: str, d: int, k: int) -> str:
+    """``density x / coverage y`` (means over seeds) of one contender at ``k`` steps, the
+    precision/recall pair that tells samples off the target's support from missing mass
+    where W2 ties; empty where not measured."""
+    dens = mean(values(data, task, contender, d, k, "density"))
+    cov = mean(values(data, task, contender, d, k, "coverage"))
+    return "" if dens is None or cov is None else f"density {dens:.2f} / coverage {cov:.2f}"
+
+
 def mean(v: dict[int, float]) -> float | None:
     return statistics.fmean(v.values()) if v else None
 
@@ -162,10 +171,18 @@ def fail_beats_sft(data: dict[str, Any], contender: str) -> tuple[int, int, list
             wins += 1
         else:
             ref = mean(demo_values(data, task, d, "w2"))
+            lost = [k for k, a, b in zip((1, 2), f, s) if a >= b]  # type: ignore[operator]
+            pr = [
+                f"at {k} step{'s' if k > 1 else ''} {who} {text}"
+                for k in lost
+                for who, c in ((NAMES[contender], contender), ("SFT", "sft"))
+                if (text := precision_recall(data, task, c, d, k))
+            ]
             losses.append(
                 f"{task}, {d} demos: 1 step {f[0]:.3f} vs {s[0]:.3f}, "
                 f"2 steps {f[1]:.3f} vs {s[1]:.3f}"
                 + ("" if ref is None else f" (the demonstrations themselves: {ref:.3f})")
+                + (f" [{', '.join(pr)}]" if pr else "")
             )
     return wins, total, losses
 
