@@ -40,7 +40,7 @@ class Recorder:
     def step(self, name: str, **terms: Tensor) -> dict[str, float]:
         self.names.append(name)
         sum(terms.values()).backward()  # type: ignore[union-attr]
-        return {f"{name}/{k}": float(v) for k, v in terms.items()}
+        return {f"{name}/{k}": float(v.detach()) for k, v in terms.items()}
 
 
 def test_phases() -> None:
