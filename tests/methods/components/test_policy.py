@@ -42,7 +42,7 @@ def test_pd_terms_score_and_regulariser(estimator: str) -> None:
     roll = rollout(policy, torch.zeros(8, 2), None, cfg.nfe, cfg.solver)
     terms = pd_terms(policy, frozen_copy(policy), roll, _score, cfg)
     assert list(terms) == ["dist", "reg"]
-    assert float(terms["reg"]) == 0.0  # the policy is its own reference
+    assert float(terms["reg"].detach()) == 0.0  # the policy is its own reference
     terms["dist"].backward()
     assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in policy.parameters())
 
@@ -67,7 +67,7 @@ def test_sde_rollout_keeps_its_trajectory_and_pg_update_runs() -> None:
         def step(self, name: str, **terms: Tensor) -> dict[str, float]:
             Steps.calls += 1
             sum(terms.values()).backward()  # type: ignore[union-attr]
-            return {f"{name}/{k}": float(v) for k, v in terms.items()}
+            return {f"{name}/{k}": float(v.detach()) for k, v in terms.items()}
 
     logs = pg_update(policy, policy, roll, lambda x, c: -x.norm(dim=1), cfg, Steps())
     assert Steps.calls == 2 and logs["pg/ratio_first"] == pytest.approx(1.0)

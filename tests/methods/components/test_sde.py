@@ -82,7 +82,7 @@ def test_sde_policy_gradient_moves_toward_the_reward() -> None:
     own = sde_log_prob(net, traj, cfg.pg_sde_noise)
     with torch.no_grad():
         other = sde_log_prob(lambda x, t, c=None: net(x, t, c) + 0.3, traj, cfg.pg_sde_noise)
-    assert float((own - other).mean()) > 0
+    assert float((own - other).mean().detach()) > 0
     up = OptimizerUpdater({"policy": torch.optim.Adam(net.parameters(), lr=3e-3)})
     noise = torch.randn(2000, 2)
 
