@@ -324,19 +324,9 @@ def diagnose(task: str, seeds: list[int], episodes: int) -> None:
                 if key in cells.data:
                     continue
                 loaded = loaded or load_run(run)
-                ev = loaded.evaluator(with_reference=True)
-
-                def scaled(ev: Any = ev, scale: float = scale) -> dict[str, float]:
-                    def generate(noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-                        return ev.method.generate(noise * scale, cond, nfe=2, roles=ev.roles)
-
-                    ev.method.eval()
-                    out: dict[str, float] = ev.robot.evaluate(
-                        generate, episodes=episodes, seed=1234
-                    )
-                    return out
-
-                cells.get(key, scaled)
+                # the library's eval.noise_scale (Evaluator), as `flowpost eval --noise-scale`
+                ev = loaded.evaluator(with_reference=True, noise_scale=scale)
+                cells.get(key, lambda ev=ev: ev.rollouts(2, episodes=episodes, seed=1234))
 
 
 # --------------------------------------------------------------------------- spread
