@@ -170,12 +170,9 @@ def spread_table(task: str) -> str:
     """The ``spread`` cells: per run label, spread and mean error at 2 and 32 steps."""
     data = json.loads((RESULTS / f"reconstruction_spread_{task}.json").read_text())
 
-    from sweep_reacher import pretrain_length
+    from sweep_reacher import length_order
 
-    def order(label: str) -> tuple[int, bool, str]:  # pretraining length, pretrained first
-        return (pretrain_length(label), not label.startswith("pretrain"), label)
-
-    labels = sorted({k.rsplit("/", 1)[0] for k in data}, key=order)
+    labels = sorted({k.rsplit("/", 1)[0] for k in data}, key=length_order)
     out = [
         "| run | spread, 2 steps | mean error, 2 steps | spread, 32 steps | mean error, 32 steps |",
         "|---|---|---|---|---|",
@@ -195,13 +192,10 @@ def noise_table(task: str) -> str:
     the same seed and pretraining length at the same scale (paired: same episodes)."""
     data = json.loads((RESULTS / f"reconstruction_noise_scale_{task}.json").read_text())
 
-    from sweep_reacher import pretrain_length
+    from sweep_reacher import length_order
 
     runs = sorted({k.rsplit("/", 1)[0] for k in data})  # variant/pN/dD/sS
-    variants = sorted(
-        {r.rsplit("/", 1)[0] for r in runs},
-        key=lambda v: (pretrain_length(v), not v.startswith("pretrain"), v),
-    )
+    variants = sorted({r.rsplit("/", 1)[0] for r in runs}, key=length_order)
     out = [
         "| variant | seeds | success, noise x 0 (per seed) | mean gain, x 0 | "
         "success, noise x 1 (per seed) | mean gain, x 1 |",

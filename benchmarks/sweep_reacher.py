@@ -186,6 +186,11 @@ def pretrain_length(key: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+def length_order(key: str) -> tuple[int, bool, str]:
+    """Sort key of result labels: by pretraining length, the pretrained policy first."""
+    return (pretrain_length(key), not key.startswith("pretrain"), key)
+
+
 def baseline(pretrained: dict[str, Any], nfe: Any) -> float | None:
     """The pretrained policy's success at a run's deployed NFE (the recipe's 2, or its
     ``nfe_profile``), None where it was not measured."""
@@ -207,10 +212,7 @@ def table(data: dict[str, Any]) -> str:
     ]
 
     # pretraining first, then its fine-tunings (length grid: grouped by pretraining length)
-    def order(key: str) -> tuple[int, bool]:
-        return (pretrain_length(key), not key.startswith("pretrain"))
-
-    variants = dict.fromkeys(k.rsplit("/", 1)[0] for k in sorted(cells, key=order))
+    variants = dict.fromkeys(k.rsplit("/", 1)[0] for k in sorted(cells, key=length_order))
     for variant in variants:
         name, demos = variant.rsplit("/", 1)
         length = ""
