@@ -308,12 +308,11 @@ def draws(task: Task) -> int:
 
 def floors(tasks: list[str], results: Path) -> None:
     """Store each task's W2 floor: a second fresh target set scored like a run."""
+    have = load(results).get("floor", {})  # read once: a cell another worker adds is redone
     for name in tasks:
-        if name in load(results).get("floor", {}):
-            continue
-        task = TASKS[name]
-        n = draws(task)
-        put(results, "floor", name, score(task, task.target.draw(n, 5)))
+        if name not in have:
+            task = TASKS[name]
+            put(results, "floor", name, score(task, task.target.draw(draws(task), 5)))
 
 
 def demo_references(cells: list[Cell], results: Path) -> None:
@@ -322,15 +321,14 @@ def demo_references(cells: list[Cell], results: Path) -> None:
     what a model that reproduces its training data exactly would score. Where the pretrained
     flow already scores at that level, no post-training on those demonstrations can be
     expected to gain, whatever its method."""
-    wanted = sorted({(c.task, c.demos, c.seed) for c in cells if c.demos})
-    for name, demos, seed in wanted:
+    have = load(results).get("demos", {})  # read once, as in floors()
+    for name, demos, seed in sorted({(c.task, c.demos, c.seed) for c in cells if c.demos}):
         key = f"{name}/d{demos}/s{seed}"
-        if key in load(results).get("demos", {}):
+        if key in have:
             continue
         task = TASKS[name]
-        n = draws(task)
         x = task.demos(demos, seed)
-        pick = np.random.default_rng(seed + 31).integers(0, len(x), n)
+        pick = np.random.default_rng(seed + 31).integers(0, len(x), draws(task))
         put(results, "demos", key, score(task, x[pick]))
 
 

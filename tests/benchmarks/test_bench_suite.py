@@ -189,13 +189,18 @@ def test_report_sets_the_demonstrations_own_score_beside_the_runs():
 
 
 def test_demo_references_resample_the_demonstrations(tmp_path, monkeypatch):
-    monkeypatch.setattr(suite, "score", lambda task, x: {"n": len(x), "mean": float(x.mean())})
+    monkeypatch.setattr(suite, "score", lambda task, x: {"rows": x.tolist()})
     cells = suite.plan(["moons-spirals"], ["sft"], [64], [1], [0])
     results = tmp_path / "suite.json"
     suite.demo_references(cells, results)
     got = json.loads(results.read_text())["demos"]
     assert list(got) == ["moons-spirals/d64/s0"]
-    ref = got["moons-spirals/d64/s0"]
-    assert ref["n"] == suite.SAMPLES
-    demos = tasks.TASKS["moons-spirals"].demos(64, 0)
-    assert abs(ref["mean"] - demos.mean()) < 0.1  # drawn from them
+    rows = got["moons-spirals/d64/s0"]["rows"]
+    assert len(rows) == suite.SAMPLES
+    demos = {tuple(r) for r in tasks.TASKS["moons-spirals"].demos(64, 0).tolist()}
+    assert {tuple(r) for r in rows} <= demos  # every point is a demonstration ...
+    assert len({tuple(r) for r in rows}) > 50  # ... and most of the 64 are drawn
+    calls = []
+    monkeypatch.setattr(suite, "score", lambda task, x: calls.append(1) or {})
+    suite.demo_references(cells, results)
+    assert not calls  # stored once, never recomputed
