@@ -25,6 +25,11 @@ with ``method.code_noise=0.3``; and FT-FM / ResFT-FM trained for and deployed at
 Results: ``reconstruction_pretrain_length_reacher.json``.
 
     python benchmarks/sweep_reacher.py --grid length --work /tmp/sweep-length --jobs 2
+
+The grid's ``success_rate`` is the sampled policy's (noise scale 1): the recipes deploy
+Reacher with ``eval.noise_scale: 0`` since session 7, so cells added after that run with
+``--set eval.noise_scale=1`` to stay comparable; ``bench_reconstruction.py noise`` then
+measures both scales for named runs.
     python benchmarks/sweep_reacher.py --grid length --task pusher --work /tmp/sweep-pusher
 """
 
@@ -113,6 +118,16 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("ft_fm/code_noise1", "ft_fm", ("method.code_noise=1.0",)),
     ("resft_fm/code_noise1", "resft_fm", ("method.code_noise=1.0",)),
     ("ft_fm/sigma0.3", "ft_fm", ("method.sigma=0.3",)),
+    # session 8, 16000-step policies only: can ResFT-FM get above the pretrained policy at
+    # all? A weaker guarantee, no or a weaker flow-matching term (which pulls the residual's
+    # centre onto the mean path), a lower learning rate, 4x longer; FT-FM's matching pair.
+    ("resft_fm/mu0.03", "resft_fm", ("method.mu=0.03",)),
+    ("resft_fm/fm_weight0", "resft_fm", ("method.fm_weight=0",)),
+    ("resft_fm/fm_weight0.1", "resft_fm", ("method.fm_weight=0.1",)),
+    ("resft_fm/lr3e-4", "resft_fm", ("train.lr=3e-4",)),
+    ("resft_fm/steps1600", "resft_fm", ("train.steps=1600",)),
+    ("ft_fm/fm_weight0.1", "ft_fm", ("method.fm_weight=0.1",)),
+    ("ft_fm/steps1600", "ft_fm", ("train.steps=1600",)),
 ]
 
 
