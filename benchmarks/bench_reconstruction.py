@@ -18,6 +18,12 @@ interrupted run resumes where it stopped; trained run folders are reused):
 * ``noise``: for named run folders (``--runs LABEL=RUN``), roll-out success at the run's
   ``eval.nfe`` with the sampler's starting noise scaled by 0 (``eval.noise_scale: 0``, a
   deterministic policy) and by 1 (as sampled), on the run's own evaluation episodes.
+* ``misses``: for named run folders (``--runs LABEL=RUN``, labels ``VARIANT/pN/dD/sS`` with
+  the pretrained policy's ``pretrain/pN/dD/sS`` among them), each deterministic policy's
+  (noise scale 0) final distance per evaluation episode, so that the report can say how
+  its failures miss (just past the threshold or far) and which episodes fine-tuning won or
+  lost against the pretrained policy; and the discretisation gap of its ``z = 0`` map at
+  2 and 4 Euler steps to the pretrained policy's accurate map (64 RK4 steps).
 * ``digits``: pretrain on sklearn digits, FT-FM at 2 NFE; reconstruction error (encode
   held-out digits by 32 RK4 steps, decode at K Euler steps) and sample Frechet distance at
   NFE 1, 2, 4, before and after.
@@ -67,7 +73,9 @@ class Cells:
         if key not in self.data:
             started = time.perf_counter()
             value = compute()
-            print(f"  {key}: {value}  ({time.perf_counter() - started:.0f} s)", flush=True)
+            shown = str(value)
+            shown = shown if len(shown) <= 400 else shown[:400] + " ..."
+            print(f"  {key}: {shown}  ({time.perf_counter() - started:.0f} s)", flush=True)
             self.put(key, value)
         return self.data[key]
 
@@ -388,6 +396,79 @@ def noise_scale(task: str, runs: list[str], scales: tuple[float, ...] = (0.0, 1.
             cells.get(f"{label}/noise{scale:g}", compute)
 
 
+ACCURATE_STEPS = 64  # RK4 steps of the pretrained policy's reference map of z = 0
+GAP_CONDITIONS = 2000  # held-out conditions the z = 0 gap is averaged over
+
+
+def misses(task: str, runs: list[str]) -> None:
+    """Per named run: deterministic roll-outs (noise scale 0) at the run's ``eval.nfe`` on
+    its own evaluation episodes, with every episode's final distance; and the mean squared
+    distance (normalised action units, per dimension) between the run's ``z = 0`` map at 2
+    and 4 Euler steps and its pretrained policy's at 64 RK4 steps, on held-out conditions."""
+    from sweep_reacher import pretrained_label
+
+    from flowpost.flows.solvers import sample
+
+    named = dict(r.split("=", 1) for r in runs)
+    cells = Cells(RESULTS / f"reconstruction_misses_{task}.json")
+    accurate: dict[str, Any] = {}  # pretrained label -> (conditions, its accurate z = 0 map)
+
+    def reference(label: str) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = pretrained_label(label)
+        if pre not in named:
+            raise SystemExit(f"misses: {label} needs its pretrained run {pre}=RUN in --runs")
+        if pre not in accurate:
+            run = load_run(Path(named[pre]))
+            held = run.reference()
+            assert held.cond is not None
+            cond = held.cond[:GAP_CONDITIONS]
+            zero = torch.zeros(len(cond), *held.x.shape[1:])
+            with torch.no_grad():
+                accurate[pre] = (
+                    cond,
+                    sample(run.model.eval(), zero, ACCURATE_STEPS, "rk4", cond=cond),
+                )
+        return accurate[pre]
+
+    for label, folder in named.items():
+
+        def compute(label: str = label, folder: str = folder) -> dict[str, Any]:
+            run = load_run(Path(folder))
+            ec = run.config.eval
+            ev = run.evaluator(with_reference=True, noise_scale=0.0)
+            assert ev.robot is not None
+            distances: list[float] = []
+            task_ = ev.robot.task
+
+            def distance(env: Any) -> float:
+                d = float(task_.distance(env))
+                distances.append(d)
+                return d
+
+            # the same roll-outs, with a task whose distance read-out also records
+            ev.robot = dataclasses.replace(
+                ev.robot, task=dataclasses.replace(task_, distance=distance)
+            )
+            out: dict[str, Any] = ev.rollouts(ec.nfe, episodes=ec.episodes, seed=ec.seed)
+            cond, target = reference(label)
+            gaps = {}
+            for nfe in (2, 4):
+                with torch.no_grad():
+                    x = ev.method.generate(torch.zeros_like(target), cond, nfe=nfe, roles=ev.roles)
+                gaps[str(nfe)] = float((x - target).pow(2).mean())
+            return {
+                **out,
+                "threshold": task_.threshold,
+                "final_distances": [round(d, 6) for d in distances],
+                "z0_gap": gaps,
+                "nfe": ec.nfe,
+                "episodes": ec.episodes,
+                "run": folder,
+            }
+
+        cells.get(label, compute)
+
+
 # --------------------------------------------------------------------------- digits
 
 
@@ -486,6 +567,7 @@ def main() -> None:
             "variant",
             "spread",
             "noise",
+            "misses",
         ],
     )
     parser.add_argument("--task", default="reacher")
@@ -500,7 +582,7 @@ def main() -> None:
         "--runs",
         nargs="*",
         default=None,
-        help="contraction: LABEL=PRETRAINED_RUN,RESFT_RUN; spread, noise: LABEL=RUN",
+        help="contraction: LABEL=PRETRAINED_RUN,RESFT_RUN; spread, noise, misses: LABEL=RUN",
     )
     parser.add_argument(
         "--pretrain-steps", type=int, default=None, help="digits: shorter pretraining"
@@ -521,6 +603,8 @@ def main() -> None:
         spread(args.task, args.runs or [])
     elif args.command == "noise":
         noise_scale(args.task, args.runs or [])
+    elif args.command == "misses":
+        misses(args.task, args.runs or [])
     elif args.command == "table":
         table(args.task)
     elif args.command == "render":

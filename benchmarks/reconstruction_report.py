@@ -148,6 +148,8 @@ def render(task: str) -> None:
         blocks[f"spread_{task}"] = spread_table
     if (RESULTS / f"reconstruction_noise_scale_{task}.json").is_file():
         blocks[f"noise_{task}"] = noise_table
+    if (RESULTS / f"reconstruction_misses_{task}.json").is_file():
+        blocks[f"misses_{task}"] = misses_table
     for sweep, name in (
         ("reconstruction_sweep_reacher.json", "sweep_reacher"),
         (f"reconstruction_pretrain_length_{task}.json", f"length_{task}"),
@@ -192,7 +194,7 @@ def noise_table(task: str) -> str:
     the same seed and pretraining length at the same scale (paired: same episodes)."""
     data = json.loads((RESULTS / f"reconstruction_noise_scale_{task}.json").read_text())
 
-    from sweep_reacher import length_order
+    from sweep_reacher import length_order, pretrained_label
 
     runs = sorted({k.rsplit("/", 1)[0] for k in data})  # variant/pN/dD/sS
     variants = sorted({r.rsplit("/", 1)[0] for r in runs}, key=length_order)
@@ -203,7 +205,7 @@ def noise_table(task: str) -> str:
     ]
     for v in variants:
         seeds = sorted(r.rsplit("/", 1)[1] for r in runs if r.rsplit("/", 1)[0] == v)
-        pre = "pretrain/p" + v.rsplit("/p", 1)[1]  # same pretraining length and demos
+        pre = pretrained_label(v)  # same pretraining length and demos
         cols = []
         for scale in ("0", "1"):
             got = {s: data.get(f"{v}/{s}/noise{scale}", {}).get("success_rate") for s in seeds}
@@ -214,6 +216,41 @@ def noise_table(task: str) -> str:
             cols += [per or "-", gain]
         label = f"**{v}**" if v == pre else v
         out.append(f"| {label} | {len(seeds)} | " + " | ".join(cols) + " |")
+    return "\n".join(out)
+
+
+def misses_table(task: str) -> str:
+    """The ``misses`` cells: per run, deterministic success, how its failures miss (just past
+    the threshold, or far), the episodes it won and lost against its pretrained policy
+    (paired: the same evaluation episodes), and its z = 0 map's gap to the accurate one."""
+    data = json.loads((RESULTS / f"reconstruction_misses_{task}.json").read_text())
+
+    from sweep_reacher import length_order, pretrained_label
+
+    out = [
+        "| run | success | failures | of which near (< 2x threshold) | far (>= 5x) | "
+        "won / lost vs pretrained | z = 0 gap, 2 steps | z = 0 gap, 4 steps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label in sorted(data, key=length_order):
+        c = data[label]
+        thr, dist = c["threshold"], c["final_distances"]
+        fails = [d for d in dist if d >= thr]
+        near = sum(d < 2 * thr for d in fails)
+        far = sum(d >= 5 * thr for d in fails)
+        pre = data.get(pretrained_label(label))
+        paired = "-"
+        if pre is not None and label != pretrained_label(label):
+            ok = [d < thr for d in dist]
+            ok_pre = [d < thr for d in pre["final_distances"]]
+            won = sum(a and not b for a, b in zip(ok, ok_pre, strict=True))
+            lost = sum(b and not a for a, b in zip(ok, ok_pre, strict=True))
+            paired = f"{won} / {lost}"
+        gap = c["z0_gap"]
+        out.append(
+            f"| {label} | {c['success_rate']:.3f} | {len(fails)} | {near} | {far} | {paired} | "
+            f"{gap['2']:.5f} | {gap['4']:.5f} |"
+        )
     return "\n".join(out)
 
 

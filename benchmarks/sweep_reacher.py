@@ -206,6 +206,12 @@ def length_order(key: str) -> tuple[int, bool, str]:
     return (pretrain_length(key), not key.startswith("pretrain"), key)
 
 
+def pretrained_label(label: str) -> str:
+    """``VARIANT/pN/dD[/sS]`` -> ``pretrain/pN/dD[/sS]``: the policy a run was fine-tuned
+    from (same pretraining length, demonstrations and seed)."""
+    return "pretrain/p" + label.rsplit("/p", 1)[1]
+
+
 def baseline(pretrained: dict[str, Any], nfe: Any) -> float | None:
     """The pretrained policy's success at a run's deployed NFE (the recipe's 2, or its
     ``nfe_profile``), None where it was not measured."""
