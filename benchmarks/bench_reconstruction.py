@@ -22,8 +22,9 @@ interrupted run resumes where it stopped; trained run folders are reused):
   the pretrained policy's ``pretrain/pN/dD/sS`` among them), each deterministic policy's
   (noise scale 0) final distance per evaluation episode, so that the report can say how
   its failures miss (just past the threshold or far) and which episodes fine-tuning won or
-  lost against the pretrained policy; and the discretisation gap of its ``z = 0`` map at
-  2 and 4 Euler steps to the pretrained policy's accurate map (64 RK4 steps).
+  lost against the pretrained policy; the discretisation gap of its ``z = 0`` map at 2 and 4
+  Euler steps to the pretrained policy's accurate map (64 RK4 steps); and FT-FM's objective,
+  the reconstruction error of training and held-out chunks encoded by the pretrained field.
 * ``digits``: pretrain on sklearn digits, FT-FM at 2 NFE; reconstruction error (encode
   held-out digits by 32 RK4 steps, decode at K Euler steps) and sample Frechet distance at
   NFE 1, 2, 4, before and after.
@@ -404,30 +405,39 @@ def misses(task: str, runs: list[str]) -> None:
     """Per named run: deterministic roll-outs (noise scale 0) at the run's ``eval.nfe`` on
     its own evaluation episodes, with every episode's final distance; and the mean squared
     distance (normalised action units, per dimension) between the run's ``z = 0`` map at 2
-    and 4 Euler steps and its pretrained policy's at 64 RK4 steps, on held-out conditions."""
+    and 4 Euler steps and its pretrained policy's at 64 RK4 steps, on held-out conditions;
+    and the mean squared reconstruction error at ``eval.nfe`` of up to 2000 training and
+    held-out chunks encoded by the pretrained field (32 RK4 steps, the recipes' encoder)."""
     from sweep_reacher import pretrained_label
 
-    from flowpost.flows.solvers import sample
+    from flowpost.flows.solvers import encode, sample
 
     named = dict(r.split("=", 1) for r in runs)
     cells = Cells(RESULTS / f"reconstruction_misses_{task}.json")
-    accurate: dict[str, Any] = {}  # pretrained label -> (conditions, its accurate z = 0 map)
+    # pretrained label -> its accurate z = 0 map on held-out conditions, and the codes its
+    # encoder (the recipes' 32 RK4 steps) gives training and held-out chunks
+    accurate: dict[str, dict[str, Any]] = {}
 
-    def reference(label: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def reference(label: str) -> dict[str, Any]:
         pre = pretrained_label(label)
         if pre not in named:
             raise SystemExit(f"misses: {label} needs its pretrained run {pre}=RUN in --runs")
         if pre not in accurate:
+            from flowpost.data import load_data
+
             run = load_run(Path(named[pre]))
-            held = run.reference()
-            assert held.cond is not None
-            cond = held.cond[:GAP_CONDITIONS]
-            zero = torch.zeros(len(cond), *held.x.shape[1:])
+            field = run.model.eval()
+            split = load_data(run.config.data)
+            ref: dict[str, Any] = {}
+            for name, part in (("train", split.train), ("heldout", split.heldout)):
+                assert part.cond is not None
+                x1, cond = part.x[:GAP_CONDITIONS], part.cond[:GAP_CONDITIONS]
+                with torch.no_grad():
+                    ref[name] = (x1, cond, encode(field, x1, 32, "rk4", cond=cond))
+            x1, cond, _ = ref["heldout"]
             with torch.no_grad():
-                accurate[pre] = (
-                    cond,
-                    sample(run.model.eval(), zero, ACCURATE_STEPS, "rk4", cond=cond),
-                )
+                ref["z0"] = sample(field, torch.zeros_like(x1), ACCURATE_STEPS, "rk4", cond=cond)
+            accurate[pre] = ref
         return accurate[pre]
 
     for label, folder in named.items():
@@ -450,17 +460,23 @@ def misses(task: str, runs: list[str]) -> None:
                 ev.robot, task=dataclasses.replace(task_, distance=distance)
             )
             out: dict[str, Any] = ev.rollouts(ec.nfe, episodes=ec.episodes, seed=ec.seed)
-            cond, target = reference(label)
-            gaps = {}
-            for nfe in (2, 4):
-                with torch.no_grad():
+            ref = reference(label)
+            gaps, rec = {}, {}
+            target, cond = ref["z0"], ref["heldout"][1]
+            with torch.no_grad():
+                for nfe in (2, 4):
                     x = ev.method.generate(torch.zeros_like(target), cond, nfe=nfe, roles=ev.roles)
-                gaps[str(nfe)] = float((x - target).pow(2).mean())
+                    gaps[str(nfe)] = float((x - target).pow(2).mean())
+                for part in ("train", "heldout"):  # the FT-FM objective's error, its codes
+                    x1, c, z = ref[part]
+                    x = ev.method.generate(z, c, nfe=ec.nfe, roles=ev.roles)
+                    rec[part] = float((x - x1).pow(2).mean())
             return {
                 **out,
                 "threshold": task_.threshold,
                 "final_distances": [round(d, 6) for d in distances],
                 "z0_gap": gaps,
+                "reconstruction_mse": rec,
                 "nfe": ec.nfe,
                 "episodes": ec.episodes,
                 "run": folder,

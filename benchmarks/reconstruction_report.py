@@ -229,8 +229,9 @@ def misses_table(task: str) -> str:
 
     out = [
         "| run | success | failures | of which near (< 2x threshold) | far (>= 5x) | "
-        "won / lost vs pretrained | z = 0 gap, 2 steps | z = 0 gap, 4 steps |",
-        "|---|---|---|---|---|---|---|---|",
+        "won / lost vs pretrained | z = 0 gap, 2 steps | z = 0 gap, 4 steps | "
+        "reconstruction MSE, train / held-out |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label in sorted(data, key=length_order):
         c = data[label]
@@ -246,10 +247,10 @@ def misses_table(task: str) -> str:
             won = sum(a and not b for a, b in zip(ok, ok_pre, strict=True))
             lost = sum(b and not a for a, b in zip(ok, ok_pre, strict=True))
             paired = f"{won} / {lost}"
-        gap = c["z0_gap"]
+        gap, rec = c["z0_gap"], c["reconstruction_mse"]
         out.append(
             f"| {label} | {c['success_rate']:.3f} | {len(fails)} | {near} | {far} | {paired} | "
-            f"{gap['2']:.5f} | {gap['4']:.5f} |"
+            f"{gap['2']:.5f} | {gap['4']:.5f} | {rec['train']:.4f} / {rec['heldout']:.3f} |"
         )
     return "\n".join(out)
 
