@@ -23,7 +23,7 @@ interrupted run resumes where it stopped; trained run folders are reused):
   (noise scale 0) final distance per evaluation episode, so that the report can say how
   its failures miss (just past the threshold or far) and which episodes fine-tuning won or
   lost against the pretrained policy; the discretisation gap of its ``z = 0`` map at 2 and 4
-  Euler steps to the pretrained policy's accurate map (64 RK4 steps); and FT-FM's objective,
+  Euler steps to the pretrained policy's accurate map (16 RK4 steps); and FT-FM's objective,
   the reconstruction error of training and held-out chunks encoded by the pretrained field.
 * ``digits``: pretrain on sklearn digits, FT-FM at 2 NFE; reconstruction error (encode
   held-out digits by 32 RK4 steps, decode at K Euler steps) and sample Frechet distance at
@@ -397,7 +397,7 @@ def noise_scale(task: str, runs: list[str], scales: tuple[float, ...] = (0.0, 1.
             cells.get(f"{label}/noise{scale:g}", compute)
 
 
-ACCURATE_STEPS = 64  # RK4 steps of the pretrained policy's reference map of z = 0
+ACCURATE_NFE = 64  # evaluations (16 RK4 steps) of the pretrained policy's reference z = 0 map
 GAP_CONDITIONS = 2000  # held-out conditions the z = 0 gap is averaged over
 
 
@@ -405,9 +405,9 @@ def misses(task: str, runs: list[str]) -> None:
     """Per named run: deterministic roll-outs (noise scale 0) at the run's ``eval.nfe`` on
     its own evaluation episodes, with every episode's final distance; and the mean squared
     distance (normalised action units, per dimension) between the run's ``z = 0`` map at 2
-    and 4 Euler steps and its pretrained policy's at 64 RK4 steps, on held-out conditions;
+    and 4 Euler steps and its pretrained policy's at 16 RK4 steps, on held-out conditions;
     and the mean squared reconstruction error at ``eval.nfe`` of up to 2000 training and
-    held-out chunks encoded by the pretrained field (32 RK4 steps, the recipes' encoder)."""
+    held-out chunks encoded by the pretrained field (8 RK4 steps, the recipes' encoder)."""
     from sweep_reacher import pretrained_label
 
     from flowpost.flows.solvers import encode, sample
@@ -415,7 +415,7 @@ def misses(task: str, runs: list[str]) -> None:
     named = dict(r.split("=", 1) for r in runs)
     cells = Cells(RESULTS / f"reconstruction_misses_{task}.json")
     # pretrained label -> its accurate z = 0 map on held-out conditions, and the codes its
-    # encoder (the recipes' 32 RK4 steps) gives training and held-out chunks
+    # encoder (the recipes' encode_nfe 32: 8 RK4 steps) gives training and held-out chunks
     accurate: dict[str, dict[str, Any]] = {}
 
     def reference(label: str) -> dict[str, Any]:
@@ -436,7 +436,7 @@ def misses(task: str, runs: list[str]) -> None:
                     ref[name] = (x1, cond, encode(field, x1, 32, "rk4", cond=cond))
             x1, cond, _ = ref["heldout"]
             with torch.no_grad():
-                ref["z0"] = sample(field, torch.zeros_like(x1), ACCURATE_STEPS, "rk4", cond=cond)
+                ref["z0"] = sample(field, torch.zeros_like(x1), ACCURATE_NFE, "rk4", cond=cond)
             accurate[pre] = ref
         return accurate[pre]
 

@@ -125,7 +125,7 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("resft_fm/fm_weight0", "resft_fm", ("method.fm_weight=0",)),
     ("resft_fm/fm_weight0.1", "resft_fm", ("method.fm_weight=0.1",)),
     ("resft_fm/lr3e-4", "resft_fm", ("train.lr=3e-4",)),
-    ("resft_fm/steps1600", "resft_fm", ("train.steps=1600",)),  # seed 0 only (4x the cost)
+    ("resft_fm/steps1600", "resft_fm", ("train.steps=1600",)),
     # the residual's codes from its own (contracting) field: the round trip then has no
     # contraction mismatch, only the 2-step sampler's discretisation error
     ("resft_fm/encoder_current", "resft_fm", ("method.encoder=current",)),
