@@ -25,12 +25,12 @@ with ``method.code_noise=0.3``; and FT-FM / ResFT-FM trained for and deployed at
 Results: ``reconstruction_pretrain_length_reacher.json``.
 
     python benchmarks/sweep_reacher.py --grid length --work /tmp/sweep-length --jobs 2
+    python benchmarks/sweep_reacher.py --grid length --task pusher --work /tmp/sweep-pusher
 
 The grid's ``success_rate`` is the sampled policy's (noise scale 1): the recipes deploy
 Reacher with ``eval.noise_scale: 0`` since session 7, so cells added after that run with
 ``--set eval.noise_scale=1`` to stay comparable; ``bench_reconstruction.py noise`` then
 measures both scales for named runs.
-    python benchmarks/sweep_reacher.py --grid length --task pusher --work /tmp/sweep-pusher
 """
 
 from __future__ import annotations
