@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -418,6 +419,10 @@ def misses(task: str, runs: list[str]) -> None:
     # encoder (the recipes' encode_nfe 32: 8 RK4 steps) gives training and held-out chunks
     accurate: dict[str, dict[str, Any]] = {}
 
+    @functools.cache
+    def loaded(folder: str) -> Any:  # a pretrained run serves its own cell and its reference
+        return load_run(Path(folder))
+
     def reference(label: str) -> dict[str, Any]:
         pre = pretrained_label(label)
         if pre not in named:
@@ -425,7 +430,7 @@ def misses(task: str, runs: list[str]) -> None:
         if pre not in accurate:
             from flowpost.data import load_data
 
-            run = load_run(Path(named[pre]))
+            run = loaded(named[pre])
             field = run.model.eval()
             split = load_data(run.config.data)
             ref: dict[str, Any] = {}
@@ -443,7 +448,7 @@ def misses(task: str, runs: list[str]) -> None:
     for label, folder in named.items():
 
         def compute(label: str = label, folder: str = folder) -> dict[str, Any]:
-            run = load_run(Path(folder))
+            run = loaded(folder)
             ec = run.config.eval
             ev = run.evaluator(with_reference=True, noise_scale=0.0)
             assert ev.robot is not None
