@@ -130,6 +130,16 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     # contraction mismatch, only the 2-step sampler's discretisation error
     ("resft_fm/encoder_current", "resft_fm", ("method.encoder=current",)),
     ("ft_fm/fm_weight0.1", "ft_fm", ("method.fm_weight=0.1",)),
+    # session 9: a wider contracting family. A skew-symmetric S(t, c) in the gain (a rotation
+    # about the centre) and the gradient of a convex potential (nonlinear in the state) leave
+    # the symmetric Jacobian part <= -mu; does the residual then fit, and does it carry?
+    ("resft_fm/skew", "resft_fm", ("method.residual_skew=true",)),
+    ("resft_fm/potential64", "resft_fm", ("method.residual_potential=64",)),
+    (
+        "resft_fm/skew_potential64",
+        "resft_fm",
+        ("method.residual_skew=true", "method.residual_potential=64"),
+    ),
 ]
 
 

@@ -128,6 +128,15 @@ class ResidualReconstructionConfig(ReconstructionConfig):
     residual_rank: int | None = option(
         None, "rank of the residual's gain factor L (None: full for <= 32 features, else 8)", min=1
     )
+    residual_skew: bool = option(
+        False, "add a skew-symmetric S(t, c) to the residual's gain (a rotation; same bound)"
+    )
+    residual_potential: int = option(
+        0,
+        "width of a convex potential phi whose gradient the residual also subtracts "
+        "(nonlinear in x; same bound; 0: none)",
+        min=0,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -276,7 +285,12 @@ class ResidualReconstruction(Reconstruction):
         c = self.config
         base = self.velocity_net()
         residual = build_contracting_residual(
-            self.spec, mu=c.mu, hidden=c.residual_hidden, rank=c.residual_rank
+            self.spec,
+            mu=c.mu,
+            hidden=c.residual_hidden,
+            rank=c.residual_rank,
+            skew=c.residual_skew,
+            potential=c.residual_potential,
         )
         return ResidualField(base, residual)
 

@@ -140,10 +140,16 @@ def build_discriminator(
 
 
 def build_contracting_residual(
-    spec: DataSpec, *, mu: float, hidden: int = 128, rank: int | None = None
+    spec: DataSpec,
+    *,
+    mu: float,
+    hidden: int = 128,
+    rank: int | None = None,
+    skew: bool = False,
+    potential: int = 0,
 ) -> ContractingResidual:
-    """The residual ``r = -(L L^T + mu I)(x - m(t, c))`` of ResFT-FM for data ``spec``: its
-    symmetric Jacobian part is ``<= -mu`` for every input (``mu`` must be > 0)."""
+    """The residual ``r = -(L L^T + mu I (+ S))(x - m(t, c)) (- grad phi)`` of ResFT-FM for data
+    ``spec``: its symmetric Jacobian part is ``<= -mu`` for every input (``mu`` must be > 0)."""
     if not mu > 0:
         raise ValueError(f"mu must be > 0 (the guaranteed contraction rate), got {mu}")
     return ContractingResidual(
@@ -153,6 +159,8 @@ def build_contracting_residual(
         num_classes=spec.num_classes,
         cond_dim=spec.cond_dim,
         rank=rank,
+        skew=skew,
+        potential=potential,
     )
 
 

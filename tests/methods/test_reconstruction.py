@@ -20,6 +20,7 @@ from flowpost.methods.reconstruction import (
     reconstruct,
 )
 from flowpost.nets.config import NetConfig
+from flowpost.nets.contracting import ContractingResidual, ResidualField
 from flowpost.nets.factory import build_contracting_residual
 from flowpost.train.config import build_run_config
 
@@ -114,10 +115,14 @@ def _randomise(module: nn.Module, scale: float = 0.3) -> None:
 
 
 @pytest.mark.parametrize(("dim", "rank"), [(6, None), (40, None), (5, 2)])
-def test_residual_symmetric_jacobian_is_bounded_by_minus_mu(dim: int, rank: int | None) -> None:
+@pytest.mark.parametrize("wide", [False, True], ids=["affine", "skew+potential"])
+def test_residual_symmetric_jacobian_is_bounded_by_minus_mu(
+    dim: int, rank: int | None, wide: bool
+) -> None:
     mu = 0.7
     spec = DataSpec((dim,), cond_dim=3)
-    r = build_contracting_residual(spec, mu=mu, hidden=32, rank=rank)
+    extra = {"skew": True, "potential": 16} if wide else {}
+    r = build_contracting_residual(spec, mu=mu, hidden=32, rank=rank, **extra)
     _randomise(r)  # an arbitrary (trained-like) residual, not the initialisation
     g = torch.Generator().manual_seed(1)
     worst, tol = -math.inf, 0.0
@@ -131,7 +136,9 @@ def test_residual_symmetric_jacobian_is_bounded_by_minus_mu(dim: int, rank: int 
         worst = max(worst, torch.linalg.eigvalsh(sym).max().item())
         tol = max(tol, 1e-6 * jac.norm().item())  # float32 rounding of the entries of K
     assert worst <= -mu + tol
-    if dim > (rank or 8):  # a rank-deficient factor leaves directions contracted at exactly mu
+    # a rank-deficient factor leaves directions contracted at exactly mu (the potential's
+    # curvature may cover them)
+    if dim > (rank or 8) and not wide:
         assert worst == pytest.approx(-mu, abs=tol)
 
 
@@ -148,6 +155,25 @@ def test_non_positive_mu_is_one_clear_error() -> None:
     for mu in (0.0, -1.0):
         with pytest.raises(ConfigError, match=r"^method\.mu: must be > 0"):
             build_run_config({"method": {"name": "resft_fm", "mu": mu}})
+
+
+def test_the_residual_settings_reach_the_residual() -> None:
+    spec = DataSpec((4,), cond_dim=2)
+    cfg = ResidualReconstructionConfig(
+        encode_nfe=8, mu=0.3, residual_skew=True, residual_potential=12, residual_hidden=24
+    )
+    method = ResidualReconstruction(cfg, spec, NET)
+    assert isinstance(method.policy, ResidualField)
+    residual = method.policy.residual
+    assert isinstance(residual, ContractingResidual)
+    assert (residual.mu, residual.skew, residual.potential) == (0.3, True, 12)
+    batch = Batch(torch.randn(32, 4), torch.randn(32, 2))
+    sum(method.losses(batch).values()).backward()
+    assert residual.skew_u_head.bias.grad is not None
+    assert float(residual.skew_u_head.bias.grad.abs().max()) > 0  # the rotation trains
+    assert float(residual.potential_weight_head.bias.grad.abs().max()) > 0
+    with pytest.raises(ConfigError, match=r"^method\.residual_potential"):
+        build_run_config({"method": {"name": "resft_fm", "residual_potential": -1}})
 
 
 def test_resft_trains_only_the_residual_and_ft_fm_trains_the_whole_policy() -> None:

@@ -29,6 +29,95 @@ def test_jacobian_symmetric_part_is_below_minus_mu(dim, rank):
     assert float(torch.linalg.eigvalsh(r.gain(torch.rand(1)).double()).max()) > 2 * mu
 
 
+@pytest.mark.parametrize("dim,rank", [(3, None), (5, 2), (40, None)])
+def test_skew_and_potential_keep_the_bound(dim, rank):
+    """With the rotation S and the convex potential, the Jacobian is -K - H, whose symmetric
+    part is -(L L^T + mu I) - H with H = Hess phi >= 0: still <= -mu."""
+    mu = 0.3
+    r = ContractingResidual(dim, hidden=16, mu=mu, cond_dim=2, rank=rank, skew=True, potential=12)
+    r = perturb(r, std=0.3)
+    with torch.no_grad():
+        r.potential_weight_head.bias.fill_(1.0)  # a ~ 1.3: the potential matters
+    saw_skew = saw_curvature = False
+    for _ in range(3):
+        x, t, c = torch.randn(1, dim) * 2, torch.rand(1), torch.randn(1, 2)
+        jac = jacobian(lambda z, t=t, c=c: r(z, t, c), x)[0, :, 0, :]
+        sym = 0.5 * (jac + jac.T)
+        scale = float(jac.abs().max())  # float32 rounding of the entries, relative
+        assert float(torch.linalg.eigvalsh(sym.double()).max()) <= -mu + 1e-6 * scale
+        # the Jacobian is -K (with its skew part) minus the potential's Hessian, and that
+        # Hessian is symmetric and positive semi-definite
+        hess = (-jac - r.gain(t, c)[0]).double()
+        torch.testing.assert_close(hess, hess.T, atol=1e-6 * scale, rtol=0)
+        assert float(torch.linalg.eigvalsh(0.5 * (hess + hess.T)).min()) >= -1e-6 * scale
+        gain = r.gain(t, c)[0]
+        saw_skew |= float((gain - gain.T).abs().max()) > 1e-2
+        saw_curvature |= float(torch.linalg.eigvalsh(hess).max()) > 1e-2
+    assert saw_skew and saw_curvature  # both terms are live, so the bound was tested on them
+
+
+def test_potential_gradient_is_the_gradient_of_a_convex_potential():
+    r = perturb(ContractingResidual(4, hidden=16, mu=0.1, potential=8), std=0.5)
+    x, t = torch.randn(6, 4, requires_grad=True), torch.rand(6)
+    # the closed-form gradient against autograd of phi, and against central differences
+    (auto,) = torch.autograd.grad(r.potential_energy(x, t).sum(), x)
+    grad = r.potential_gradient(x, t)
+    torch.testing.assert_close(grad, auto, atol=1e-6, rtol=1e-5)
+    eps = 1e-2
+    with torch.no_grad():
+        for i in range(4):
+            step = torch.zeros_like(x)
+            step[:, i] = eps
+            fd = (r.potential_energy(x + step, t) - r.potential_energy(x - step, t)) / (2 * eps)
+            torch.testing.assert_close(grad[:, i], fd, atol=2e-3, rtol=2e-3)
+    assert float(grad.abs().max()) > 0.05  # the check is not on a vanishing gradient
+    # convex along random chords: phi(midpoint) <= mean of the ends
+    x = x.detach()
+    y = torch.randn(6, 4) * 3
+    mid = r.potential_energy((x + y) / 2, t)
+    assert bool((mid <= (r.potential_energy(x, t) + r.potential_energy(y, t)) / 2 + 1e-5).all())
+
+
+def test_optional_terms_start_small_and_keep_the_centre_fixed():
+    x, t = torch.randn(5, 3), torch.rand(5)
+    plain = ContractingResidual(3, hidden=16, mu=0.2, init_scale=0.0)
+    full = ContractingResidual(3, hidden=16, mu=0.2, init_scale=0.0, skew=True, potential=16)
+    torch.testing.assert_close(plain(x, t), -0.2 * x)
+    # S = 0; the potential, centred at m = 0, adds about a / 4 = 0.012 to the gain
+    extra = full(x, t) + 0.2 * x
+    assert float(extra.norm(dim=1).max()) < 0.05 * float(x.norm(dim=1).min())
+    assert float(extra.norm()) > 0  # but is there, so that it trains
+
+
+def test_skew_and_potential_are_trainable_beyond_the_affine_family():
+    """A target no affine contraction can fit (a pull whose strength depends on x) is fitted
+    far better with the convex potential."""
+    torch.manual_seed(0)
+    x, t = torch.randn(256, 2) * 2, torch.rand(256)
+    target = -torch.tanh(3 * x) * 2 - 0.1 * x  # monotone, saturating: non-affine
+
+    def fit(**kw: object) -> float:
+        r = ContractingResidual(2, hidden=16, mu=0.1, **kw)  # type: ignore[arg-type]
+        opt = torch.optim.Adam(r.parameters(), lr=1e-2)
+        for _ in range(400):
+            opt.zero_grad()
+            loss = (r(x, t) - target).pow(2).mean()
+            loss.backward()
+            opt.step()
+        return float(loss)
+
+    affine, convex = fit(), fit(potential=32)
+    assert convex < 0.25 * affine
+
+
+def test_the_centre_is_the_fixed_point_with_every_term():
+    r = perturb(ContractingResidual(3, hidden=16, mu=0.2, cond_dim=2, skew=True, potential=8), 0.3)
+    t, c = torch.rand(5), torch.randn(5, 2)
+    _, centre = r.factor_and_centre(t, c)
+    assert float(centre.abs().max()) > 0.05
+    torch.testing.assert_close(r(centre, t, c), torch.zeros_like(centre), atol=1e-5, rtol=0)
+
+
 def test_images_are_flattened():
     r = ContractingResidual(64, hidden=16, mu=0.1)
     x = torch.randn(3, 1, 8, 8)
@@ -95,3 +184,5 @@ def test_errors():
         ContractingResidual(2, mu=0.0)
     with pytest.raises(ValueError, match="built for 2 features"):
         ContractingResidual(2, hidden=8)(torch.randn(3, 4), torch.rand(3))
+    with pytest.raises(ValueError, match="potential must be >= 0"):
+        ContractingResidual(2, potential=-1)
