@@ -222,6 +222,10 @@ def load(
         first = str(err).strip().splitlines()[0]
         what = "the network you passed" if model is not None else "the config's network"
         raise CheckpointError(f"{found}: does not fit {what} ({first})") from None
+    # what the method decided while training and the weights alone do not say (AF started
+    # from a flow samples in the residual form G = z + g, which its config's "auto" reads as
+    # the direct form at one step): without it a loaded run samples a different map
+    method.load_extra_state(state.get("method", {}))
     roles: dict[str, nn.Module] = {}
     for role in method.ema_roles():
         part = split_prefixed(tensors, f"ema.{role}")
