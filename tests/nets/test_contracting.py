@@ -89,7 +89,7 @@ def test_optional_terms_start_small_and_keep_the_centre_fixed():
     assert float(extra.norm()) > 0  # but is there, so that it trains
 
 
-def test_skew_and_potential_are_trainable_beyond_the_affine_family():
+def test_the_potential_fits_a_pull_no_affine_contraction_can():
     """A target no affine contraction can fit (a pull whose strength depends on x) is fitted
     far better with the convex potential."""
     torch.manual_seed(0)
