@@ -175,28 +175,30 @@ class ContractingResidual(nn.Module):
             gain = gain + u @ v.transpose(1, 2) - v @ u.transpose(1, 2)
         return gain
 
+    def _potential_heads(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The potential's biases ``b`` and non-negative weights ``a`` (B, P) for features ``h``."""
+        return self.potential_bias_head(h), nn.functional.softplus(self.potential_weight_head(h))
+
     def potential_energy(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """The convex potential ``phi(x; t, c)`` (B,) whose gradient the field subtracts."""
         flat = x.reshape(x.shape[0], -1)
         if not self.potential:
             return flat.new_zeros(flat.shape[0])
-        h = self._features(check_time(t, x.shape[0]), cond)
-        pre = flat @ self.potential_proj.T + self.potential_bias_head(h)
-        weight = nn.functional.softplus(self.potential_weight_head(h))
-        return (weight * nn.functional.softplus(pre)).sum(1)
+        bias, weight = self._potential_heads(self._features(check_time(t, x.shape[0]), cond))
+        return (weight * nn.functional.softplus(flat @ self.potential_proj.T + bias)).sum(1)
 
     def potential_gradient(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """``grad_x phi(x; t, c)`` (B, dim) of the convex potential (zeros without one)."""
         flat = x.reshape(x.shape[0], -1)
         if not self.potential:
             return torch.zeros_like(flat)
-        return self._potential_gradient(flat, self._features(check_time(t, x.shape[0]), cond))
+        heads = self._potential_heads(self._features(check_time(t, x.shape[0]), cond))
+        return self._potential_gradient(flat, *heads)
 
-    def _potential_gradient(self, flat: Tensor, h: Tensor) -> Tensor:
+    def _potential_gradient(self, flat: Tensor, bias: Tensor, weight: Tensor) -> Tensor:
         proj = self.potential_proj.to(flat.dtype)
-        pre = flat @ proj.T + self.potential_bias_head(h).to(flat.dtype)
-        weight = nn.functional.softplus(self.potential_weight_head(h)).to(flat.dtype)
-        return (weight * torch.sigmoid(pre)) @ proj
+        pre = flat @ proj.T + bias.to(flat.dtype)
+        return (weight.to(flat.dtype) * torch.sigmoid(pre)) @ proj
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         b = x.shape[0]
@@ -217,8 +219,10 @@ class ContractingResidual(nn.Module):
             col = d[:, :, None]
             kd = kd + (u @ (v.transpose(1, 2) @ col) - v @ (u.transpose(1, 2) @ col))[:, :, 0]
         if self.potential:
+            heads = self._potential_heads(h)  # once for both evaluations
             centre = centre.to(flat.dtype)
-            kd = kd + self._potential_gradient(flat, h) - self._potential_gradient(centre, h)
+            pull = self._potential_gradient(flat, *heads)
+            kd = kd + pull - self._potential_gradient(centre, *heads)
         return (-kd).reshape(x.shape)
 
 

@@ -78,7 +78,7 @@ def test_potential_gradient_is_the_gradient_of_a_convex_potential():
     assert bool((mid <= (r.potential_energy(x, t) + r.potential_energy(y, t)) / 2 + 1e-5).all())
 
 
-def test_optional_terms_start_small_and_keep_the_centre_fixed():
+def test_optional_terms_start_small():
     x, t = torch.randn(5, 3), torch.rand(5)
     plain = ContractingResidual(3, hidden=16, mu=0.2, init_scale=0.0)
     full = ContractingResidual(3, hidden=16, mu=0.2, init_scale=0.0, skew=True, potential=16)
