@@ -13,12 +13,16 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from suite_tasks import TASKS
+
+REPLAY = Path(__file__).resolve().parent / "results" / "selection_replay.json"
 
 NAMES = {
     "pretrained": "pretrained (not post-trained)",
@@ -248,6 +252,39 @@ def guards(data: dict[str, Any]) -> list[str]:
         f"* **A guard warned** in {warned} of {len(runs)} runs: "
         + ", ".join(f"'{k}' in {n}" for k, n in kinds.items())
         + ".",
+        *replayed_selection(),
+    ]
+
+
+def replayed_selection() -> list[str]:
+    """What a selection rule that favours the start would have done (``selection_replay.json``,
+    written by ``bench_selection_replay.py`` from the runs' logged held-out checks)."""
+    if not REPLAY.is_file():
+        return []
+    rules = json.loads(REPLAY.read_text())["rules"]
+    parts = []
+    for name, r in rules.items():
+        if not name.startswith("start_favoured_"):
+            continue
+        parts.append(
+            f"beaten by {name.rsplit('_', 1)[1]} x the held-out noise: keeps the start instead of "
+            f"the library's pick in {r['kept_start_instead']} runs, {r['of_which_were_worse_than_pretrained']} of "
+            f"them worse than the pretrained flow (fixed) and {r['of_which_were_wins_lost']} "
+            f"wins lost (mean W2 given back {r['mean_w2_lost_on_those_wins']}); at most "
+            f"{r['worse_runs_left']} worse runs left"
+        )
+    return [
+        f"* **Would a rule that keeps the starting model unless a later check beats it have "
+        f"avoided the worse runs?** Replayed on the {rules['runs']} FAIL runs' logged held-out "
+        f"checks (`benchmarks/bench_selection_replay.py`, `selection_replay.json`; the "
+        f"library's own rule reproduces {rules['replay_matches']} of the {rules['runs']} "
+        f"recorded picks): keep the start unless "
+        + "; ".join(parts)
+        + ". It fixes fewer runs than it spoils: on so few held-out points the "
+        "pretrained flow often scores as low as a much better post-trained model (on the "
+        "held-out points it is judged on, not on fresh data), so the library keeps its "
+        "later-model-wins-within-noise rule (held out: 5, 20 and 82 points at 64, 256 and 1024 "
+        "demonstrations).",
     ]
 
 
