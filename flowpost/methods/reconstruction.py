@@ -59,7 +59,7 @@ from flowpost.methods.base import (
 )
 from flowpost.methods.components.common import drop_labels, flow_matching_loss
 from flowpost.nets.config import NetConfig
-from flowpost.nets.contracting import ResidualField
+from flowpost.nets.contracting import ANCHOR_MODES, ResidualField
 from flowpost.nets.factory import build_contracting_residual
 
 FIXED_SOLVERS = ["euler", "midpoint", "heun", "rk4"]
@@ -136,6 +136,13 @@ class ResidualReconstructionConfig(ReconstructionConfig):
         "width of a convex potential phi whose gradient the residual also subtracts "
         "(nonlinear in x; same bound; 0: none)",
         min=0,
+    )
+    residual_anchor: str = option(
+        "none",
+        "how the pretrained field's one-step end point a(c) = v_pre(0, 0, c) enters the "
+        "residual: none, centre (m = t a(c) + learned), input (a feature of the (t, c) MLP), "
+        "both (x-independent: same bound)",
+        choices=ANCHOR_MODES,
     )
 
     def __post_init__(self) -> None:
@@ -291,6 +298,7 @@ class ResidualReconstruction(Reconstruction):
             rank=c.residual_rank,
             skew=c.residual_skew,
             potential=c.residual_potential,
+            anchor=c.residual_anchor,
         )
         return ResidualField(base, residual)
 

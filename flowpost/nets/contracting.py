@@ -22,6 +22,15 @@ stays ``-(L L^T + mu I) - H`` with ``H`` positive semi-definite):
   ``r = -K (x - m) - (grad phi(x) - grad phi(m))``: the potential less its linear part at
   ``m`` (still convex), so that ``m`` stays the residual's fixed point.
 
+``anchor`` lets the residual see where the frozen pretrained field points for each condition:
+``a(c) = base(0, 0, c)``, the pretrained field at the origin at ``t = 0`` (its one-step
+prediction of the end point from the mean noise), is passed in by :class:`ResidualField`.
+With ``anchor="centre"`` the centre is ``m = t a(c) + m_psi(t, c)``: the residual pulls
+towards the straight path to that prediction plus a learned offset, instead of having to
+regress the whole policy into ``m_psi`` from scratch; ``"input"`` feeds ``a(c)`` to the
+``(t, c)`` MLP as a feature; ``"both"`` does both. ``a`` does not depend on ``x``, so the
+Jacobian and the bound are unchanged.
+
 :class:`ResidualField` adds such a residual to a frozen pretrained field:
 ``v = base(x, t, c) + residual(x, t, c)``.
 
@@ -56,6 +65,8 @@ class ContractingResidual(nn.Module):
             otherwise (a full factor of a 784-pixel image would need 300k outputs).
         skew: add a skew-symmetric ``S(t, c)`` (same rank as ``L``) to the gain.
         potential: width of the convex potential whose gradient is subtracted (0: none).
+        anchor: ``"none"``, ``"centre"``, ``"input"`` or ``"both"``: how the pretrained
+            field's anchor ``a(c)`` (module docstring) enters; every call then needs it.
 
     ``m`` starts at zero and ``L`` small, so initially ``r ~ -mu x``: a mild pull towards the
     origin that training then re-centres. ``S`` starts at zero and the potential's weights
@@ -84,6 +95,7 @@ class ContractingResidual(nn.Module):
         init_scale: float = 0.1,
         skew: bool = False,
         potential: int = 0,
+        anchor: str = "none",
     ) -> None:
         super().__init__()
         if dim < 1:
@@ -94,8 +106,11 @@ class ContractingResidual(nn.Module):
             raise ValueError(f"rank must be >= 1 or None (automatic), got {rank}")
         if potential < 0:
             raise ValueError(f"potential must be >= 0 (0: no convex potential), got {potential}")
+        if anchor not in ANCHOR_MODES:
+            raise ValueError(f"anchor must be one of {', '.join(ANCHOR_MODES)}, got {anchor!r}")
         self.dim = dim
         self.mu = float(mu)
+        self.anchor = anchor
         self.full = rank is None and dim <= 32
         self.rank = dim if self.full else (rank or 8)
         self.time_embed = TimeEmbedding(hidden, time_embed_dim, scale=time_scale)
@@ -139,16 +154,38 @@ class ContractingResidual(nn.Module):
             # that a few hundred steps of Adam (lr 1e-3 moves a bias ~0.001 a step) cannot
             # grow it (at softplus(-6) it stayed negligible through ResFT-FM's 400 steps)
             nn.init.constant_(self.potential_weight_head.bias, -3.0)
+        # zero-initialised: the anchor as a feature changes nothing until training moves it
+        self.anchor_embed = nn.Linear(dim, hidden) if anchor in ("input", "both") else None
+        if self.anchor_embed is not None:
+            nn.init.zeros_(self.anchor_embed.weight)
+            nn.init.zeros_(self.anchor_embed.bias)
 
-    def _features(self, t: Tensor, cond: Tensor | None) -> Tensor:
+    def _anchor(self, anchor: Tensor | None, batch: int) -> Tensor | None:
+        if self.anchor == "none":
+            return None
+        if anchor is None:
+            raise ValueError(
+                f"this ContractingResidual was built with anchor={self.anchor!r}: pass the "
+                "pretrained field's anchor a(c) (ResidualField does)"
+            )
+        return anchor.reshape(batch, self.dim)
+
+    def _features(self, t: Tensor, cond: Tensor | None, anchor: Tensor | None = None) -> Tensor:
         embedded = conditioning(self.time_embed, self.cond_embed, t, cond, t.shape[0], t.device)
+        if self.anchor_embed is not None and anchor is not None:
+            embedded = embedded + self.anchor_embed(anchor.to(embedded.dtype))
         return self.trunk(embedded)
 
-    def factor_and_centre(self, t: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def factor_and_centre(
+        self, t: Tensor, cond: Tensor | None = None, anchor: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``L`` (B, dim, rank) and ``m`` (B, dim) for times ``t`` (B,) and conditions."""
-        return self._factor_and_centre(self._features(t, cond))
+        a = self._anchor(anchor, t.shape[0])
+        return self._factor_and_centre(self._features(t, cond, a), t, a)
 
-    def _factor_and_centre(self, h: Tensor) -> tuple[Tensor, Tensor]:
+    def _factor_and_centre(
+        self, h: Tensor, t: Tensor, anchor: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         b = h.shape[0]
         raw = self.factor_head(h)
         if self.full:
@@ -156,18 +193,22 @@ class ContractingResidual(nn.Module):
             factor[:, self._rows, self._cols] = raw
         else:
             factor = raw.reshape(b, self.dim, self.rank)
-        return factor, self.centre_head(h)
+        centre = self.centre_head(h)
+        if anchor is not None and self.anchor in ("centre", "both"):
+            centre = centre + t[:, None].to(centre.dtype) * anchor.to(centre.dtype)
+        return factor, centre
 
     def _skew_factors(self, h: Tensor) -> tuple[Tensor, Tensor]:
         b = h.shape[0]
         u = self.skew_u_head(h).reshape(b, self.dim, self.rank)
         return u, self.skew_v_head(h).reshape(b, self.dim, self.rank)
 
-    def gain(self, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def gain(self, t: Tensor, cond: Tensor | None = None, anchor: Tensor | None = None) -> Tensor:
         """The matrix ``K = L L^T + mu I (+ S)`` (B, dim, dim); its symmetric part's eigenvalues
         are all >= mu (``S``, with ``skew``, is skew-symmetric)."""
-        h = self._features(t, cond)
-        factor, _ = self._factor_and_centre(h)
+        a = self._anchor(anchor, t.shape[0])
+        h = self._features(t, cond, a)
+        factor, _ = self._factor_and_centre(h, t, a)
         eye = torch.eye(self.dim, device=factor.device, dtype=factor.dtype)
         gain = factor @ factor.transpose(1, 2) + self.mu * eye
         if self.skew:
@@ -179,20 +220,30 @@ class ContractingResidual(nn.Module):
         """The potential's biases ``b`` and non-negative weights ``a`` (B, P) for features ``h``."""
         return self.potential_bias_head(h), nn.functional.softplus(self.potential_weight_head(h))
 
-    def potential_energy(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def _heads_features(
+        self, x: Tensor, t: Tensor, cond: Tensor | None, anchor: Tensor | None
+    ) -> Tensor:
+        b = x.shape[0]
+        return self._features(check_time(t, b), cond, self._anchor(anchor, b))
+
+    def potential_energy(
+        self, x: Tensor, t: Tensor, cond: Tensor | None = None, anchor: Tensor | None = None
+    ) -> Tensor:
         """The convex potential ``phi(x; t, c)`` (B,) whose gradient the field subtracts."""
         flat = x.reshape(x.shape[0], -1)
         if not self.potential:
             return flat.new_zeros(flat.shape[0])
-        bias, weight = self._potential_heads(self._features(check_time(t, x.shape[0]), cond))
+        bias, weight = self._potential_heads(self._heads_features(x, t, cond, anchor))
         return (weight * nn.functional.softplus(flat @ self.potential_proj.T + bias)).sum(1)
 
-    def potential_gradient(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def potential_gradient(
+        self, x: Tensor, t: Tensor, cond: Tensor | None = None, anchor: Tensor | None = None
+    ) -> Tensor:
         """``grad_x phi(x; t, c)`` (B, dim) of the convex potential (zeros without one)."""
         flat = x.reshape(x.shape[0], -1)
         if not self.potential:
             return torch.zeros_like(flat)
-        heads = self._potential_heads(self._features(check_time(t, x.shape[0]), cond))
+        heads = self._potential_heads(self._heads_features(x, t, cond, anchor))
         return self._potential_gradient(flat, *heads)
 
     def _potential_gradient(self, flat: Tensor, bias: Tensor, weight: Tensor) -> Tensor:
@@ -200,7 +251,9 @@ class ContractingResidual(nn.Module):
         pre = flat @ proj.T + bias.to(flat.dtype)
         return (weight.to(flat.dtype) * torch.sigmoid(pre)) @ proj
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Tensor | None = None, anchor: Tensor | None = None
+    ) -> Tensor:
         b = x.shape[0]
         flat = x.reshape(b, -1)
         if flat.shape[1] != self.dim:
@@ -208,8 +261,10 @@ class ContractingResidual(nn.Module):
                 f"ContractingResidual was built for {self.dim} features, got input "
                 f"of shape {tuple(x.shape)}"
             )
-        h = self._features(check_time(t, b).to(x.device), cond)
-        factor, centre = self._factor_and_centre(h)
+        tb = check_time(t, b).to(x.device)
+        a = self._anchor(anchor, b)
+        h = self._features(tb, cond, a)
+        factor, centre = self._factor_and_centre(h, tb, a)
         d = flat - centre.to(flat.dtype)
         factor = factor.to(flat.dtype)
         # K d = L (L^T d) + mu d, without forming K (cheap for the low-rank factor)
@@ -257,7 +312,21 @@ class ResidualField(nn.Module):
         return self
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return self.base(x, t, cond) + self.residual(x, t, cond)
+        if getattr(self.residual, "anchor", "none") == "none":
+            return self.base(x, t, cond) + self.residual(x, t, cond)
+        # the anchor a(c) = base(0, 0, c) rides in the same base call as the velocity (one
+        # batch of 2B); it does not depend on x, so the residual's Jacobian is unchanged
+        b = x.shape[0]
+        tb = check_time(t, b).to(x.device)
+        both = self.base(
+            torch.cat([x, torch.zeros_like(x)]),
+            torch.cat([tb, torch.zeros_like(tb)]),
+            None if cond is None else torch.cat([cond, cond]),
+        )
+        velocity, anchor = both[:b], both[b:].detach()
+        return velocity + self.residual(x, tb, cond, anchor=anchor.reshape(b, -1))
 
 
-__all__ = ["ContractingResidual", "ResidualField"]
+ANCHOR_MODES = ("none", "centre", "input", "both")
+
+__all__ = ["ANCHOR_MODES", "ContractingResidual", "ResidualField"]

@@ -147,6 +147,7 @@ def build_contracting_residual(
     rank: int | None = None,
     skew: bool = False,
     potential: int = 0,
+    anchor: str = "none",
 ) -> ContractingResidual:
     """The residual ``r = -(L L^T + mu I (+ S))(x - m(t, c)) (- grad phi)`` of ResFT-FM for data
     ``spec``: its symmetric Jacobian part is ``<= -mu`` for every input (``mu`` must be > 0)."""
@@ -161,6 +162,7 @@ def build_contracting_residual(
         rank=rank,
         skew=skew,
         potential=potential,
+        anchor=anchor,
     )
 
 

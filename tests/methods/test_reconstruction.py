@@ -174,6 +174,14 @@ def test_the_residual_settings_reach_the_residual() -> None:
     assert float(residual.potential_weight_head.bias.grad.abs().max()) > 0
     with pytest.raises(ConfigError, match=r"^method\.residual_potential"):
         build_run_config({"method": {"name": "resft_fm", "residual_potential": -1}})
+    anchored = ResidualReconstruction(
+        ResidualReconstructionConfig(encode_nfe=8, residual_anchor="both"), spec, NET
+    )
+    assert isinstance(anchored.policy, ResidualField)
+    assert getattr(anchored.policy.residual, "anchor", None) == "both"
+    sum(anchored.losses(batch).values()).backward()
+    with pytest.raises(ConfigError, match=r"^method\.residual_anchor"):
+        build_run_config({"method": {"name": "resft_fm", "residual_anchor": "base"}})
 
 
 def test_resft_trains_only_the_residual_and_ft_fm_trains_the_whole_policy() -> None:

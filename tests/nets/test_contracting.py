@@ -179,6 +179,51 @@ def test_residual_field_freezes_the_base():
     assert all(p.grad is None for p in base.parameters())
 
 
+@pytest.mark.parametrize("mode", ["centre", "input", "both"])
+def test_the_anchor_keeps_the_bound(mode):
+    """The anchor a(c) is a function of the condition only: the Jacobian stays -K."""
+    mu = 0.3
+    r = perturb(ContractingResidual(4, hidden=16, mu=mu, cond_dim=2, anchor=mode), std=0.3)
+    for _ in range(3):
+        x, t, c, a = torch.randn(1, 4) * 2, torch.rand(1), torch.randn(1, 2), torch.randn(1, 4)
+        jac = jacobian(lambda z, t=t, c=c, a=a: r(z, t, c, anchor=a), x)[0, :, 0, :]
+        torch.testing.assert_close(jac, -r.gain(t, c, anchor=a)[0], atol=1e-5, rtol=1e-4)
+        sym = 0.5 * (jac + jac.T)
+        assert float(torch.linalg.eigvalsh(sym.double()).max()) <= -mu + 1e-5
+
+
+def test_the_anchored_centre_starts_on_the_straight_path_to_the_anchor():
+    r = ContractingResidual(3, hidden=16, mu=0.2, cond_dim=2, anchor="centre")
+    t, c, a = torch.rand(5), torch.randn(5, 2), torch.randn(5, 3)
+    _, centre = r.factor_and_centre(t, c, anchor=a)
+    torch.testing.assert_close(centre, t[:, None] * a)  # the learned offset starts at zero
+    # so a state on that path is pulled nowhere at the start
+    torch.testing.assert_close(r(t[:, None] * a, t, c, anchor=a), torch.zeros(5, 3))
+    # as an input only, the anchor changes nothing until training moves its embedding
+    plain = perturb(ContractingResidual(3, hidden=16, mu=0.2, cond_dim=2), std=0.3)
+    fed = ContractingResidual(3, hidden=16, mu=0.2, cond_dim=2, anchor="input")
+    fed.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(5, 3)
+    torch.testing.assert_close(fed(x, t, c, anchor=a), plain(x, t, c))
+    perturb(fed.anchor_embed, std=0.5)
+    assert not torch.allclose(fed(x, t, c, anchor=a), plain(x, t, c))
+
+
+def test_the_residual_field_passes_the_base_one_step_end_point_as_the_anchor():
+    base = perturb(MLPVelocity(3, hidden=16, depth=1, cond_dim=2))
+    res = perturb(ContractingResidual(3, hidden=16, mu=0.1, cond_dim=2, anchor="both"))
+    field = ResidualField(base, res)
+    x, t, c = torch.randn(6, 3), torch.rand(6), torch.randn(6, 2)
+    anchor = base(torch.zeros(6, 3), torch.zeros(6), c)
+    torch.testing.assert_close(field(x, t, c), base(x, t, c) + res(x, t, c, anchor=anchor))
+    # a scalar time works as for any field
+    torch.testing.assert_close(field(x, torch.tensor(0.5), c), field(x, torch.full((6,), 0.5), c))
+    x.requires_grad_(True)
+    field(x, t, c).sum().backward()
+    assert all(p.grad is None for p in base.parameters())
+    assert res.anchor_embed is not None and res.anchor_embed.weight.grad is not None
+
+
 def test_errors():
     with pytest.raises(ValueError, match="mu must be > 0"):
         ContractingResidual(2, mu=0.0)
@@ -186,3 +231,7 @@ def test_errors():
         ContractingResidual(2, hidden=8)(torch.randn(3, 4), torch.rand(3))
     with pytest.raises(ValueError, match="potential must be >= 0"):
         ContractingResidual(2, potential=-1)
+    with pytest.raises(ValueError, match="anchor must be one of"):
+        ContractingResidual(2, anchor="base")
+    with pytest.raises(ValueError, match="pass the pretrained field's anchor"):
+        ContractingResidual(2, hidden=8, anchor="centre")(torch.randn(3, 2), torch.rand(3))
