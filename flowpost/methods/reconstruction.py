@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -144,9 +145,19 @@ class ResidualReconstructionConfig(ReconstructionConfig):
         "both (x-independent: same bound)",
         choices=ANCHOR_MODES,
     )
+    residual_anchor_net: str = option(
+        "frozen",
+        "where the anchor a(c) comes from: frozen (the pretrained field) or trained (a copy of "
+        "it, fine-tuned with the residual; still x-independent)",
+        choices=["frozen", "trained"],
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.residual_anchor_net == "trained" and self.residual_anchor == "none":
+            raise ConfigError(
+                "residual_anchor_net: 'trained' needs residual_anchor centre, input or both"
+            )
         if not self.mu > 0:
             raise ConfigError(
                 f"mu: must be > 0 (the residual's guaranteed contraction rate), got {self.mu}"
@@ -291,6 +302,9 @@ class ResidualReconstruction(Reconstruction):
     def build_policy(self) -> nn.Module:
         c = self.config
         base = self.velocity_net()
+        anchor_net = None
+        if c.residual_anchor_net == "trained":
+            anchor_net = copy.deepcopy(base)  # before ResidualField freezes the base
         residual = build_contracting_residual(
             self.spec,
             mu=c.mu,
@@ -299,8 +313,20 @@ class ResidualReconstruction(Reconstruction):
             skew=c.residual_skew,
             potential=c.residual_potential,
             anchor=c.residual_anchor,
+            anchor_net=anchor_net,
         )
         return ResidualField(base, residual)
+
+    def anchor_net(self) -> nn.Module | None:
+        """The trained anchor's network (a copy of the pretrained field), if there is one."""
+        assert isinstance(self.policy, ResidualField)
+        return getattr(self.policy.residual, "anchor_net", None)
+
+    def load_pretrained(self, state: Mapping[str, Tensor]) -> None:
+        super().load_pretrained(state)
+        own = self.anchor_net()
+        if own is not None:  # the trained anchor starts as the pretrained field
+            load_matching(own, state, type(self).__name__)
 
     def base_field(self) -> nn.Module:
         assert isinstance(self.policy, ResidualField) and isinstance(self.policy.base, nn.Module)

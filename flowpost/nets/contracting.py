@@ -29,7 +29,10 @@ With ``anchor="centre"`` the centre is ``m = t a(c) + m_psi(t, c)``: the residua
 towards the straight path to that prediction plus a learned offset, instead of having to
 regress the whole policy into ``m_psi`` from scratch; ``"input"`` feeds ``a(c)`` to the
 ``(t, c)`` MLP as a feature; ``"both"`` does both. ``a`` does not depend on ``x``, so the
-Jacobian and the bound are unchanged.
+Jacobian and the bound are unchanged. With ``anchor_net`` (a field shaped like the base, e.g.
+a copy of it) the anchor is ``anchor_net(0, 0, c)`` instead, and trains with the residual:
+the end point the residual pulls towards is then fine-tuned from the pretrained field's own
+features, still without any dependence on ``x``.
 
 :class:`ResidualField` adds such a residual to a frozen pretrained field:
 ``v = base(x, t, c) + residual(x, t, c)``.
@@ -67,6 +70,8 @@ class ContractingResidual(nn.Module):
         potential: width of the convex potential whose gradient is subtracted (0: none).
         anchor: ``"none"``, ``"centre"``, ``"input"`` or ``"both"``: how the pretrained
             field's anchor ``a(c)`` (module docstring) enters; every call then needs it.
+        anchor_net: a trainable field ``(x, t, c) -> x``-shaped whose value at ``(0, 0, c)``
+            is the anchor (:class:`ResidualField` evaluates it); ``None``: the frozen base's.
 
     ``m`` starts at zero and ``L`` small, so initially ``r ~ -mu x``: a mild pull towards the
     origin that training then re-centres. ``S`` starts at zero and the potential's weights
@@ -96,6 +101,7 @@ class ContractingResidual(nn.Module):
         skew: bool = False,
         potential: int = 0,
         anchor: str = "none",
+        anchor_net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if dim < 1:
@@ -111,6 +117,9 @@ class ContractingResidual(nn.Module):
         self.dim = dim
         self.mu = float(mu)
         self.anchor = anchor
+        if anchor_net is not None and anchor == "none":
+            raise ValueError("anchor_net needs an anchor mode (centre, input or both)")
+        self.anchor_net = anchor_net
         self.full = rank is None and dim <= 32
         self.rank = dim if self.full else (rank or 8)
         self.time_embed = TimeEmbedding(hidden, time_embed_dim, scale=time_scale)
@@ -314,6 +323,12 @@ class ResidualField(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         if getattr(self.residual, "anchor", "none") == "none":
             return self.base(x, t, cond) + self.residual(x, t, cond)
+        own = getattr(self.residual, "anchor_net", None)
+        if own is not None:  # a trained anchor: its own network, gradients kept
+            b = x.shape[0]
+            tb = check_time(t, b).to(x.device)
+            anchor = own(torch.zeros_like(x), torch.zeros_like(tb), cond).reshape(b, -1)
+            return self.base(x, tb, cond) + self.residual(x, tb, cond, anchor=anchor)
         # the anchor a(c) = base(0, 0, c) rides in the same base call as the velocity (one
         # batch of 2B); it does not depend on x, so the residual's Jacobian is unchanged
         b = x.shape[0]

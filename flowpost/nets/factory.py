@@ -148,6 +148,7 @@ def build_contracting_residual(
     skew: bool = False,
     potential: int = 0,
     anchor: str = "none",
+    anchor_net: nn.Module | None = None,
 ) -> ContractingResidual:
     """The residual ``r = -(L L^T + mu I (+ S))(x - m(t, c)) (- grad phi)`` of ResFT-FM for data
     ``spec``: its symmetric Jacobian part is ``<= -mu`` for every input (``mu`` must be > 0)."""
@@ -163,6 +164,7 @@ def build_contracting_residual(
         skew=skew,
         potential=potential,
         anchor=anchor,
+        anchor_net=anchor_net,
     )
 
 

@@ -224,6 +224,27 @@ def test_the_residual_field_passes_the_base_one_step_end_point_as_the_anchor():
     assert res.anchor_embed is not None and res.anchor_embed.weight.grad is not None
 
 
+def test_a_trained_anchor_net_keeps_the_bound_and_gets_the_gradient():
+    base = perturb(MLPVelocity(3, hidden=16, depth=1, cond_dim=2))
+    own = perturb(MLPVelocity(3, hidden=16, depth=1, cond_dim=2))
+    res = perturb(
+        ContractingResidual(3, hidden=16, mu=0.2, cond_dim=2, anchor="centre", anchor_net=own)
+    )
+    field = ResidualField(base, res)
+    x, t, c = torch.randn(4, 3), torch.rand(4), torch.randn(4, 2)
+    anchor = own(torch.zeros(4, 3), torch.zeros(4), c)
+    torch.testing.assert_close(field(x, t, c), base(x, t, c) + res(x, t, c, anchor=anchor))
+    # the field's Jacobian less the base's is -K: the anchor net adds nothing in x
+    x1, t1, c1 = x[:1], t[:1], c[:1]
+    jac = jacobian(lambda z: field(z, t1, c1) - base(z, t1, c1), x1)[0, :, 0, :]
+    torch.testing.assert_close(jac, -res.gain(t1, c1, anchor=anchor[:1])[0], atol=1e-5, rtol=1e-4)
+    field(x, t, c).pow(2).sum().backward()
+    assert all(p.grad is not None for p in own.parameters())
+    assert all(p.grad is None for p in base.parameters())
+    with pytest.raises(ValueError, match="anchor_net needs an anchor mode"):
+        ContractingResidual(3, anchor_net=own)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="mu must be > 0"):
         ContractingResidual(2, mu=0.0)
