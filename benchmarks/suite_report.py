@@ -267,9 +267,10 @@ def replayed_selection() -> list[str]:
         if not name.startswith("start_favoured_"):
             continue
         parts.append(
-            f"beaten by {name.rsplit('_', 1)[1]} x the held-out noise: keeps the start instead of "
-            f"the library's pick in {r['kept_start_instead']} runs, {r['of_which_were_worse_than_pretrained']} of "
-            f"them worse than the pretrained flow (fixed) and {r['of_which_were_wins_lost']} "
+            f"beaten by {name.rsplit('_', 1)[1]} x the held-out noise: keeps the start "
+            f"instead of the library's pick in {r['kept_start_instead']} runs, "
+            f"{r['of_which_were_worse_than_pretrained']} of them worse than the pretrained "
+            f"flow (fixed) and {r['of_which_were_wins_lost']} "
             f"wins lost (mean W2 given back {r['mean_w2_lost_on_those_wins']}); at most "
             f"{r['worse_runs_left']} worse runs left"
         )

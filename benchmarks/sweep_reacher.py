@@ -140,6 +140,22 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
         "resft_fm",
         ("method.residual_skew=true", "method.residual_potential=64"),
     ),
+    # session 10: a centre that starts on the straight path to the pretrained field's own
+    # one-step end point a(c) = v_pre(0, 0, c), so that the residual's net of (t, c) need not
+    # regress the whole policy from 200 demonstrations; as a feature too; with the rotation;
+    # with a(c) from a trained copy of the pretrained field (its features, fine-tuned)
+    ("resft_fm/anchor_centre", "resft_fm", ("method.residual_anchor=centre",)),
+    ("resft_fm/anchor_both", "resft_fm", ("method.residual_anchor=both",)),
+    (
+        "resft_fm/anchor_centre_skew",
+        "resft_fm",
+        ("method.residual_anchor=centre", "method.residual_skew=true"),
+    ),
+    (
+        "resft_fm/anchor_centre_trained",
+        "resft_fm",
+        ("method.residual_anchor=centre", "method.residual_anchor_net=trained"),
+    ),
 ]
 
 
