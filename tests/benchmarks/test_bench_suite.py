@@ -162,7 +162,8 @@ def test_report_names_runs_that_kept_their_start_and_guard_warnings():
             },
         }
     }
-    start, warned = suite_report.guards(data)
+    start, warned, *replayed = suite_report.guards(data)
+    assert all("start" in line for line in replayed)  # the replay bullet, when its JSON exists
     assert "in 1 of 2 post-training runs: t/sft/d64/k0/s0." in start
     assert "in 1 of 2 runs" in warned and "'the discriminator dominates' in 1" in warned
     assert "'collapse on held-out demos' in 0" in warned
