@@ -55,6 +55,9 @@ from torch import Tensor, nn
 
 from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, check_time, conditioning
 
+# how the pretrained field's anchor a(c) enters the residual (ContractingResidual's docstring)
+ANCHOR_MODES = ("none", "centre", "input", "both")
+
 
 class ContractingResidual(nn.Module):
     """``r(x, t, c) = -(L L^T + mu I)(x - m)`` with ``L, m`` functions of ``(t, c)`` only.
@@ -323,16 +326,14 @@ class ResidualField(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         if getattr(self.residual, "anchor", "none") == "none":
             return self.base(x, t, cond) + self.residual(x, t, cond)
+        b = x.shape[0]
+        tb = check_time(t, b).to(x.device)
         own = getattr(self.residual, "anchor_net", None)
         if own is not None:  # a trained anchor: its own network, gradients kept
-            b = x.shape[0]
-            tb = check_time(t, b).to(x.device)
             anchor = own(torch.zeros_like(x), torch.zeros_like(tb), cond).reshape(b, -1)
             return self.base(x, tb, cond) + self.residual(x, tb, cond, anchor=anchor)
         # the anchor a(c) = base(0, 0, c) rides in the same base call as the velocity (one
         # batch of 2B); it does not depend on x, so the residual's Jacobian is unchanged
-        b = x.shape[0]
-        tb = check_time(t, b).to(x.device)
         both = self.base(
             torch.cat([x, torch.zeros_like(x)]),
             torch.cat([tb, torch.zeros_like(tb)]),
@@ -341,7 +342,5 @@ class ResidualField(nn.Module):
         velocity, anchor = both[:b], both[b:].detach()
         return velocity + self.residual(x, tb, cond, anchor=anchor.reshape(b, -1))
 
-
-ANCHOR_MODES = ("none", "centre", "input", "both")
 
 __all__ = ["ANCHOR_MODES", "ContractingResidual", "ResidualField"]
