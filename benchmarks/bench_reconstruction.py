@@ -25,6 +25,11 @@ interrupted run resumes where it stopped; trained run folders are reused):
   lost against the pretrained policy; the discretisation gap of its ``z = 0`` map at 2 and 4
   Euler steps to the pretrained policy's accurate map (16 RK4 steps); and FT-FM's objective,
   the reconstruction error of training and held-out chunks encoded by the pretrained field.
+* ``confirm``: for named run folders (``--runs LABEL=RUN``, as for ``misses``), each
+  deterministic policy at NFE 1, 2, 4, 10 on fresh evaluation episodes (``--blocks`` x
+  ``--block-episodes``, disjoint from the recipes' evaluation episodes), every episode's
+  success recorded, so that each fine-tuned policy is compared with its own pretrained
+  policy episode by episode (a sign test on the episodes only one of the two solves).
 * ``digits``: pretrain on sklearn digits, FT-FM at 2 NFE; reconstruction error (encode
   held-out digits by 32 RK4 steps, decode at K Euler steps) and sample Frechet distance at
   NFE 1, 2, 4, before and after.
@@ -402,6 +407,29 @@ ACCURATE_NFE = 64  # evaluations (16 RK4 steps) of the pretrained policy's refer
 GAP_CONDITIONS = 2000  # held-out conditions the z = 0 gap is averaged over
 
 
+def recorded_rollouts(
+    ev: Any, nfe: int, episodes: int, seed: int
+) -> tuple[dict[str, Any], list[float], float]:
+    """``ev.rollouts`` (an evaluator with a robot task) that also returns every episode's
+    final distance, in episode order, and the task's success threshold."""
+    assert ev.robot is not None
+    distances: list[float] = []
+    task_ = ev.robot.task
+
+    def distance(env: Any) -> float:
+        d = float(task_.distance(env))
+        distances.append(d)
+        return d
+
+    # the same roll-outs, with a task whose distance read-out also records
+    ev.robot = dataclasses.replace(ev.robot, task=dataclasses.replace(task_, distance=distance))
+    try:
+        out: dict[str, Any] = ev.rollouts(nfe, episodes=episodes, seed=seed)
+    finally:
+        ev.robot = dataclasses.replace(ev.robot, task=task_)
+    return out, distances, float(task_.threshold)
+
+
 def misses(task: str, runs: list[str]) -> None:
     """Per named run: deterministic roll-outs (noise scale 0) at the run's ``eval.nfe`` on
     its own evaluation episodes, with every episode's final distance; and the mean squared
@@ -451,20 +479,7 @@ def misses(task: str, runs: list[str]) -> None:
             run = loaded(folder)
             ec = run.config.eval
             ev = run.evaluator(with_reference=True, noise_scale=0.0)
-            assert ev.robot is not None
-            distances: list[float] = []
-            task_ = ev.robot.task
-
-            def distance(env: Any) -> float:
-                d = float(task_.distance(env))
-                distances.append(d)
-                return d
-
-            # the same roll-outs, with a task whose distance read-out also records
-            ev.robot = dataclasses.replace(
-                ev.robot, task=dataclasses.replace(task_, distance=distance)
-            )
-            out: dict[str, Any] = ev.rollouts(ec.nfe, episodes=ec.episodes, seed=ec.seed)
+            out, distances, threshold = recorded_rollouts(ev, ec.nfe, ec.episodes, ec.seed)
             ref = reference(label)
             gaps, rec = {}, {}
             target, cond = ref["z0"], ref["heldout"][1]
@@ -478,7 +493,7 @@ def misses(task: str, runs: list[str]) -> None:
                     rec[part] = float((x - x1).pow(2).mean())
             return {
                 **out,
-                "threshold": task_.threshold,
+                "threshold": threshold,
                 "final_distances": [round(d, 6) for d in distances],
                 "z0_gap": gaps,
                 "reconstruction_mse": rec,
@@ -488,6 +503,63 @@ def misses(task: str, runs: list[str]) -> None:
             }
 
         cells.get(label, compute)
+
+
+# --------------------------------------------------------------------------- confirm
+
+# Fresh evaluation episodes for ``confirm``: the recipes (and every table above it in the
+# docs) evaluate on the episodes of eval seed 1234; these seeds' episodes are disjoint from
+# them (``flowpost.envs.rollout.eval_seed``: 10,000 episode seeds per evaluation seed).
+CONFIRM_SEEDS = (2026, 2027, 2028, 2029, 2030, 2031, 2032, 2033)
+
+
+def confirm(task: str, runs: list[str], blocks: int, block_episodes: int) -> None:
+    """Per named run (``--runs LABEL=RUN``, labels ``VARIANT/pN/dD/sS`` with the pretrained
+    policy's ``pretrain/pN/dD/sS`` among them) and NFE 1, 2, 4, 10: the deterministic policy
+    (noise scale 0, as the recipes deploy) rolled out on ``blocks x block_episodes`` fresh
+    evaluation episodes, recording each episode's success, so that the report can pair
+    every fine-tuned policy with its pretrained one episode by episode (a sign test on the
+    episodes only one of them solves). The scripted expert on the same episodes too."""
+    from flowpost.envs.rollout import expert_rollouts
+    from flowpost.envs.tasks import get_task
+
+    if not 1 <= blocks <= len(CONFIRM_SEEDS):
+        raise SystemExit(f"confirm: --blocks must be 1..{len(CONFIRM_SEEDS)}")
+    seeds = CONFIRM_SEEDS[:blocks]
+    cells = Cells(RESULTS / f"reconstruction_confirm_{task}.json")
+    setting = {"eval_seeds": list(seeds), "block_episodes": block_episodes}
+    if cells.get("setting", lambda: setting) != setting:
+        raise SystemExit(f"{cells.path} was measured with {cells.data['setting']}")
+    cells.get(
+        "expert",
+        lambda: pooled(
+            [expert_rollouts(get_task(task), episodes=block_episodes, seed=s) for s in seeds]
+        ),
+    )
+    for label, folder in (r.split("=", 1) for r in runs):
+        run = None
+        for nfe in NFES:
+            key = f"{label}/nfe{nfe}"
+            if key in cells.data:
+                continue
+            run = run or load_run(Path(folder))
+
+            def compute(run: Any = run, nfe: int = nfe, folder: str = folder) -> dict[str, Any]:
+                ev = run.evaluator(with_reference=True, noise_scale=0.0)
+                outs, solved = [], []
+                for s in seeds:
+                    out, dist, threshold = recorded_rollouts(ev, nfe, block_episodes, s)
+                    outs.append(out)
+                    solved += ["1" if d < threshold else "0" for d in dist]
+                return {**pooled(outs), "solved": "".join(solved), "run": folder}
+
+            cells.get(key, compute)
+
+
+def pooled(outs: list[dict[str, float]]) -> dict[str, float]:
+    """Roll-out metrics of equal-sized blocks of episodes, pooled (their means)."""
+    keys = ("success_rate", "final_distance", "return")
+    return {k: statistics.fmean(float(o[k]) for o in outs) for k in keys}
 
 
 # --------------------------------------------------------------------------- digits
@@ -589,6 +661,7 @@ def main() -> None:
             "spread",
             "noise",
             "misses",
+            "confirm",
         ],
     )
     parser.add_argument("--task", default="reacher")
@@ -603,7 +676,12 @@ def main() -> None:
         "--runs",
         nargs="*",
         default=None,
-        help="contraction: LABEL=PRETRAINED_RUN,RESFT_RUN; spread, noise, misses: LABEL=RUN",
+        help="contraction: LABEL=PRETRAINED_RUN,RESFT_RUN; spread, noise, misses, confirm: "
+        "LABEL=RUN",
+    )
+    parser.add_argument("--blocks", type=int, default=4, help="confirm: blocks of episodes")
+    parser.add_argument(
+        "--block-episodes", type=int, default=1000, help="confirm: episodes per block"
     )
     parser.add_argument(
         "--pretrain-steps", type=int, default=None, help="digits: shorter pretraining"
@@ -626,6 +704,8 @@ def main() -> None:
         noise_scale(args.task, args.runs or [])
     elif args.command == "misses":
         misses(args.task, args.runs or [])
+    elif args.command == "confirm":
+        confirm(args.task, args.runs or [], args.blocks, args.block_episodes)
     elif args.command == "table":
         table(args.task)
     elif args.command == "render":

@@ -5,6 +5,7 @@ and ``<!-- /bench:NAME -->`` markers, so that no number in that page is typed by
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable
 from functools import partial
@@ -150,6 +151,8 @@ def render(task: str) -> None:
         blocks[f"noise_{task}"] = noise_table
     if (RESULTS / f"reconstruction_misses_{task}.json").is_file():
         blocks[f"misses_{task}"] = misses_table
+    if (RESULTS / f"reconstruction_confirm_{task}.json").is_file():
+        blocks[f"confirm_{task}"] = confirm_table
     for sweep, name in (
         ("reconstruction_sweep_reacher.json", "sweep_reacher"),
         (f"reconstruction_pretrain_length_{task}.json", f"length_{task}"),
@@ -252,6 +255,106 @@ def misses_table(task: str) -> str:
             f"| {label} | {c['success_rate']:.3f} | {len(fails)} | {near} | {far} | {paired} | "
             f"{gap['2']:.5f} | {gap['4']:.5f} | {rec['train']:.4f} / {rec['heldout']:.3f} |"
         )
+    return "\n".join(out)
+
+
+def sign_test_p(won: int, lost: int) -> float:
+    """Exact two-sided sign test (McNemar's exact test) on paired episodes: the probability,
+    if either policy were as likely as the other to solve an episode only one of them
+    solves, of a split at least as uneven as ``won`` / ``lost``.
+
+    >>> round(sign_test_p(9, 1), 4)
+    0.0215
+    >>> sign_test_p(5, 5)
+    1.0
+    """
+    n, k = won + lost, min(won, lost)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+SIGNIFICANCE = 0.05  # the confirm table's level: below it a paired difference is called real
+
+
+def paired_verdict(won: int, lost: int) -> str:
+    """``above`` / ``below`` where the sign test rejects a tie at ``SIGNIFICANCE``,
+    else ``level``."""
+    if sign_test_p(won, lost) >= SIGNIFICANCE:
+        return "level"
+    return "above" if won > lost else "below"
+
+
+def confirm_table(task: str) -> str:
+    """The ``confirm`` cells: per policy and NFE, deterministic success on the fresh episodes
+    (per seed and mean); then each fine-tuned policy against its own pretrained policy,
+    paired episode by episode: episodes won / lost per seed and pooled over the seeds, the
+    pooled exact sign test's p-value, and the verdict at ``SIGNIFICANCE``."""
+    data = json.loads((RESULTS / f"reconstruction_confirm_{task}.json").read_text())
+
+    from sweep_reacher import length_order, pretrained_label
+
+    setting, expert = data["setting"], data["expert"]
+    n_eps = len(setting["eval_seeds"]) * setting["block_episodes"]
+    runs = sorted({k.rsplit("/", 1)[0] for k in data if "/nfe" in k})  # variant/pN/dD/sS
+    variants = sorted({r.rsplit("/", 1)[0] for r in runs}, key=length_order)
+    out = [
+        f"{n_eps} fresh evaluation episodes per cell (eval seeds {setting['eval_seeds']}, "
+        f"{setting['block_episodes']} episodes each; disjoint from the recipes' own), every "
+        "policy deterministic (noise scale 0, as the recipes deploy), Euler at every NFE. "
+        f"Scripted expert on the same episodes: success {expert['success_rate']:.4f}, final "
+        f"distance {expert['final_distance']:.5f}.",
+        "",
+        "| policy | NFE | success (per seed) | mean | final distance (mean) | return (mean) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        seeds = sorted(r.rsplit("/", 1)[1] for r in runs if r.rsplit("/", 1)[0] == v)
+        for nfe in NFES:
+            cells = {s: data.get(f"{v}/{s}/nfe{nfe}") for s in seeds}
+            got = {s: c for s, c in cells.items() if c is not None}
+            if not got:
+                continue
+            per = ", ".join(f"{s}: {c['success_rate']:.4f}" for s, c in got.items())
+            mean = statistics.fmean(c["success_rate"] for c in got.values())
+            dist = statistics.fmean(c["final_distance"] for c in got.values())
+            ret = statistics.fmean(c["return"] for c in got.values())
+            out.append(f"| {v} | {nfe} | {per} | {mean:.4f} | {dist:.5f} | {ret:.2f} |")
+    out += [
+        "",
+        "Paired with the pretrained policy of the same seed on the same episodes: episodes "
+        "won / lost (solved by one policy only), per seed and pooled; `p`: exact two-sided "
+        f"sign test on the pooled split; verdict at p < {SIGNIFICANCE}.",
+        "",
+        "| fine-tuned policy | NFE | won / lost per seed | pooled won / lost | mean gain | p "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in variants:
+        if v == pretrained_label(v):
+            continue
+        seeds = sorted(r.rsplit("/", 1)[1] for r in runs if r.rsplit("/", 1)[0] == v)
+        for nfe in NFES:
+            per, won_all, lost_all, gains = [], 0, 0, []
+            for s in seeds:
+                mine = data.get(f"{v}/{s}/nfe{nfe}")
+                pre = data.get(f"{pretrained_label(v)}/{s}/nfe{nfe}")
+                if mine is None or pre is None:
+                    continue
+                a, b = mine["solved"], pre["solved"]
+                won = sum(x == "1" and y == "0" for x, y in zip(a, b, strict=True))
+                lost = sum(x == "0" and y == "1" for x, y in zip(a, b, strict=True))
+                per.append(f"{s}: {won} / {lost}")
+                won_all, lost_all = won_all + won, lost_all + lost
+                gains.append(mine["success_rate"] - pre["success_rate"])
+            if not per:
+                continue
+            p = sign_test_p(won_all, lost_all)
+            out.append(
+                f"| {v} | {nfe} | {', '.join(per)} | {won_all} / {lost_all} | "
+                f"{statistics.fmean(gains):+.4f} | {p:.2g} | {paired_verdict(won_all, lost_all)} |"
+            )
     return "\n".join(out)
 
 

@@ -1,0 +1,89 @@
+"""The FT-FM / ResFT-FM report (benchmarks/reconstruction_report.py): the paired sign test
+against brute-force enumeration, and the confirm table's pairing on a synthetic results file
+(nothing is trained or rolled out)."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load("reconstruction_report")
+
+
+@pytest.mark.parametrize(("won", "lost"), [(0, 0), (1, 0), (3, 3), (7, 2), (0, 9), (10, 2)])
+def test_sign_test_matches_enumerating_every_split(won, lost):
+    n = won + lost
+    observed = abs(won - lost)
+    # every assignment of the n discordant episodes to either policy, equally likely
+    extreme = sum(
+        abs(2 * sum(bits) - n) >= observed for bits in itertools.product((0, 1), repeat=n)
+    )
+    assert report.sign_test_p(won, lost) == pytest.approx(min(1.0, extreme / 2**n))
+
+
+def test_sign_test_is_symmetric_and_large_counts_stay_finite():
+    assert report.sign_test_p(30, 12) == report.sign_test_p(12, 30)
+    p = report.sign_test_p(400, 285)  # counts of the size the confirm benchmark produces
+    assert 0 < p < 1e-4
+    assert report.sign_test_p(500, 500) == 1.0
+
+
+def test_verdict_needs_significance_and_names_the_direction():
+    assert report.paired_verdict(9, 1) == "above"
+    assert report.paired_verdict(1, 9) == "below"
+    assert report.paired_verdict(6, 4) == "level"
+
+
+def _cell(solved: str, run: str = "r") -> dict:
+    rate = solved.count("1") / len(solved)
+    return {"success_rate": rate, "final_distance": 0.01, "return": -10.0, "solved": solved,
+            "run": run}  # fmt: skip
+
+
+def test_confirm_table_pairs_each_run_with_its_own_pretrained_policy(tmp_path, monkeypatch):
+    data = {
+        "setting": {"eval_seeds": [1, 2], "block_episodes": 5},
+        "expert": {"success_rate": 1.0, "final_distance": 0.0, "return": -9.0},
+    }
+    for nfe in report.NFES:
+        data[f"pretrain/p100/d10/s0/nfe{nfe}"] = _cell("1100000000")
+        data[f"pretrain/p100/d10/s1/nfe{nfe}"] = _cell("1111111111")
+        # seed 0: wins 8 episodes its pretrained policy lost, loses none
+        data[f"ft_fm/base/p100/d10/s0/nfe{nfe}"] = _cell("1111111111")
+        # seed 1: loses one against its own pretrained policy (not seed 0's)
+        data[f"ft_fm/base/p100/d10/s1/nfe{nfe}"] = _cell("0111111111")
+    (tmp_path / "reconstruction_confirm_toy.json").write_text(json.dumps(data))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    text = report.confirm_table("toy")
+    assert "10 fresh evaluation episodes per cell" in text
+    success, paired = text.split("Paired with the pretrained policy")
+    row = next(
+        line for line in paired.splitlines() if line.startswith("| ft_fm/base/p100/d10 | 2 |")
+    )
+    cols = [c.strip() for c in row.strip("|").split("|")]
+    assert cols[2] == "s0: 8 / 0, s1: 0 / 1"
+    assert cols[3] == "8 / 1"
+    assert cols[4] == "+0.3500"  # (1.0 - 0.2 + 0.9 - 1.0) / 2
+    assert float(cols[5]) == pytest.approx(report.sign_test_p(8, 1), rel=1e-2)
+    assert cols[6] == "above"  # p = 0.039
+    mean_row = next(
+        line for line in success.splitlines() if line.startswith("| pretrain/p100/d10 | 1 |")
+    )
+    assert "s0: 0.2000, s1: 1.0000 | 0.6000" in mean_row
