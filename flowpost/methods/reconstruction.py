@@ -138,6 +138,12 @@ class ResidualReconstructionConfig(ReconstructionConfig):
         "(nonlinear in x; same bound; 0: none)",
         min=0,
     )
+    residual_max_gain: float | None = option(
+        None,
+        "cap on the largest eigenvalue of the residual's symmetric gain L L^T + mu I (> mu; "
+        "None: no cap); <= 1 / h keeps every Euler step of size >= h from overshooting the "
+        "residual's centre (1: safe down to the 1-step sampler)",
+    )
     residual_anchor: str = option(
         "none",
         "how the pretrained field's one-step end point a(c) = v_pre(0, 0, c) enters the "
@@ -166,6 +172,11 @@ class ResidualReconstructionConfig(ReconstructionConfig):
         # (I - h K)(x - m) with K >= mu I: at h * mu >= 1 every direction lands on m or
         # past it, so the deployed sampler no longer contracts, it flips (on Reacher at 2
         # steps mu = 2 took success from 0.90 to 0.01; reconstruction.md, ResFT-FM's mu).
+        if self.residual_max_gain is not None and not self.residual_max_gain > self.mu:
+            raise ConfigError(
+                f"residual_max_gain: must be > mu ({self.mu}), since the gain L L^T + mu I is "
+                f"at least mu; got {self.residual_max_gain}"
+            )
         steps = self.nfe  # euler: one evaluation per step
         if self.solver == "euler" and self.mu / steps >= 1:
             raise ConfigError(
@@ -314,6 +325,7 @@ class ResidualReconstruction(Reconstruction):
             potential=c.residual_potential,
             anchor=c.residual_anchor,
             anchor_net=anchor_net,
+            max_gain=c.residual_max_gain,
         )
         return ResidualField(base, residual)
 

@@ -75,6 +75,14 @@ class ContractingResidual(nn.Module):
             field's anchor ``a(c)`` (module docstring) enters; every call then needs it.
         anchor_net: a trainable field ``(x, t, c) -> x``-shaped whose value at ``(0, 0, c)``
             is the anchor (:class:`ResidualField` evaluates it); ``None``: the frozen base's.
+        max_gain: cap on the largest eigenvalue of ``L L^T + mu I`` (> ``mu``; ``None``: no
+            cap). ``L`` is scaled down, per input, by ``sqrt((max_gain - mu) / lambda_max(L
+            L^T))`` where that ratio is below 1. The bound is the ODE's; an explicit Euler step
+            ``h`` maps ``x - m`` by ``I - h K``, which lands past ``m`` in a direction where
+            ``h K > 1`` and expands where ``h K > 2``. With ``max_gain <= 1 / h`` (and neither
+            ``skew`` nor ``potential``, which this cap does not reach) every Euler step of the
+            residual alone shrinks ``x - m`` without overshooting, at any step size down to
+            ``h``: ``max_gain = 1`` covers the 1-step sampler.
 
     ``m`` starts at zero and ``L`` small, so initially ``r ~ -mu x``: a mild pull towards the
     origin that training then re-centres. ``S`` starts at zero and the potential's weights
@@ -105,6 +113,7 @@ class ContractingResidual(nn.Module):
         potential: int = 0,
         anchor: str = "none",
         anchor_net: nn.Module | None = None,
+        max_gain: float | None = None,
     ) -> None:
         super().__init__()
         if dim < 1:
@@ -117,8 +126,11 @@ class ContractingResidual(nn.Module):
             raise ValueError(f"potential must be >= 0 (0: no convex potential), got {potential}")
         if anchor not in ANCHOR_MODES:
             raise ValueError(f"anchor must be one of {', '.join(ANCHOR_MODES)}, got {anchor!r}")
+        if max_gain is not None and not max_gain > mu:
+            raise ValueError(f"max_gain must be > mu ({mu}) or None, got {max_gain}")
         self.dim = dim
         self.mu = float(mu)
+        self.max_gain = None if max_gain is None else float(max_gain)
         self.anchor = anchor
         if anchor_net is not None and anchor == "none":
             raise ValueError("anchor_net needs an anchor mode (centre, input or both)")
@@ -205,10 +217,24 @@ class ContractingResidual(nn.Module):
             factor[:, self._rows, self._cols] = raw
         else:
             factor = raw.reshape(b, self.dim, self.rank)
+        if self.max_gain is not None:
+            factor = self._cap_factor(factor, self.max_gain - self.mu)
         centre = self.centre_head(h)
         if anchor is not None and self.anchor in ("centre", "both"):
             centre = centre + t[:, None].to(centre.dtype) * anchor.to(centre.dtype)
         return factor, centre
+
+    @staticmethod
+    def _cap_factor(factor: Tensor, room: float) -> Tensor:
+        """``L`` scaled so that the largest eigenvalue of ``L L^T`` is at most ``room``."""
+        # L L^T (dim x dim) and L^T L (rank x rank) share their non-zero eigenvalues; the
+        # second is the small one for a low-rank factor. float64: eigvalsh's gradient is
+        # taken through its eigenvectors, which float32 resolves poorly for close eigenvalues
+        gram = (factor.transpose(1, 2) @ factor).double()
+        top = torch.linalg.eigvalsh(gram)[:, -1].to(factor.dtype)
+        # sqrt(room / max(top, room)): 1 below the cap, so the cap is the identity there
+        scale = torch.sqrt(room / torch.clamp(top, min=room))
+        return factor * scale[:, None, None]
 
     def _skew_factors(self, h: Tensor) -> tuple[Tensor, Tensor]:
         b = h.shape[0]

@@ -149,6 +149,7 @@ def build_contracting_residual(
     potential: int = 0,
     anchor: str = "none",
     anchor_net: nn.Module | None = None,
+    max_gain: float | None = None,
 ) -> ContractingResidual:
     """The residual ``r = -(L L^T + mu I (+ S))(x - m(t, c)) (- grad phi)`` of ResFT-FM for data
     ``spec``: its symmetric Jacobian part is ``<= -mu`` for every input (``mu`` must be > 0)."""
@@ -165,6 +166,7 @@ def build_contracting_residual(
         potential=potential,
         anchor=anchor,
         anchor_net=anchor_net,
+        max_gain=max_gain,
     )
 
 

@@ -157,6 +157,14 @@ def test_non_positive_mu_is_one_clear_error() -> None:
             build_run_config({"method": {"name": "resft_fm", "mu": mu}})
 
 
+def test_a_max_gain_at_or_below_mu_is_one_clear_error() -> None:
+    cfg = build_run_config({"method": {"name": "resft_fm", "mu": 0.1, "residual_max_gain": 1}})
+    assert cfg.method.residual_max_gain == 1.0
+    for cap in (0.1, 0.05):
+        with pytest.raises(ConfigError, match=r"^method\.residual_max_gain: must be > mu"):
+            build_run_config({"method": {"name": "resft_fm", "mu": 0.1, "residual_max_gain": cap}})
+
+
 def test_the_residual_settings_reach_the_residual() -> None:
     spec = DataSpec((4,), cond_dim=2)
     cfg = ResidualReconstructionConfig(
@@ -167,6 +175,11 @@ def test_the_residual_settings_reach_the_residual() -> None:
     residual = method.policy.residual
     assert isinstance(residual, ContractingResidual)
     assert (residual.mu, residual.skew, residual.potential) == (0.3, True, 12)
+    assert residual.max_gain is None
+    capped = ResidualReconstruction(
+        ResidualReconstructionConfig(encode_nfe=8, mu=0.3, residual_max_gain=1.0), spec, NET
+    )
+    assert getattr(capped.policy.residual, "max_gain", None) == 1.0
     batch = Batch(torch.randn(32, 4), torch.randn(32, 2))
     sum(method.losses(batch).values()).backward()
     assert residual.skew_u_head.bias.grad is not None

@@ -245,11 +245,72 @@ def test_a_trained_anchor_net_keeps_the_bound_and_gets_the_gradient():
         ContractingResidual(3, anchor_net=own)
 
 
+@pytest.mark.parametrize("dim,rank", [(4, None), (40, 3)])
+def test_max_gain_caps_the_gain_and_keeps_the_bound(dim, rank):
+    mu, cap = 0.2, 1.5
+    capped = ContractingResidual(dim, hidden=16, mu=mu, num_classes=3, rank=rank, max_gain=cap)
+    perturb(capped, std=1.0)  # a factor far above the cap
+    free = ContractingResidual(dim, hidden=16, mu=mu, num_classes=3, rank=rank)
+    free.load_state_dict(capped.state_dict())
+    t, c = torch.rand(64), torch.randint(0, 4, (64,))
+    eig_free = torch.linalg.eigvalsh(free.gain(t, c).double())
+    eig_capped = torch.linalg.eigvalsh(capped.gain(t, c).double())
+    assert float(eig_free[:, -1].min()) > 2 * cap  # the cap has work to do on every input
+    # the top eigenvalue is at the cap, the bottom still at mu (the whole factor is scaled)
+    torch.testing.assert_close(
+        eig_capped[:, -1], torch.full((64,), cap).double(), atol=1e-4, rtol=0
+    )
+    assert float(eig_capped.min()) >= mu - 1e-5
+    # and the field is still -K (x - m) with that capped K: the Jacobian bound is unchanged
+    x = torch.randn(1, dim)
+    jac = jacobian(lambda z: capped(z, t[:1], c[:1]), x)[0, :, 0, :]
+    torch.testing.assert_close(jac, -capped.gain(t[:1], c[:1])[0], atol=1e-5, rtol=1e-4)
+
+
+def test_max_gain_changes_nothing_below_the_cap():
+    capped = ContractingResidual(6, hidden=16, mu=0.1, max_gain=50.0)
+    free = ContractingResidual(6, hidden=16, mu=0.1)
+    perturb(capped, std=0.1)
+    free.load_state_dict(capped.state_dict())
+    x, t = torch.randn(32, 6), torch.rand(32)
+    assert float(torch.linalg.eigvalsh(free.gain(t).double()).max()) < 50.0
+    torch.testing.assert_close(capped(x, t), free(x, t))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_with_max_gain_one_over_h_an_euler_step_of_the_residual_never_overshoots(steps):
+    """The reason for the cap: x - m -> (I - h K)(x - m) with mu <= eig(K) <= 1 / h has every
+    eigenvalue in [0, 1 - h mu]. Without the cap the same weights flip states past m."""
+    h, mu = 1.0 / steps, 0.1
+    capped = perturb(ContractingResidual(5, hidden=16, mu=mu, max_gain=1.0 / h), std=1.0)
+    free = ContractingResidual(5, hidden=16, mu=mu)
+    free.load_state_dict(capped.state_dict())
+    x, t = torch.randn(256, 5) * 2, torch.rand(256)
+    _, centre = capped.factor_and_centre(t)
+    before = x - centre
+    after = x + h * capped(x, t) - centre
+    assert float((after * before).sum(1).min()) >= -1e-5  # never past the centre
+    ratio = after.norm(dim=1) / before.norm(dim=1)
+    assert float(ratio.max()) <= 1 - h * mu + 1e-5
+    flipped = x + h * free(x, t) - centre
+    assert float((flipped * before).sum(1).min()) < 0  # the uncapped field does overshoot
+
+
+def test_max_gain_passes_the_gradient_to_the_factor():
+    r = perturb(ContractingResidual(4, hidden=16, mu=0.1, max_gain=0.5), std=1.0)
+    x, t = torch.randn(16, 4), torch.rand(16)
+    r(x, t).pow(2).sum().backward()
+    grad = r.factor_head.bias.grad
+    assert grad is not None and bool(torch.isfinite(grad).all()) and float(grad.abs().max()) > 0
+
+
 def test_errors():
     with pytest.raises(ValueError, match="mu must be > 0"):
         ContractingResidual(2, mu=0.0)
     with pytest.raises(ValueError, match="built for 2 features"):
         ContractingResidual(2, hidden=8)(torch.randn(3, 4), torch.rand(3))
+    with pytest.raises(ValueError, match="max_gain must be > mu"):
+        ContractingResidual(2, mu=0.5, max_gain=0.5)
     with pytest.raises(ValueError, match="potential must be >= 0"):
         ContractingResidual(2, potential=-1)
     with pytest.raises(ValueError, match="anchor must be one of"):
