@@ -3,29 +3,15 @@ report's claims, without training anything (a fake runner stands in for flowpost
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_helpers import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-suite = _load("bench_suite")
-tasks = _load("suite_tasks")
-report = _load("suite_report")
+suite = load_benchmark("bench_suite")
+tasks = load_benchmark("suite_tasks")
+report = load_benchmark("suite_report")
 
 
 def test_the_pairs_cover_what_the_issue_asks():

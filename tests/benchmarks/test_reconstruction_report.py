@@ -4,27 +4,13 @@ against brute-force enumeration, and the confirm table's pairing on a synthetic 
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from bench_helpers import load_benchmark
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load("reconstruction_report")
+report = load_benchmark("reconstruction_report")
 
 
 @pytest.mark.parametrize(("won", "lost"), [(0, 0), (1, 0), (3, 3), (7, 2), (0, 9), (10, 2)])
