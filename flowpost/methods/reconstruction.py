@@ -103,9 +103,27 @@ class ReconstructionConfig(MethodConfig):
         "penalises the decoder's sensitivity to its code; 0: the plain autoencoder)",
         min=0.0,
     )
+    also_nfe: list[int] = option(
+        default_factory=list,
+        help="further decoder step counts (same solver) whose reconstruction NLL is averaged "
+        "with the deployed nfe's, so that the fine-tuned sampler also holds there (e.g. [1] "
+        "beside nfe 2); each adds its decoding cost to a training step",
+    )
     lr: float | None = option(None, "learning rate (None: train.lr)", min=0.0)
 
+    @property
+    def decode_nfes(self) -> list[int]:
+        """Every step count the reconstruction loss decodes with: ``nfe`` first."""
+        return [self.nfe, *(k for k in dict.fromkeys(self.also_nfe) if k != self.nfe)]
+
     def __post_init__(self) -> None:
+        per = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[self.solver]
+        for k in self.also_nfe:
+            if k < per:
+                raise ConfigError(
+                    f"also_nfe: {k} evaluations do not pay for one {self.solver} step ({per}); "
+                    f"use counts >= {per}"
+                )
         for key in ("nfe", "encode_nfe"):
             solver = self.solver if key == "nfe" else self.encode_solver
             per = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[solver]
@@ -177,7 +195,7 @@ class ResidualReconstructionConfig(ReconstructionConfig):
                 f"residual_max_gain: must be > mu ({self.mu}), since the gain L L^T + mu I is "
                 f"at least mu; got {self.residual_max_gain}"
             )
-        steps = self.nfe  # euler: one evaluation per step
+        steps = min(self.decode_nfes)  # euler: one evaluation per step; the largest step
         if self.solver == "euler" and self.mu / steps >= 1:
             raise ConfigError(
                 f"mu: {self.mu} with {steps} Euler steps of {1 / steps:g}: step * mu = "
@@ -209,11 +227,31 @@ def reconstruct(
 ) -> Tensor:
     """``D(E(x1) + code_noise * eps)``: encode with ``encoder`` (no gradient), decode with
     ``decoder`` (gradient)."""
+    z = codes(encoder, x1, cond, encode_nfe=encode_nfe, encode_solver=encode_solver)
+    if code_noise > 0:
+        z = z + code_noise * randn_like(z)
+    return decode(decoder, z, cond, nfe=nfe, solver=solver, checkpoint=checkpoint)
+
+
+def codes(
+    encoder: nn.Module, x1: Tensor, cond: Tensor | None, *, encode_nfe: int, encode_solver: str
+) -> Tensor:
+    """``E(x1)``: the reverse ODE of ``encoder`` from data to noise, without gradient."""
     with torch.no_grad():
-        z = encode(encoder, x1, encode_nfe, encode_solver, cond=cond)
-        if code_noise > 0:
-            z = z + code_noise * randn_like(z)
-    out = sample(decoder, z.detach(), nfe, solver, cond=cond, grad=True, checkpoint=checkpoint)
+        return encode(encoder, x1, encode_nfe, encode_solver, cond=cond).detach()
+
+
+def decode(
+    decoder: nn.Module,
+    z: Tensor,
+    cond: Tensor | None,
+    *,
+    nfe: int,
+    solver: str,
+    checkpoint: bool = True,
+) -> Tensor:
+    """``D(z)``: the deployed sampler of ``decoder`` from the codes, with gradient."""
+    out = sample(decoder, z, nfe, solver, cond=cond, grad=True, checkpoint=checkpoint)
     assert isinstance(out, Tensor)
     return out
 
@@ -275,21 +313,27 @@ class Reconstruction(Method):
 
     # -- training -----------------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, Tensor]:
-        """The loss terms of one batch: ``rec`` (Gaussian NLL) and ``fm`` (weighted)."""
+        """The loss terms of one batch: ``rec`` (Gaussian NLL, averaged over the decoder
+        step counts ``nfe`` and ``also_nfe``, all from the same codes) and ``fm`` (weighted)."""
         c = self.config
-        x_hat = reconstruct(
-            self.policy,
+        z = codes(
             self.encoder(),
             batch.x,
             batch.cond,
-            nfe=c.nfe,
-            solver=c.solver,
             encode_nfe=c.encode_nfe,
             encode_solver=c.encode_solver,
-            checkpoint=c.checkpoint,
-            code_noise=c.code_noise,
         )
-        terms = {"rec": gaussian_nll(x_hat, batch.x, self.log_sigma).mean()}
+        if c.code_noise > 0:
+            z = z + c.code_noise * randn_like(z)
+        nll = [
+            gaussian_nll(
+                decode(self.policy, z, batch.cond, nfe=k, solver=c.solver, checkpoint=c.checkpoint),
+                batch.x,
+                self.log_sigma,
+            ).mean()
+            for k in c.decode_nfes
+        ]
+        terms = {"rec": torch.stack(nll).mean()}
         if c.fm_weight > 0:
             # independent coupling, uniform times, the linear path (flow_matching_loss's own)
             cond = drop_labels(batch.cond, c.label_dropout, self.spec.num_classes)

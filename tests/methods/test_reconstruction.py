@@ -67,6 +67,32 @@ def test_reconstruction_loss_on_a_linear_field_by_hand() -> None:
     assert method.policy.k.grad is not None and method.reference.k.grad is None
 
 
+def test_also_nfe_averages_the_reconstruction_over_the_step_counts_by_hand() -> None:
+    # v = x, codes z = x1 / e: 2 Euler steps decode (3/2)^2 z, 1 step 2 z, 4 steps (5/4)^4 z
+    config = ReconstructionConfig(
+        nfe=2, also_nfe=[1, 4, 2, 1], encode_nfe=256, sigma=0.2, fm_weight=0.0
+    )
+    assert config.decode_nfes == [2, 1, 4]  # the deployed count first, each count once
+    method = Reconstruction(config, DataSpec((3,)), NET)
+    method.policy, method.reference = Linear(1.0), Linear(1.0)
+    x1 = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]])
+    rec = method.losses(Batch(x1))["rec"]
+    expected = 0.0
+    for gain in (1.5**2, 2.0, 1.25**4):
+        sq = ((gain / math.e - 1.0) ** 2 * x1**2).mean(1)
+        expected += float((sq / (2 * 0.2**2) + math.log(0.2)).mean()) / 3
+    assert rec.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_also_nfe_counts_are_checked_like_nfe() -> None:
+    with pytest.raises(ConfigError, match=r"^method\.also_nfe: 2 evaluations do not pay"):
+        build_run_config({"method": {"name": "ft_fm", "solver": "rk4", "nfe": 4, "also_nfe": [2]}})
+    # ResFT-FM: the largest Euler step, here also_nfe's 1, must not overshoot
+    build_run_config({"method": {"name": "resft_fm", "mu": 1.5, "nfe": 2}})
+    with pytest.raises(ConfigError, match=r"^method\.mu: .* >= 1, so one step"):
+        build_run_config({"method": {"name": "resft_fm", "mu": 1.5, "nfe": 2, "also_nfe": [1]}})
+
+
 def test_code_noise_adds_the_decoder_sensitivity_to_the_loss() -> None:
     # v = x, one Euler step: D(z + s eps) = 2 z + 2 s eps, so the expected squared error per
     # dimension is (2/e - 1)^2 x1^2 + 4 s^2: the noise costs s^2 |dD/dz|^2 on average
