@@ -513,20 +513,33 @@ def misses(task: str, runs: list[str]) -> None:
 CONFIRM_SEEDS = (2026, 2027, 2028, 2029, 2030, 2031, 2032, 2033)
 
 
-def confirm(task: str, runs: list[str], blocks: int, block_episodes: int) -> None:
+def confirm(
+    task: str,
+    runs: list[str],
+    blocks: int,
+    block_episodes: int,
+    nfes: tuple[int, ...] = NFES,
+    eval_seed: int | None = None,
+) -> None:
     """Per named run (``--runs LABEL=RUN``, labels ``VARIANT/pN/dD/sS`` with the pretrained
     policy's ``pretrain/pN/dD/sS`` among them) and NFE 1, 2, 4, 10: the deterministic policy
     (noise scale 0, as the recipes deploy) rolled out on ``blocks x block_episodes`` fresh
     evaluation episodes, recording each episode's success, so that the report can pair
     every fine-tuned policy with its pretrained one episode by episode (a sign test on the
-    episodes only one of them solves). The scripted expert on the same episodes too."""
+    episodes only one of them solves). The scripted expert on the same episodes too.
+    ``nfes``: only these NFEs (the report pairs whatever cells there are). ``eval_seed``:
+    instead, one block of ``block_episodes`` of that evaluation seed's episodes (1234: the
+    recipes' own, whose first ``eval.episodes`` the recipes and ``flowpost eval`` report),
+    into ``reconstruction_confirm_<task>_seed<S>.json``."""
     from flowpost.envs.rollout import expert_rollouts
     from flowpost.envs.tasks import get_task
 
     if not 1 <= blocks <= len(CONFIRM_SEEDS):
         raise SystemExit(f"confirm: --blocks must be 1..{len(CONFIRM_SEEDS)}")
-    seeds = CONFIRM_SEEDS[:blocks]
-    cells = Cells(RESULTS / f"reconstruction_confirm_{task}.json")
+    seeds, name = CONFIRM_SEEDS[:blocks], f"reconstruction_confirm_{task}.json"
+    if eval_seed is not None:
+        seeds, name = (eval_seed,), f"reconstruction_confirm_{task}_seed{eval_seed}.json"
+    cells = Cells(RESULTS / name)
     setting = {"eval_seeds": list(seeds), "block_episodes": block_episodes}
     if cells.get("setting", lambda: setting) != setting:
         raise SystemExit(f"{cells.path} was measured with {cells.data['setting']}")
@@ -538,7 +551,7 @@ def confirm(task: str, runs: list[str], blocks: int, block_episodes: int) -> Non
     )
     for label, folder in (r.split("=", 1) for r in runs):
         run = None
-        for nfe in NFES:
+        for nfe in nfes:
             key = f"{label}/nfe{nfe}"
             if key in cells.data:
                 continue
@@ -684,6 +697,12 @@ def main() -> None:
         "--block-episodes", type=int, default=1000, help="confirm: episodes per block"
     )
     parser.add_argument(
+        "--eval-seed", type=int, default=None, help="confirm: one block of this eval seed"
+    )
+    parser.add_argument(
+        "--nfes", type=int, nargs="+", default=list(NFES), help="confirm: only these NFEs"
+    )
+    parser.add_argument(
         "--pretrain-steps", type=int, default=None, help="digits: shorter pretraining"
     )
     args = parser.parse_args()
@@ -705,7 +724,14 @@ def main() -> None:
     elif args.command == "misses":
         misses(args.task, args.runs or [])
     elif args.command == "confirm":
-        confirm(args.task, args.runs or [], args.blocks, args.block_episodes)
+        confirm(
+            args.task,
+            args.runs or [],
+            args.blocks,
+            args.block_episodes,
+            tuple(args.nfes),
+            args.eval_seed,
+        )
     elif args.command == "table":
         table(args.task)
     elif args.command == "render":

@@ -153,6 +153,9 @@ def render(task: str) -> None:
         blocks[f"misses_{task}"] = misses_table
     if (RESULTS / f"reconstruction_confirm_{task}.json").is_file():
         blocks[f"confirm_{task}"] = confirm_table
+    for path in sorted(RESULTS.glob(f"reconstruction_confirm_{task}_seed*.json")):
+        stem = path.stem.removeprefix("reconstruction_")
+        blocks[stem] = partial(confirm_table, stem=stem)
     for sweep, name in (
         ("reconstruction_sweep_reacher.json", "sweep_reacher"),
         (f"reconstruction_pretrain_length_{task}.json", f"length_{task}"),
@@ -286,12 +289,13 @@ def paired_verdict(won: int, lost: int) -> str:
     return "above" if won > lost else "below"
 
 
-def confirm_table(task: str) -> str:
+def confirm_table(task: str, stem: str | None = None) -> str:
     """The ``confirm`` cells: per policy and NFE, deterministic success on the fresh episodes
     (per seed and mean); then each fine-tuned policy against its own pretrained policy,
     paired episode by episode: episodes won / lost per seed and pooled over the seeds, the
-    pooled exact sign test's p-value, and the verdict at ``SIGNIFICANCE``."""
-    data = json.loads((RESULTS / f"reconstruction_confirm_{task}.json").read_text())
+    pooled exact sign test's p-value, and the verdict at ``SIGNIFICANCE``. ``stem``: another
+    file of such cells (``confirm_<task>_seed<S>``: one evaluation seed's episodes)."""
+    data = json.loads((RESULTS / f"reconstruction_{stem or 'confirm_' + task}.json").read_text())
 
     from sweep_reacher import length_order, pretrained_label
 
@@ -299,9 +303,18 @@ def confirm_table(task: str) -> str:
     n_eps = len(setting["eval_seeds"]) * setting["block_episodes"]
     runs = sorted({k.rsplit("/", 1)[0] for k in data if "/nfe" in k})  # variant/pN/dD/sS
     variants = sorted({r.rsplit("/", 1)[0] for r in runs}, key=length_order)
+    where = (
+        f"fresh evaluation episodes per cell (eval seeds {setting['eval_seeds']}, "
+        f"{setting['block_episodes']} episodes each; disjoint from the recipes' own)"
+    )
+    if stem is not None:
+        where = (
+            f"evaluation episodes per cell, the first {n_eps} of eval seed "
+            f"{setting['eval_seeds'][0]} (1234: the recipes' own; their first `eval.episodes` "
+            "are the ones the recipes' runs and `flowpost eval` report)"
+        )
     out = [
-        f"{n_eps} fresh evaluation episodes per cell (eval seeds {setting['eval_seeds']}, "
-        f"{setting['block_episodes']} episodes each; disjoint from the recipes' own), every "
+        f"{n_eps} {where}, every "
         "policy deterministic (noise scale 0, as the recipes deploy), Euler at every NFE. "
         f"Scripted expert on the same episodes: success {expert['success_rate']:.4f}, final "
         f"distance {expert['final_distance']:.5f}.",

@@ -73,3 +73,19 @@ def test_confirm_table_pairs_each_run_with_its_own_pretrained_policy(tmp_path, m
         line for line in success.splitlines() if line.startswith("| pretrain/p100/d10 | 1 |")
     )
     assert "s0: 0.2000, s1: 1.0000 | 0.6000" in mean_row
+
+
+def test_confirm_table_of_one_eval_seed_says_whose_episodes_it_read(tmp_path, monkeypatch):
+    data = {
+        "setting": {"eval_seeds": [1234], "block_episodes": 4},
+        "expert": {"success_rate": 1.0, "final_distance": 0.0, "return": -9.0},
+        "pretrain/p100/d10/s0/nfe2": _cell("1100"),
+        "ft_fm/base/p100/d10/s0/nfe2": _cell("1000"),
+    }
+    (tmp_path / "reconstruction_confirm_toy_seed1234.json").write_text(json.dumps(data))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    text = report.confirm_table("toy", stem="confirm_toy_seed1234")
+    assert text.startswith("4 evaluation episodes per cell, the first 4 of eval seed 1234")
+    paired = text.split("Paired with the pretrained policy")[1]
+    row = next(line for line in paired.splitlines() if line.startswith("| ft_fm/base/p100/d10 |"))
+    assert "| s0: 0 / 1 | 0 / 1 | -0.2500 |" in row
