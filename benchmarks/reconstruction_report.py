@@ -289,6 +289,29 @@ def paired_verdict(won: int, lost: int) -> str:
     return "above" if won > lost else "below"
 
 
+RECIPE_EPISODES = 1000  # the robot recipes' eval.episodes
+
+
+def _first_episodes(data: dict[str, Any], variants: list[str], runs: list[str]) -> str:
+    """Success over the first ``RECIPE_EPISODES`` of one eval seed's recorded episodes: what
+    the recipes' runs, ``flowpost eval`` and the acceptance check report."""
+    parts = []
+    for v in variants:
+        for nfe in NFES:
+            firsts = {
+                r.rsplit("/", 1)[1]: data[key]["solved"][:RECIPE_EPISODES]
+                for r in runs
+                if r.rsplit("/", 1)[0] == v and (key := f"{r}/nfe{nfe}") in data
+            }
+            per = [f"{s} {x.count('1') / len(x):.3f}" for s, x in firsts.items()]
+            if per:
+                parts.append(f"{v} at {nfe} NFE: {', '.join(per)}")
+    return (
+        f"On the first {RECIPE_EPISODES} of these episodes (the recipes' `eval.episodes`: what "
+        "their runs, `flowpost eval` and the acceptance check report): " + "; ".join(parts) + "."
+    )
+
+
 def confirm_table(task: str, stem: str | None = None) -> str:
     """The ``confirm`` cells: per policy and NFE, deterministic success on the fresh episodes
     (per seed and mean); then each fine-tuned policy against its own pretrained policy,
@@ -334,6 +357,8 @@ def confirm_table(task: str, stem: str | None = None) -> str:
             dist = statistics.fmean(c["final_distance"] for c in got.values())
             ret = statistics.fmean(c["return"] for c in got.values())
             out.append(f"| {v} | {nfe} | {per} | {mean:.4f} | {dist:.5f} | {ret:.2f} |")
+    if stem is not None and setting["block_episodes"] > RECIPE_EPISODES:
+        out += ["", _first_episodes(data, variants, runs)]
     out += [
         "",
         "Paired with the pretrained policy of the same seed on the same episodes: episodes "

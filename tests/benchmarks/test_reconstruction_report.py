@@ -89,3 +89,20 @@ def test_confirm_table_of_one_eval_seed_says_whose_episodes_it_read(tmp_path, mo
     paired = text.split("Paired with the pretrained policy")[1]
     row = next(line for line in paired.splitlines() if line.startswith("| ft_fm/base/p100/d10 |"))
     assert "| s0: 0 / 1 | 0 / 1 | -0.2500 |" in row
+
+
+def test_confirm_table_of_one_eval_seed_also_reads_the_recipes_first_episodes(
+    tmp_path, monkeypatch
+):
+    episodes = report.RECIPE_EPISODES
+    data = {
+        "setting": {"eval_seeds": [1234], "block_episodes": 2 * episodes},
+        "expert": {"success_rate": 1.0, "final_distance": 0.0, "return": -9.0},
+        # 3 in 4 of the first block solved, none of the second
+        "pretrain/p100/d10/s0/nfe2": _cell("1110" * (episodes // 4) + "0" * episodes),
+    }
+    (tmp_path / "reconstruction_confirm_toy_seed1234.json").write_text(json.dumps(data))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    text = report.confirm_table("toy", stem="confirm_toy_seed1234")
+    assert f"On the first {episodes} of these episodes" in text
+    assert "pretrain/p100/d10 at 2 NFE: s0 0.750." in text
