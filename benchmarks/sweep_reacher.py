@@ -156,6 +156,21 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
         "resft_fm",
         ("method.residual_anchor=centre", "method.residual_anchor_net=trained"),
     ),
+    # session 12: ResFT-FM's 2-NFE policy collapses at 1 NFE (0.27 against the pretrained
+    # 0.81): an Euler step h maps x - m by I - hK, past the centre where hK > 1. Capping the
+    # gain K at 1 (residual_max_gain) keeps even the 1-step sampler from overshooting;
+    # trained at 2 NFE, and at 1 NFE
+    ("resft_fm/gain1", "resft_fm", ("method.residual_max_gain=1",)),
+    (
+        "resft_fm/nfe1_gain1",
+        "resft_fm",
+        ("method.nfe=1", "eval.nfe=1", "method.residual_max_gain=1"),
+    ),
+    # the 1-step collapse is not the gain's overshoot (gain1 keeps it): the residual fitted at
+    # t = 0 and 0.5 is applied at t = 0 alone. Fit the reconstruction through 1 step as well
+    # as the deployed 2 (method.also_nfe: the NLL averaged over both step counts)
+    ("resft_fm/also1", "resft_fm", ("method.also_nfe=[1]",)),
+    ("ft_fm/also1", "ft_fm", ("method.also_nfe=[1]",)),
 ]
 
 
