@@ -197,11 +197,12 @@ def test_discriminator_step_does_not_amplify_the_rounding_of_a_split_batch(tmp_p
     one-process one. Entries of its gradient near zero (|g| ~ 1e-8) differ by float rounding
     between the two ways of summing the batch, and Adam's first step, g / (|g| + eps), turns
     that into weight changes of a good fraction of the learning rate. With AdamW's eps the
-    split moves the weights by more than 1e-4 (relative) in one step; with the toy recipes'
-    ``disc_eps: 1e-5`` by less than 2e-5."""
+    split moved the weights by more than 1e-4 (relative) in one step on the CI machines (on an
+    AMD EPYC one by 1.1e-5: how far the two sums round apart depends on the CPU's kernels);
+    with the toy recipes' ``disc_eps: 1e-5`` by less than 2e-5 on every machine seen (on the
+    EPYC one 1.45e-5: where the sums hardly differ, eps has nothing to remove)."""
     default, robust = _split_gap(None, tmp_path / "default"), _split_gap(1e-5, tmp_path / "eps")
-    assert default > 1e-4, default  # the mechanism, at AdamW's eps ...
-    assert robust < 2e-5, robust  # ... and disc_eps removes most of it
+    assert robust < 2e-5, (robust, default)  # disc_eps bounds the drift on every machine
 
 
 def _worker(out: Path, init_from: Path) -> None:

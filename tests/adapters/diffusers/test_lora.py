@@ -39,7 +39,11 @@ def test_only_adapters_train_and_start_at_the_base() -> None:
     x, cond = latents_and_cond(2)
     t = torch.rand(2)
     with torch.no_grad():
-        assert torch.equal(flow(x, t, cond), DiffusersFlow(base)(x, t, cond))
+        # zero-initialised B: the base's output up to float rounding (the adapter's wrapped
+        # layers may sum differently: 1 ulp seen with peft 0.21 on an AMD EPYC CPU)
+        torch.testing.assert_close(
+            flow(x, t, cond), DiffusersFlow(base)(x, t, cond), rtol=0.0, atol=1e-6
+        )
     assert set(flow.state_dict()) == {n for n, _ in flow.trainable()}  # no base weights
 
 
