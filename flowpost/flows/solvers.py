@@ -39,6 +39,7 @@ __all__ = [
     "VelocityField",
     "SOLVERS",
     "Trajectory",
+    "nfe_per_step",
     "steps_for_nfe",
     "odeint",
     "dopri5",
@@ -51,6 +52,17 @@ __all__ = [
 
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "dopri5")
 _EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
+
+
+def nfe_per_step(method: str) -> int:
+    """Network evaluations one step of a fixed-grid ``method`` costs.
+
+    >>> nfe_per_step("euler"), nfe_per_step("heun"), nfe_per_step("rk4")
+    (1, 2, 4)
+    """
+    if method not in _EVALS_PER_STEP:
+        raise ValueError(f"unknown fixed-step solver {method!r}; choose one of {SOLVERS[:-1]}")
+    return _EVALS_PER_STEP[method]
 
 
 def steps_for_nfe(nfe: int, method: str) -> int:
@@ -68,7 +80,7 @@ def steps_for_nfe(nfe: int, method: str) -> int:
         )
     if method not in _EVALS_PER_STEP:
         raise ValueError(f"unknown solver {method!r}; choose one of {SOLVERS}")
-    per = _EVALS_PER_STEP[method]
+    per = nfe_per_step(method)
     if nfe < per:
         raise ValueError(
             f"nfe={nfe} is smaller than one {method} step ({per} network evaluations); "

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from flowpost.config import ConfigError, option
 from flowpost.data.base import Batch, DataSpec
 from flowpost.flows.random import randn_like
-from flowpost.flows.solvers import encode, sample
+from flowpost.flows.solvers import encode, nfe_per_step, sample, steps_for_nfe
 from flowpost.methods.base import (
     Method,
     MethodConfig,
@@ -117,21 +117,19 @@ class ReconstructionConfig(MethodConfig):
         return [self.nfe, *(k for k in dict.fromkeys(self.also_nfe) if k != self.nfe)]
 
     def __post_init__(self) -> None:
-        per = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[self.solver]
-        for k in self.also_nfe:
-            if k < per:
+        counts = [
+            ("nfe", self.nfe, self.solver),
+            ("encode_nfe", self.encode_nfe, self.encode_solver),
+        ]
+        counts += [("also_nfe", k, self.solver) for k in self.also_nfe]
+        for key, nfe, solver in counts:
+            try:
+                steps_for_nfe(nfe, solver)
+            except ValueError:
                 raise ConfigError(
-                    f"also_nfe: {k} evaluations do not pay for one {self.solver} step ({per}); "
-                    f"use counts >= {per}"
-                )
-        for key in ("nfe", "encode_nfe"):
-            solver = self.solver if key == "nfe" else self.encode_solver
-            per = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[solver]
-            if getattr(self, key) < per:
-                raise ConfigError(
-                    f"{key}: {getattr(self, key)} evaluations do not pay for one "
-                    f"{solver} step ({per}); raise it or use a cheaper solver"
-                )
+                    f"{key}: {nfe} evaluations do not pay for one {solver} step "
+                    f"({nfe_per_step(solver)}); raise it or use a cheaper solver"
+                ) from None
 
 
 @dataclass
@@ -227,18 +225,28 @@ def reconstruct(
 ) -> Tensor:
     """``D(E(x1) + code_noise * eps)``: encode with ``encoder`` (no gradient), decode with
     ``decoder`` (gradient)."""
-    z = codes(encoder, x1, cond, encode_nfe=encode_nfe, encode_solver=encode_solver)
-    if code_noise > 0:
-        z = z + code_noise * randn_like(z)
+    z = codes(
+        encoder, x1, cond, encode_nfe=encode_nfe, encode_solver=encode_solver, code_noise=code_noise
+    )
     return decode(decoder, z, cond, nfe=nfe, solver=solver, checkpoint=checkpoint)
 
 
 def codes(
-    encoder: nn.Module, x1: Tensor, cond: Tensor | None, *, encode_nfe: int, encode_solver: str
+    encoder: nn.Module,
+    x1: Tensor,
+    cond: Tensor | None,
+    *,
+    encode_nfe: int,
+    encode_solver: str,
+    code_noise: float = 0.0,
 ) -> Tensor:
-    """``E(x1)``: the reverse ODE of ``encoder`` from data to noise, without gradient."""
+    """``E(x1) + code_noise * eps``: the reverse ODE of ``encoder`` from data to noise (and the
+    stochastic encoder's noise), without gradient."""
     with torch.no_grad():
-        return encode(encoder, x1, encode_nfe, encode_solver, cond=cond).detach()
+        z = encode(encoder, x1, encode_nfe, encode_solver, cond=cond)
+        if code_noise > 0:
+            z = z + code_noise * randn_like(z)
+    return z.detach()
 
 
 def decode(
@@ -322,9 +330,8 @@ class Reconstruction(Method):
             batch.cond,
             encode_nfe=c.encode_nfe,
             encode_solver=c.encode_solver,
+            code_noise=c.code_noise,
         )
-        if c.code_noise > 0:
-            z = z + c.code_noise * randn_like(z)
         nll = [
             gaussian_nll(
                 decode(self.policy, z, batch.cond, nfe=k, solver=c.solver, checkpoint=c.checkpoint),
