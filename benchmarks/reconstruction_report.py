@@ -289,26 +289,42 @@ def paired_verdict(won: int, lost: int) -> str:
     return "above" if won > lost else "below"
 
 
-RECIPE_EPISODES = 1000  # the robot recipes' eval.episodes
+def recipe_evaluation(task: str) -> tuple[int, int]:
+    """The evaluation seed and episode count a task's recipes roll out on (``eval.seed``,
+    ``eval.episodes`` of ``recipes/<task>/pretrain.yaml``, resolved as the trainer does)."""
+    from flowpost.config import load_yaml
+    from flowpost.train.config import build_run_config
+
+    ev = build_run_config(load_yaml(ROOT / "recipes" / task / "pretrain.yaml")).eval
+    return ev.seed, ev.episodes
 
 
-def _first_episodes(data: dict[str, Any], variants: list[str], runs: list[str]) -> str:
-    """Success over the first ``RECIPE_EPISODES`` of one eval seed's recorded episodes: what
-    the recipes' runs, ``flowpost eval`` and the acceptance check report."""
+def _seeds_by_variant(runs: list[str]) -> dict[str, list[str]]:
+    """``VARIANT/pN/dD/sS`` run labels grouped: variant label -> its seeds, sorted."""
+    grouped: dict[str, list[str]] = {}
+    for r in sorted(runs):
+        variant, seed = r.rsplit("/", 1)
+        grouped.setdefault(variant, []).append(seed)
+    return grouped
+
+
+def _first_episodes(data: dict[str, Any], variants: dict[str, list[str]], episodes: int) -> str:
+    """Success over the first ``episodes`` of one eval seed's recorded episodes: what the
+    recipes' runs, ``flowpost eval`` and the acceptance check report."""
     parts = []
-    for v in variants:
+    for v, seeds in variants.items():
         for nfe in NFES:
-            firsts = {
-                r.rsplit("/", 1)[1]: data[key]["solved"][:RECIPE_EPISODES]
-                for r in runs
-                if r.rsplit("/", 1)[0] == v and (key := f"{r}/nfe{nfe}") in data
-            }
-            per = [f"{s} {x.count('1') / len(x):.3f}" for s, x in firsts.items()]
+            cells = {s: data.get(f"{v}/{s}/nfe{nfe}") for s in seeds}
+            per = [
+                f"{s} {c['solved'][:episodes].count('1') / episodes:.3f}"
+                for s, c in cells.items()
+                if c is not None
+            ]
             if per:
                 parts.append(f"{v} at {nfe} NFE: {', '.join(per)}")
     return (
-        f"On the first {RECIPE_EPISODES} of these episodes (the recipes' `eval.episodes`: what "
-        "their runs, `flowpost eval` and the acceptance check report): " + "; ".join(parts) + "."
+        f"On the first {episodes} of these episodes (the recipes' `eval.episodes`: what their "
+        "runs, `flowpost eval` and the acceptance check report): " + "; ".join(parts) + "."
     )
 
 
@@ -324,8 +340,10 @@ def confirm_table(task: str, stem: str | None = None) -> str:
 
     setting, expert = data["setting"], data["expert"]
     n_eps = len(setting["eval_seeds"]) * setting["block_episodes"]
-    runs = sorted({k.rsplit("/", 1)[0] for k in data if "/nfe" in k})  # variant/pN/dD/sS
-    variants = sorted({r.rsplit("/", 1)[0] for r in runs}, key=length_order)
+    grouped = _seeds_by_variant(list({k.rsplit("/", 1)[0] for k in data if "/nfe" in k}))
+    variants = {v: grouped[v] for v in sorted(grouped, key=length_order)}
+    recipe_seed, recipe_episodes = recipe_evaluation(task)
+    own = stem is not None and setting["eval_seeds"] == [recipe_seed]
     where = (
         f"fresh evaluation episodes per cell (eval seeds {setting['eval_seeds']}, "
         f"{setting['block_episodes']} episodes each; disjoint from the recipes' own)"
@@ -333,8 +351,12 @@ def confirm_table(task: str, stem: str | None = None) -> str:
     if stem is not None:
         where = (
             f"evaluation episodes per cell, the first {n_eps} of eval seed "
-            f"{setting['eval_seeds'][0]} (1234: the recipes' own; their first `eval.episodes` "
-            "are the ones the recipes' runs and `flowpost eval` report)"
+            f"{setting['eval_seeds'][0]}"
+        )
+    if own:
+        where += (
+            f" (the recipes' own; their first {recipe_episodes} are the ones the recipes' runs "
+            "and `flowpost eval` report)"
         )
     out = [
         f"{n_eps} {where}, every "
@@ -345,8 +367,7 @@ def confirm_table(task: str, stem: str | None = None) -> str:
         "| policy | NFE | success (per seed) | mean | final distance (mean) | return (mean) |",
         "|---|---|---|---|---|---|",
     ]
-    for v in variants:
-        seeds = sorted(r.rsplit("/", 1)[1] for r in runs if r.rsplit("/", 1)[0] == v)
+    for v, seeds in variants.items():
         for nfe in NFES:
             cells = {s: data.get(f"{v}/{s}/nfe{nfe}") for s in seeds}
             got = {s: c for s, c in cells.items() if c is not None}
@@ -357,8 +378,8 @@ def confirm_table(task: str, stem: str | None = None) -> str:
             dist = statistics.fmean(c["final_distance"] for c in got.values())
             ret = statistics.fmean(c["return"] for c in got.values())
             out.append(f"| {v} | {nfe} | {per} | {mean:.4f} | {dist:.5f} | {ret:.2f} |")
-    if stem is not None and setting["block_episodes"] > RECIPE_EPISODES:
-        out += ["", _first_episodes(data, variants, runs)]
+    if own and setting["block_episodes"] > recipe_episodes:
+        out += ["", _first_episodes(data, variants, recipe_episodes)]
     out += [
         "",
         "Paired with the pretrained policy of the same seed on the same episodes: episodes "
@@ -369,10 +390,9 @@ def confirm_table(task: str, stem: str | None = None) -> str:
         "| verdict |",
         "|---|---|---|---|---|---|---|",
     ]
-    for v in variants:
+    for v, seeds in variants.items():
         if v == pretrained_label(v):
             continue
-        seeds = sorted(r.rsplit("/", 1)[1] for r in runs if r.rsplit("/", 1)[0] == v)
         for nfe in NFES:
             per, won_all, lost_all, gains = [], 0, 0, []
             for s in seeds:

@@ -57,6 +57,7 @@ def test_confirm_table_pairs_each_run_with_its_own_pretrained_policy(tmp_path, m
         data[f"ft_fm/base/p100/d10/s1/nfe{nfe}"] = _cell("0111111111")
     (tmp_path / "reconstruction_confirm_toy.json").write_text(json.dumps(data))
     monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "recipe_evaluation", lambda task: (1234, 8))
     text = report.confirm_table("toy")
     assert "10 fresh evaluation episodes per cell" in text
     success, paired = text.split("Paired with the pretrained policy")
@@ -84,8 +85,15 @@ def test_confirm_table_of_one_eval_seed_says_whose_episodes_it_read(tmp_path, mo
     }
     (tmp_path / "reconstruction_confirm_toy_seed1234.json").write_text(json.dumps(data))
     monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "recipe_evaluation", lambda task: (1234, 8))
     text = report.confirm_table("toy", stem="confirm_toy_seed1234")
-    assert text.startswith("4 evaluation episodes per cell, the first 4 of eval seed 1234")
+    assert text.startswith("4 evaluation episodes per cell, the first 4 of eval seed 1234 (the")
+    assert "On the first" not in text  # no more episodes than the recipes' own 8
+    # another seed's episodes are not called the recipes' own
+    data["setting"]["eval_seeds"] = [99]
+    (tmp_path / "reconstruction_confirm_toy_seed99.json").write_text(json.dumps(data))
+    other = report.confirm_table("toy", stem="confirm_toy_seed99")
+    assert other.startswith("4 evaluation episodes per cell, the first 4 of eval seed 99, every")
     paired = text.split("Paired with the pretrained policy")[1]
     row = next(line for line in paired.splitlines() if line.startswith("| ft_fm/base/p100/d10 |"))
     assert "| s0: 0 / 1 | 0 / 1 | -0.2500 |" in row
@@ -94,7 +102,7 @@ def test_confirm_table_of_one_eval_seed_says_whose_episodes_it_read(tmp_path, mo
 def test_confirm_table_of_one_eval_seed_also_reads_the_recipes_first_episodes(
     tmp_path, monkeypatch
 ):
-    episodes = report.RECIPE_EPISODES
+    episodes = 8  # the recipes' own, as recipe_evaluation is patched below
     data = {
         "setting": {"eval_seeds": [1234], "block_episodes": 2 * episodes},
         "expert": {"success_rate": 1.0, "final_distance": 0.0, "return": -9.0},
@@ -103,6 +111,12 @@ def test_confirm_table_of_one_eval_seed_also_reads_the_recipes_first_episodes(
     }
     (tmp_path / "reconstruction_confirm_toy_seed1234.json").write_text(json.dumps(data))
     monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "recipe_evaluation", lambda task: (1234, 8))
     text = report.confirm_table("toy", stem="confirm_toy_seed1234")
     assert f"On the first {episodes} of these episodes" in text
     assert "pretrain/p100/d10 at 2 NFE: s0 0.750." in text
+
+
+def test_recipe_evaluation_reads_the_robot_recipes():
+    assert report.recipe_evaluation("reacher") == (1234, 1000)
+    assert report.recipe_evaluation("pusher") == (1234, 200)
