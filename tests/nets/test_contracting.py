@@ -304,6 +304,16 @@ def test_max_gain_passes_the_gradient_to_the_factor():
     assert grad is not None and bool(torch.isfinite(grad).all()) and float(grad.abs().max()) > 0
 
 
+def test_the_cap_s_gradient_matches_finite_differences():
+    # float64 factors, some above the cap (scaled) and one below it (untouched)
+    gen = torch.Generator().manual_seed(0)
+    factor = torch.randn(3, 4, 2, generator=gen, dtype=torch.float64)
+    factor[2] *= 0.05
+    assert torch.autograd.gradcheck(
+        lambda f: ContractingResidual._cap_factor(f, 0.5), (factor.requires_grad_(),)
+    )
+
+
 def test_errors():
     with pytest.raises(ValueError, match="mu must be > 0"):
         ContractingResidual(2, mu=0.0)
