@@ -30,6 +30,11 @@ interrupted run resumes where it stopped; trained run folders are reused):
   ``--block-episodes``, disjoint from the recipes' evaluation episodes), every episode's
   success recorded, so that each fine-tuned policy is compared with its own pretrained
   policy episode by episode (a sign test on the episodes only one of the two solves).
+* ``selffit``: for named pretrained run folders (``--runs LABEL=RUN``), FT-FM and ResFT-FM
+  (their recipes, from that run) trained on nothing but the self-reconstruction term at
+  ``z = 0`` (``method.self_weight``: the deployed 2-step sampler's output against the frozen
+  pretrained field's accurate one) on random training batches: can each fit the pretrained
+  policy's few-step error, and does the fit carry to held-out observations?
 * ``digits``: pretrain on sklearn digits, FT-FM at 2 NFE; reconstruction error (encode
   held-out digits by 32 RK4 steps, decode at K Euler steps) and sample Frechet distance at
   NFE 1, 2, 4, before and after.
@@ -46,6 +51,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import statistics
 import sys
@@ -569,6 +575,72 @@ def confirm(
             cells.get(key, compute)
 
 
+SELFFIT_STEPS = 600
+SELFFIT_EVERY = 100
+
+
+def selffit(task: str, runs: list[str], steps: int = SELFFIT_STEPS) -> None:
+    """Per pretrained run (``--runs LABEL=RUN``) and method (``ft_fm``, ``resft_fm``): the
+    method built from its recipe on that run, trained by Adam (the recipe's learning rate,
+    batch size 256) on the self-reconstruction term at ``z = 0`` alone, at the deployed nfe
+    only. Every ``SELFFIT_EVERY`` steps: the mean squared ``z = 0`` error (normalised action
+    units, per dimension) on the step's training batch and on the first 2000 held-out
+    chunks' conditions, of the raw (not EMA) weights."""
+    from flowpost.config import apply_overrides, load_yaml
+    from flowpost.data.base import Batch
+    from flowpost.flows.solvers import sample
+    from flowpost.train.build import build_method_and_data, seed_everything
+    from flowpost.train.config import build_run_config
+
+    cells = Cells(RESULTS / f"reconstruction_selffit_{task}.json")
+    cells.get("setting", lambda: {"steps": steps, "every": SELFFIT_EVERY, "batch": 256})
+    for label, folder in (r.split("=", 1) for r in runs):
+        for name in ("ft_fm", "resft_fm"):
+
+            def compute(folder: str = folder, name: str = name) -> dict[str, Any]:
+                recipe = load_yaml(ROOT / "recipes" / task / f"{name}.yaml")
+                recipe["method"].pop("also_nfe", None)
+                sets = [f"init_from={folder}", "method.self_weight=1", "method.self_code_scale=0"]
+                seed_everything(0)
+                method, data = build_method_and_data(
+                    build_run_config(apply_overrides(recipe, sets))
+                )
+                c = method.config
+                held = data.heldout.cond[:GAP_CONDITIONS]
+                with torch.no_grad():  # the held-out targets are fixed: compute them once
+                    held_target = sample(
+                        method.reference,
+                        torch.zeros(held.shape[0], *data.spec.shape),
+                        c.encode_nfe,
+                        c.encode_solver,
+                        cond=held,
+                    )
+
+                def held_mse() -> float:
+                    with torch.no_grad():
+                        z = torch.zeros_like(held_target)
+                        out = sample(method.policy, z, c.nfe, c.solver, cond=held)
+                        return float((out - held_target).pow(2).mean())
+
+                lr = c.lr or float(recipe["train"]["lr"])
+                opt = torch.optim.Adam(method.trained_parameters(), lr=lr)
+                gen = torch.Generator().manual_seed(0)
+                train, trace = data.train, []
+                sigma2 = float(method.log_sigma.exp()) ** 2
+                for step in range(steps + 1):
+                    i = torch.randint(0, train.x.shape[0], (256,), generator=gen)
+                    nll = method.self_reconstruction_nll(Batch(train.x[i], train.cond[i]))
+                    if step % SELFFIT_EVERY == 0:  # NLL = mse / (2 sigma^2) + log sigma
+                        mse = (float(nll.detach()) - math.log(sigma2) / 2) * 2 * sigma2
+                        trace.append({"step": step, "train_mse": mse, "heldout_mse": held_mse()})
+                    opt.zero_grad()
+                    nll.backward()
+                    opt.step()
+                return {"lr": lr, "run": folder, "trace": trace}
+
+            cells.get(f"{label}/{name}", compute)
+
+
 def pooled(outs: list[dict[str, float]]) -> dict[str, float]:
     """Roll-out metrics of equal-sized blocks of episodes, pooled (their means)."""
     keys = ("success_rate", "final_distance", "return")
@@ -675,6 +747,7 @@ def main() -> None:
             "noise",
             "misses",
             "confirm",
+            "selffit",
         ],
     )
     parser.add_argument("--task", default="reacher")
@@ -732,6 +805,8 @@ def main() -> None:
             tuple(args.nfes),
             args.eval_seed,
         )
+    elif args.command == "selffit":
+        selffit(args.task, args.runs or [])
     elif args.command == "table":
         table(args.task)
     elif args.command == "render":

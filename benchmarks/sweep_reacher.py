@@ -171,6 +171,16 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     # as the deployed 2 (method.also_nfe: the NLL averaged over both step counts)
     ("resft_fm/also1", "resft_fm", ("method.also_nfe=[1]",)),
     ("ft_fm/also1", "ft_fm", ("method.also_nfe=[1]",)),
+    # session 13: the deterministic policy is deployed at z = 0, a code the reconstruction
+    # term reaches only by interpolation (expert chunks encode elsewhere). Also reconstruct
+    # the frozen pretrained field's own accurate z = 0 output (method.self_weight): the
+    # residual's centre then regresses a smooth function of the observation (the 2-step
+    # sampler's error), not the expert's noisy chunks
+    ("resft_fm/self1", "resft_fm", ("method.self_weight=1",)),
+    ("ft_fm/self1", "ft_fm", ("method.self_weight=1",)),
+    # at weight 1 the reconstruction term dominates and ResFT-FM's z = 0 error hardly moves
+    ("resft_fm/self10", "resft_fm", ("method.self_weight=10",)),
+    ("ft_fm/self10", "ft_fm", ("method.self_weight=10",)),
 ]
 
 

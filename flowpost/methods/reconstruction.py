@@ -109,6 +109,19 @@ class ReconstructionConfig(MethodConfig):
         "with the deployed nfe's, so that the fine-tuned sampler also holds there (e.g. [1] "
         "beside nfe 2); each adds its decoding cost to a training step",
     )
+    self_weight: float = option(
+        0.0,
+        "weight of a second reconstruction NLL whose targets are the frozen pretrained "
+        "field's own accurate samples (encode_solver, encode_nfe) from the codes the "
+        "deployed sampler will see, for the batch's conditions (0: off; see self_code_scale)",
+        min=0.0,
+    )
+    self_code_scale: float = option(
+        0.0,
+        "std of those codes, z = self_code_scale * N(0, I): 0 is the deterministic "
+        "deployment's z = 0 (eval.noise_scale 0), 1 the sampled one",
+        min=0.0,
+    )
     lr: float | None = option(None, "learning rate (None: train.lr)", min=0.0)
 
     @property
@@ -341,11 +354,39 @@ class Reconstruction(Method):
             for k in c.decode_nfes
         ]
         terms = {"rec": torch.stack(nll).mean()}
+        if c.self_weight > 0:
+            terms["self_rec"] = c.self_weight * self.self_reconstruction_nll(batch)
         if c.fm_weight > 0:
             # independent coupling, uniform times, the linear path (flow_matching_loss's own)
             cond = drop_labels(batch.cond, c.label_dropout, self.spec.num_classes)
             terms["fm"] = c.fm_weight * flow_matching_loss(self.policy, batch.x, cond)
         return terms
+
+    def self_reconstruction_nll(self, batch: Batch) -> Tensor:
+        """The NLL of the deployed sampler against the frozen pretrained field's accurate
+        map, on codes ``z = self_code_scale * eps`` with the batch's conditions (averaged over
+        the decoder step counts, as ``rec``).
+
+        These targets are samples of the pretrained model; the accurate encoder maps each
+        back to its ``z`` (up to the solver's error), so this is the reconstruction loss on
+        the model's own samples, with the encode skipped. Where ``rec`` asks the few-step
+        sampler to reproduce the data at the codes the data have, this asks it to keep the
+        accurate sampler's output at the codes it is deployed on (``z = 0`` for a
+        deterministic policy), which ``rec`` reaches only by interpolation.
+        """
+        c = self.config
+        x1 = batch.x
+        z = torch.zeros_like(x1) if c.self_code_scale == 0 else c.self_code_scale * randn_like(x1)
+        target = sample(self.reference, z, c.encode_nfe, c.encode_solver, cond=batch.cond)
+        nll = [
+            gaussian_nll(
+                decode(self.policy, z, batch.cond, nfe=k, solver=c.solver, checkpoint=c.checkpoint),
+                target.detach(),
+                self.log_sigma,
+            ).mean()
+            for k in c.decode_nfes
+        ]
+        return torch.stack(nll).mean()
 
     def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
         logs = update.step("policy", **self.losses(batch))

@@ -38,6 +38,19 @@ class Linear(nn.Module):
         return self.k * x
 
 
+class Affine(nn.Module):
+    """``v(x, t) = k x + b``: from ``z`` the exact flow ends at ``(z + b / k) e^k - b / k``;
+    one Euler step of size ``h`` maps ``x`` to ``(1 + h k) x + h b``."""
+
+    def __init__(self, k: float, b: float) -> None:
+        super().__init__()
+        self.k = nn.Parameter(torch.tensor(k))
+        self.b = nn.Parameter(torch.tensor(b))
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return self.k * x + self.b
+
+
 class Smooth(nn.Module):
     """A smooth non-linear, time-dependent field for order measurements."""
 
@@ -91,6 +104,58 @@ def test_also_nfe_counts_are_checked_like_nfe() -> None:
     build_run_config({"method": {"name": "resft_fm", "mu": 1.5, "nfe": 2}})
     with pytest.raises(ConfigError, match=r"^method\.mu: .* >= 1, so one step"):
         build_run_config({"method": {"name": "resft_fm", "mu": 1.5, "nfe": 2, "also_nfe": [1]}})
+
+
+def _two_euler_steps(k: float, b: float, z: Tensor) -> Tensor:
+    half = (1 + k / 2) * z + b / 2
+    return (1 + k / 2) * half + b / 2
+
+
+def test_self_reconstruction_at_the_deterministic_code_by_hand() -> None:
+    # reference v = x + 1 from z = 0 ends exactly at e - 1; the policy v = 0.5 x + 2 decodes
+    # z = 0 in 2 Euler steps to 2.5 (and in 1 step to 2, averaged in by also_nfe)
+    config = ReconstructionConfig(
+        nfe=2, also_nfe=[1], encode_nfe=256, sigma=0.2, fm_weight=0.0, self_weight=0.5
+    )
+    method = Reconstruction(config, DataSpec((3,)), NET)
+    method.policy, method.reference = Affine(0.5, 2.0), Affine(1.0, 1.0)
+    terms = method.losses(Batch(torch.randn(4, 3)))
+    expected = 0.0
+    for end in (_two_euler_steps(0.5, 2.0, torch.zeros(())).item(), 2.0):
+        expected += ((end - (math.e - 1)) ** 2 / (2 * 0.2**2) + math.log(0.2)) / 2
+    assert terms["self_rec"].item() == pytest.approx(0.5 * expected, rel=1e-5)
+    terms["self_rec"].backward()  # the gradient reaches the decoder only, not the frozen target
+    assert method.policy.k.grad is not None and method.reference.b.grad is None
+
+
+def test_self_reconstruction_on_sampled_codes_by_hand() -> None:
+    # codes z = 0.7 eps: the target is the reference's exact end point from each z
+    config = ReconstructionConfig(
+        nfe=2, encode_nfe=256, sigma=0.2, fm_weight=0.0, self_weight=1.0, self_code_scale=0.7
+    )
+    method = Reconstruction(config, DataSpec((3,)), NET)
+    method.policy, method.reference = Affine(0.5, 2.0), Affine(1.0, 1.0)
+    x1 = torch.randn(5, 3)
+    torch.manual_seed(3)
+    got = method.self_reconstruction_nll(Batch(x1))
+    torch.manual_seed(3)
+    z = 0.7 * torch.randn_like(x1)
+    target = (z + 1.0) * math.e - 1.0
+    sq = (_two_euler_steps(0.5, 2.0, z) - target).pow(2).mean(1)
+    assert got.item() == pytest.approx((sq / (2 * 0.2**2) + math.log(0.2)).mean().item(), rel=1e-5)
+
+
+def test_self_reconstruction_is_off_by_default_and_at_z0_draws_nothing() -> None:
+    # without code noise or the FM term the loss draws no random numbers: neither the
+    # default (no self term) nor the self term at z = 0 may change the RNG stream
+    x1 = torch.randn(4, 3)
+    torch.manual_seed(0)
+    untouched = torch.randn(1)
+    for extra in ({}, {"self_weight": 1.0}):
+        method = Reconstruction(ReconstructionConfig(fm_weight=0.0, **extra), DataSpec((3,)), NET)
+        torch.manual_seed(0)
+        assert set(method.losses(Batch(x1))) == ({"rec", "self_rec"} if extra else {"rec"})
+        assert torch.equal(torch.randn(1), untouched)
 
 
 def test_code_noise_adds_the_decoder_sensitivity_to_the_loss() -> None:
