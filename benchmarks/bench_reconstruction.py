@@ -577,6 +577,12 @@ def confirm(
 
 SELFFIT_STEPS = 600
 SELFFIT_EVERY = 100
+# method (recipe[/variant]) -> overrides; force: the residual's offset head outputs K m
+SELFFIT_METHODS = {
+    "ft_fm": (),
+    "resft_fm": (),
+    "resft_fm/force": ("method.residual_offset=force",),
+}
 
 
 def selffit(task: str, runs: list[str], steps: int = SELFFIT_STEPS) -> None:
@@ -591,16 +597,20 @@ def selffit(task: str, runs: list[str], steps: int = SELFFIT_STEPS) -> None:
     from flowpost.flows.solvers import sample
     from flowpost.train.build import build_method_and_data, seed_everything
     from flowpost.train.config import build_run_config
+    from flowpost.train.trainer import lr_lambda
 
     cells = Cells(RESULTS / f"reconstruction_selffit_{task}.json")
     cells.get("setting", lambda: {"steps": steps, "every": SELFFIT_EVERY, "batch": 256})
     for label, folder in (r.split("=", 1) for r in runs):
-        for name in ("ft_fm", "resft_fm"):
+        for name, extra in SELFFIT_METHODS.items():
 
-            def compute(folder: str = folder, name: str = name) -> dict[str, Any]:
-                recipe = load_yaml(ROOT / "recipes" / task / f"{name}.yaml")
+            def compute(
+                folder: str = folder, name: str = name, extra: tuple = extra
+            ) -> dict[str, Any]:
+                recipe = load_yaml(ROOT / "recipes" / task / f"{name.split('/')[0]}.yaml")
                 recipe["method"].pop("also_nfe", None)
                 sets = [f"init_from={folder}", "method.self_weight=1", "method.self_code_scale=0"]
+                sets += list(extra)
                 seed_everything(0)
                 method, data = build_method_and_data(
                     build_run_config(apply_overrides(recipe, sets))
@@ -622,8 +632,12 @@ def selffit(task: str, runs: list[str], steps: int = SELFFIT_STEPS) -> None:
                         out = sample(method.policy, z, c.nfe, c.solver, cond=held)
                         return float((out - held_target).pow(2).mean())
 
-                lr = c.lr or float(recipe["train"]["lr"])
+                lr, t = c.lr or float(recipe["train"]["lr"]), recipe["train"]
                 opt = torch.optim.Adam(method.trained_parameters(), lr=lr)
+                # the recipe's warm-up and schedule, as the trainer runs them
+                schedule = torch.optim.lr_scheduler.LambdaLR(
+                    opt, lr_lambda(t["warmup_steps"], steps, t["schedule"], 0.1)
+                )
                 gen = torch.Generator().manual_seed(0)
                 train, trace = data.train, []
                 sigma2 = float(method.log_sigma.exp()) ** 2
@@ -636,6 +650,7 @@ def selffit(task: str, runs: list[str], steps: int = SELFFIT_STEPS) -> None:
                     opt.zero_grad()
                     nll.backward()
                     opt.step()
+                    schedule.step()
                 return {"lr": lr, "run": folder, "trace": trace}
 
             cells.get(f"{label}/{name}", compute)

@@ -156,6 +156,8 @@ def render(task: str) -> None:
     for path in sorted(RESULTS.glob(f"reconstruction_confirm_{task}_seed*.json")):
         stem = path.stem.removeprefix("reconstruction_")
         blocks[stem] = partial(confirm_table, stem=stem)
+    if (RESULTS / f"reconstruction_selffit_{task}.json").is_file():
+        blocks[f"selffit_{task}"] = selffit_table
     for sweep, name in (
         ("reconstruction_sweep_reacher.json", "sweep_reacher"),
         (f"reconstruction_pretrain_length_{task}.json", f"length_{task}"),
@@ -172,6 +174,36 @@ def render(task: str) -> None:
         text = f"{head}{start}\n{make(task)}\n{end}{tail}"
         print(f"rendered {name}")
     DOC.write_text(text)
+
+
+def selffit_table(task: str) -> str:
+    """The ``selffit`` cells: per pretrained run and method, the ``z = 0`` few-step error
+    (mean squared, normalised action units) on the training batch and on held-out
+    conditions, at the start, the lowest and highest over the checks, and the end."""
+    data = json.loads((RESULTS / f"reconstruction_selffit_{task}.json").read_text())
+    setting = data["setting"]
+    out = [
+        f"{setting['steps']} Adam steps on the self term alone (batch {setting['batch']}, the "
+        f"recipe's learning rate and schedule; checked every {setting['every']} steps; raw "
+        "weights). Train: the step's batch; held-out: 2000 held-out conditions.",
+        "",
+        "| pretrained run | method | lr | train: start / lowest / highest / end | "
+        "held-out: start / lowest / highest / end |",
+        "|---|---|---|---|---|",
+    ]
+    for key in sorted(k for k in data if k != "setting"):
+        run, method = key.split("/", 4)[:4], key.split("/", 4)[4]
+        trace = data[key]["trace"]
+
+        def cols(field: str, trace: list[dict[str, float]] = trace) -> str:
+            values = [c[field] for c in trace]
+            return f"{values[0]:.5f} / {min(values):.5f} / {max(values):.5f} / {values[-1]:.5f}"
+
+        out.append(
+            f"| {'/'.join(run)} | {method} | {data[key]['lr']:g} | {cols('train_mse')} | "
+            f"{cols('heldout_mse')} |"
+        )
+    return "\n".join(out)
 
 
 def spread_table(task: str) -> str:

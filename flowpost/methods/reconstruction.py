@@ -60,7 +60,7 @@ from flowpost.methods.base import (
 )
 from flowpost.methods.components.common import drop_labels, flow_matching_loss
 from flowpost.nets.config import NetConfig
-from flowpost.nets.contracting import ANCHOR_MODES, ResidualField
+from flowpost.nets.contracting import ANCHOR_MODES, OFFSETS, ResidualField
 from flowpost.nets.factory import build_contracting_residual
 
 FIXED_SOLVERS = ["euler", "midpoint", "heun", "rk4"]
@@ -173,6 +173,13 @@ class ResidualReconstructionConfig(ReconstructionConfig):
         "None: no cap); <= 1 / h keeps every Euler step of size >= h from overshooting the "
         "residual's centre (1: safe down to the 1-step sampler)",
     )
+    residual_offset: str = option(
+        "centre",
+        "what the residual's offset head outputs: centre (r = -K (x - m)) or force (r = -K x "
+        "+ f, f = K m: the same family and bound, but the head moves the velocity directly "
+        "instead of through K, which starts near mu I)",
+        choices=list(OFFSETS),
+    )
     residual_anchor: str = option(
         "none",
         "how the pretrained field's one-step end point a(c) = v_pre(0, 0, c) enters the "
@@ -192,6 +199,11 @@ class ResidualReconstructionConfig(ReconstructionConfig):
         if self.residual_anchor_net == "trained" and self.residual_anchor == "none":
             raise ConfigError(
                 "residual_anchor_net: 'trained' needs residual_anchor centre, input or both"
+            )
+        if self.residual_offset == "force" and self.residual_potential:
+            raise ConfigError(
+                "residual_offset: 'force' has no explicit centre for residual_potential to keep "
+                "as its fixed point; use 'centre' with a potential"
             )
         if not self.mu > 0:
             raise ConfigError(
@@ -418,6 +430,7 @@ class ResidualReconstruction(Reconstruction):
             anchor=c.residual_anchor,
             anchor_net=anchor_net,
             max_gain=c.residual_max_gain,
+            offset=c.residual_offset,
         )
         return ResidualField(base, residual)
 

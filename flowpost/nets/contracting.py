@@ -34,6 +34,14 @@ a copy of it) the anchor is ``anchor_net(0, 0, c)`` instead, and trains with the
 the end point the residual pulls towards is then fine-tuned from the pretrained field's own
 features, still without any dependence on ``x``.
 
+``offset="force"`` reparametrises the same family: the offset head outputs the force
+``f = K m`` instead of the centre, ``r = -K x + f`` (``K`` invertible, so ``m = K^-1 f``;
+:meth:`ContractingResidual.factor_and_centre` solves for it). The Jacobian is still ``-K``
+and the bound unchanged, but a step on the head moves the field by itself rather than
+through ``K``, which starts near ``mu I``: with ``mu = 0.1`` a centre has to travel ten
+times as far as a force for the same correction of the velocity. (Not with ``potential``,
+whose term needs the centre explicitly.)
+
 :class:`ResidualField` adds such a residual to a frozen pretrained field:
 ``v = base(x, t, c) + residual(x, t, c)``.
 
@@ -57,6 +65,8 @@ from flowpost.nets.embeddings import CondEmbedding, TimeEmbedding, check_time, c
 
 # how the pretrained field's anchor a(c) enters the residual (ContractingResidual's docstring)
 ANCHOR_MODES = ("none", "centre", "input", "both")
+# what the residual's offset head outputs: the centre m, or the force f = K m (docstring)
+OFFSETS = ("centre", "force")
 
 
 class ContractingResidual(nn.Module):
@@ -75,6 +85,8 @@ class ContractingResidual(nn.Module):
             field's anchor ``a(c)`` (module docstring) enters; every call then needs it.
         anchor_net: a trainable field ``(x, t, c) -> x``-shaped whose value at ``(0, 0, c)``
             is the anchor (:class:`ResidualField` evaluates it); ``None``: the frozen base's.
+        offset: ``"centre"`` (the head outputs ``m``) or ``"force"`` (it outputs ``K m``;
+            module docstring).
         max_gain: cap on the largest eigenvalue of ``L L^T + mu I`` (> ``mu``; ``None``: no
             cap). ``L`` is scaled down, per input, by ``sqrt((max_gain - mu) / lambda_max(L
             L^T))`` where that ratio is below 1. The bound is the ODE's; an explicit Euler step
@@ -114,6 +126,7 @@ class ContractingResidual(nn.Module):
         anchor: str = "none",
         anchor_net: nn.Module | None = None,
         max_gain: float | None = None,
+        offset: str = "centre",
     ) -> None:
         super().__init__()
         if dim < 1:
@@ -128,6 +141,11 @@ class ContractingResidual(nn.Module):
             raise ValueError(f"anchor must be one of {', '.join(ANCHOR_MODES)}, got {anchor!r}")
         if max_gain is not None and not max_gain > mu:
             raise ValueError(f"max_gain must be > mu ({mu}) or None, got {max_gain}")
+        if offset not in OFFSETS:
+            raise ValueError(f"offset must be one of {', '.join(OFFSETS)}, got {offset!r}")
+        if offset == "force" and potential:
+            raise ValueError("offset='force' has no centre for the potential to keep: use 'centre'")
+        self.offset = offset
         self.dim = dim
         self.mu = float(mu)
         self.max_gain = None if max_gain is None else float(max_gain)
@@ -203,13 +221,22 @@ class ContractingResidual(nn.Module):
     def factor_and_centre(
         self, t: Tensor, cond: Tensor | None = None, anchor: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``L`` (B, dim, rank) and ``m`` (B, dim) for times ``t`` (B,) and conditions."""
+        """``L`` (B, dim, rank) and ``m`` (B, dim) for times ``t`` (B,) and conditions (with
+        ``offset="force"``, ``m = K^-1 f`` plus the anchor's part, solved here)."""
         a = self._anchor(anchor, t.shape[0])
-        return self._factor_and_centre(self._features(t, cond, a), t, a)
+        h = self._features(t, cond, a)
+        factor, centre, force = self._heads(h, t, a)
+        if force is not None:
+            gain = self._gain_of(h, factor)
+            centre = centre + torch.linalg.solve(gain, force[:, :, None])[:, :, 0]
+        return factor, centre
 
-    def _factor_and_centre(
+    def _heads(
         self, h: Tensor, t: Tensor, anchor: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``L``, the centre that sits inside the gain, and the force (``offset="force"``:
+        the offset head's output, added after the gain; else ``None``). The field is
+        ``-K (x - centre) + force``."""
         b = h.shape[0]
         raw = self.factor_head(h)
         if self.full:
@@ -219,10 +246,13 @@ class ContractingResidual(nn.Module):
             factor = raw.reshape(b, self.dim, self.rank)
         if self.max_gain is not None:
             factor = self._cap_factor(factor, self.max_gain - self.mu)
-        centre = self.centre_head(h)
+        offset = self.centre_head(h)
+        centre, force = (
+            (offset, None) if self.offset == "centre" else (torch.zeros_like(offset), offset)
+        )
         if anchor is not None and self.anchor in ("centre", "both"):
             centre = centre + t[:, None].to(centre.dtype) * anchor.to(centre.dtype)
-        return factor, centre
+        return factor, centre, force
 
     @staticmethod
     def _cap_factor(factor: Tensor, room: float) -> Tensor:
@@ -246,7 +276,10 @@ class ContractingResidual(nn.Module):
         are all >= mu (``S``, with ``skew``, is skew-symmetric)."""
         a = self._anchor(anchor, t.shape[0])
         h = self._features(t, cond, a)
-        factor, _ = self._factor_and_centre(h, t, a)
+        factor, _, _ = self._heads(h, t, a)
+        return self._gain_of(h, factor)
+
+    def _gain_of(self, h: Tensor, factor: Tensor) -> Tensor:
         eye = torch.eye(self.dim, device=factor.device, dtype=factor.dtype)
         gain = factor @ factor.transpose(1, 2) + self.mu * eye
         if self.skew:
@@ -302,11 +335,13 @@ class ContractingResidual(nn.Module):
         tb = check_time(t, b).to(x.device)
         a = self._anchor(anchor, b)
         h = self._features(tb, cond, a)
-        factor, centre = self._factor_and_centre(h, tb, a)
+        factor, centre, force = self._heads(h, tb, a)
         d = flat - centre.to(flat.dtype)
         factor = factor.to(flat.dtype)
         # K d = L (L^T d) + mu d, without forming K (cheap for the low-rank factor)
         kd = (factor @ (factor.transpose(1, 2) @ d[:, :, None]))[:, :, 0] + self.mu * d
+        if force is not None:
+            kd = kd - force.to(flat.dtype)
         if self.skew:
             u, v = (f.to(flat.dtype) for f in self._skew_factors(h))
             col = d[:, :, None]
@@ -369,4 +404,4 @@ class ResidualField(nn.Module):
         return velocity + self.residual(x, tb, cond, anchor=anchor.reshape(b, -1))
 
 
-__all__ = ["ANCHOR_MODES", "ContractingResidual", "ResidualField"]
+__all__ = ["ANCHOR_MODES", "OFFSETS", "ContractingResidual", "ResidualField"]

@@ -150,6 +150,7 @@ def build_contracting_residual(
     anchor: str = "none",
     anchor_net: nn.Module | None = None,
     max_gain: float | None = None,
+    offset: str = "centre",
 ) -> ContractingResidual:
     """The residual ``r = -(L L^T + mu I (+ S))(x - m(t, c)) (- grad phi)`` of ResFT-FM for data
     ``spec``: its symmetric Jacobian part is ``<= -mu`` for every input (``mu`` must be > 0)."""
@@ -167,6 +168,7 @@ def build_contracting_residual(
         anchor=anchor,
         anchor_net=anchor_net,
         max_gain=max_gain,
+        offset=offset,
     )
 
 

@@ -286,6 +286,15 @@ def test_the_residual_settings_reach_the_residual() -> None:
     sum(anchored.losses(batch).values()).backward()
     with pytest.raises(ConfigError, match=r"^method\.residual_anchor"):
         build_run_config({"method": {"name": "resft_fm", "residual_anchor": "base"}})
+    forced = ResidualReconstruction(
+        ResidualReconstructionConfig(encode_nfe=8, residual_offset="force"), spec, NET
+    )
+    assert getattr(forced.policy.residual, "offset", None) == "force"
+    sum(forced.losses(batch).values()).backward()
+    with pytest.raises(ConfigError, match=r"^method\.residual_offset: 'force' has no explicit"):
+        build_run_config(
+            {"method": {"name": "resft_fm", "residual_offset": "force", "residual_potential": 4}}
+        )
 
 
 def test_resft_trains_only_the_residual_and_ft_fm_trains_the_whole_policy() -> None:

@@ -314,6 +314,43 @@ def test_the_cap_s_gradient_matches_finite_differences():
     )
 
 
+@pytest.mark.parametrize("dim,rank,skew", [(3, None, False), (5, 2, True), (40, None, True)])
+def test_the_force_offset_is_the_same_family_with_the_same_bound(dim, rank, skew):
+    """offset='force': r = -K x + f. Its Jacobian is still -K (bound unchanged) and it is
+    the centre form with m = K^-1 f, the centre factor_and_centre solves for (a fixed point).
+    Tolerances relative to the gain's entries (float32 rounding; here up to tens)."""
+    mu = 0.3
+    r = ContractingResidual(dim, hidden=16, mu=mu, cond_dim=2, rank=rank, skew=skew, offset="force")
+    r = perturb(r, std=0.3)
+    x, t, c = torch.randn(1, dim) * 2, torch.rand(1), torch.randn(1, 2)
+    jac = jacobian(lambda z: r(z, t, c), x)[0, :, 0, :]
+    gain = r.gain(t, c)[0]
+    scale = float(gain.abs().max())
+    torch.testing.assert_close(jac, -gain, atol=1e-6 * scale, rtol=1e-5)
+    assert float(torch.linalg.eigvalsh((0.5 * (jac + jac.T)).double()).max()) <= -mu + 1e-6 * scale
+    assert float(torch.linalg.eigvalsh((0.5 * (gain + gain.T)).double()).max()) > 2 * mu
+    _, centre = r.factor_and_centre(t, c)
+    assert float(centre.abs().max()) > 0.05
+    size = scale * dim * max(1.0, float(centre.abs().max()))  # |K m| can reach this
+    torch.testing.assert_close(r(centre, t, c), torch.zeros_like(centre), atol=1e-6 * size, rtol=0)
+    torch.testing.assert_close(r(x, t, c), -(x - centre) @ gain.T, atol=1e-6 * size, rtol=1e-4)
+
+
+def test_the_force_offset_moves_the_field_directly():
+    """Why the offset exists: a unit change of the offset head's bias moves the field at the
+    origin by K (about mu = 0.1 at init) as a centre, by 1 as a force."""
+    moved = {}
+    for offset in ("centre", "force"):
+        r = ContractingResidual(3, hidden=8, mu=0.1, offset=offset)
+        x, t = torch.zeros(1, 3), torch.rand(1)
+        before = r(x, t)
+        with torch.no_grad():
+            r.centre_head.bias[0] += 1.0
+        moved[offset] = float((r(x, t) - before)[0, 0])
+    assert moved["force"] == pytest.approx(1.0, abs=1e-5)
+    assert 0.1 <= moved["centre"] < 0.15  # K[0, 0] = mu + (L L^T)[0, 0], L small at init
+
+
 def test_errors():
     with pytest.raises(ValueError, match="mu must be > 0"):
         ContractingResidual(2, mu=0.0)
@@ -325,5 +362,9 @@ def test_errors():
         ContractingResidual(2, potential=-1)
     with pytest.raises(ValueError, match="anchor must be one of"):
         ContractingResidual(2, anchor="base")
+    with pytest.raises(ValueError, match="offset must be one of"):
+        ContractingResidual(2, offset="push")
+    with pytest.raises(ValueError, match="no centre for the potential"):
+        ContractingResidual(2, offset="force", potential=4)
     with pytest.raises(ValueError, match="pass the pretrained field's anchor"):
         ContractingResidual(2, hidden=8, anchor="centre")(torch.randn(3, 2), torch.rand(3))
