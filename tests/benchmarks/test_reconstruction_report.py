@@ -120,3 +120,22 @@ def test_confirm_table_of_one_eval_seed_also_reads_the_recipes_first_episodes(
 def test_recipe_evaluation_reads_the_robot_recipes():
     assert report.recipe_evaluation("reacher") == (1234, 1000)
     assert report.recipe_evaluation("pusher") == (1234, 200)
+
+
+def test_selffit_table_reports_start_lowest_highest_and_end(tmp_path, monkeypatch):
+    trace = [
+        {"step": 0, "train_mse": 0.0008, "heldout_mse": 0.002},
+        {"step": 100, "train_mse": 0.018, "heldout_mse": 0.009},  # a transient rise
+        {"step": 200, "train_mse": 0.0002, "heldout_mse": 0.0028},
+    ]
+    data = {
+        "setting": {"steps": 200, "every": 100, "batch": 256},
+        "pretrain/p16000/d200/s0/resft_fm/force": {"lr": 1e-3, "run": "r", "trace": trace},
+    }
+    (tmp_path / "reconstruction_selffit_reacher.json").write_text(json.dumps(data))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    rows = [line for line in report.selffit_table("reacher").splitlines() if "| pretrain/" in line]
+    assert rows == [
+        "| pretrain/p16000/d200/s0 | resft_fm/force | 0.001 | "
+        "0.00080 / 0.00020 / 0.01800 / 0.00020 | 0.00200 / 0.00200 / 0.00900 / 0.00280 |"
+    ]
