@@ -357,15 +357,7 @@ class Reconstruction(Method):
             encode_solver=c.encode_solver,
             code_noise=c.code_noise,
         )
-        nll = [
-            gaussian_nll(
-                decode(self.policy, z, batch.cond, nfe=k, solver=c.solver, checkpoint=c.checkpoint),
-                batch.x,
-                self.log_sigma,
-            ).mean()
-            for k in c.decode_nfes
-        ]
-        terms = {"rec": torch.stack(nll).mean()}
+        terms = {"rec": self.decoded_nll(z, batch.cond, batch.x)}
         if c.self_weight > 0:
             terms["self_rec"] = c.self_weight * self.self_reconstruction_nll(batch)
         if c.fm_weight > 0:
@@ -390,10 +382,16 @@ class Reconstruction(Method):
         x1 = batch.x
         z = torch.zeros_like(x1) if c.self_code_scale == 0 else c.self_code_scale * randn_like(x1)
         target = sample(self.reference, z, c.encode_nfe, c.encode_solver, cond=batch.cond)
+        return self.decoded_nll(z, batch.cond, target.detach())
+
+    def decoded_nll(self, z: Tensor, cond: Tensor | None, target: Tensor) -> Tensor:
+        """The Gaussian NLL of the policy's decoding of ``z`` against ``target``, averaged over
+        the batch and the decoder step counts ``nfe`` and ``also_nfe``."""
+        c = self.config
         nll = [
             gaussian_nll(
-                decode(self.policy, z, batch.cond, nfe=k, solver=c.solver, checkpoint=c.checkpoint),
-                target.detach(),
+                decode(self.policy, z, cond, nfe=k, solver=c.solver, checkpoint=c.checkpoint),
+                target,
                 self.log_sigma,
             ).mean()
             for k in c.decode_nfes
