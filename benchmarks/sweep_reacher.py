@@ -173,9 +173,10 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("ft_fm/also1", "ft_fm", ("method.also_nfe=[1]",)),
     # session 13: the deterministic policy is deployed at z = 0, a code the reconstruction
     # term reaches only by interpolation (expert chunks encode elsewhere). Also reconstruct
-    # the frozen pretrained field's own accurate z = 0 output (method.self_weight): the
-    # residual's centre then regresses a smooth function of the observation (the 2-step
-    # sampler's error), not the expert's noisy chunks
+    # the frozen pretrained field's own accurate z = 0 output (method.self_weight). The hope
+    # was that the residual's centre would then regress the 2-step sampler's error, a
+    # function of the observation, rather than the expert's noisy chunks; selffit shows the
+    # residual cannot fit that error at all (reconstruction.md, session 13)
     ("resft_fm/self1", "resft_fm", ("method.self_weight=1",)),
     ("ft_fm/self1", "ft_fm", ("method.self_weight=1",)),
     # at weight 1 the reconstruction term dominates and ResFT-FM's z = 0 error hardly moves
