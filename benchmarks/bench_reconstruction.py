@@ -420,20 +420,8 @@ def recorded_rollouts(
     final distance, in episode order, and the task's success threshold."""
     assert ev.robot is not None
     distances: list[float] = []
-    task_ = ev.robot.task
-
-    def distance(env: Any) -> float:
-        d = float(task_.distance(env))
-        distances.append(d)
-        return d
-
-    # the same roll-outs, with a task whose distance read-out also records
-    ev.robot = dataclasses.replace(ev.robot, task=dataclasses.replace(task_, distance=distance))
-    try:
-        out: dict[str, Any] = ev.rollouts(nfe, episodes=episodes, seed=seed)
-    finally:
-        ev.robot = dataclasses.replace(ev.robot, task=task_)
-    return out, distances, float(task_.threshold)
+    out: dict[str, Any] = ev.rollouts(nfe, episodes=episodes, seed=seed, distances=distances)
+    return out, distances, float(ev.robot.task.threshold)
 
 
 def misses(task: str, runs: list[str]) -> None:

@@ -49,8 +49,10 @@ class RobotData:
         episodes: int,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        distances: list[float] | None = None,
     ) -> dict[str, float]:
-        """Roll out ``generate`` as a policy; noise comes from a generator seeded ``seed``."""
+        """Roll out ``generate`` as a policy; noise comes from a generator seeded ``seed``
+        (``distances``: a list each episode's final distance is appended to)."""
         gen = torch.Generator().manual_seed(seed)
         dim = self.chunk * self.task.act_dim
 
@@ -69,6 +71,7 @@ class RobotData:
             history=self.history,
             execute=self.execute,
             normaliser=self.normaliser,
+            distances=distances,
         )
 
 

@@ -45,8 +45,11 @@ def rollouts(
     history: int = 1,
     execute: int = 1,
     normaliser: Normaliser | None = None,
+    distances: list[float] | None = None,
 ) -> dict[str, float]:
-    """Run ``episodes`` episodes with ``policy`` and return the task metrics."""
+    """Run ``episodes`` episodes with ``policy`` and return the task metrics; with a list
+    ``distances``, also append every episode's final distance to it, in episode order (what
+    a paired comparison of two policies on the same episodes needs)."""
     if episodes < 1 or history < 1 or execute < 1:
         raise ValueError("episodes, history and execute must be >= 1")
     envs = [task.make_env() for _ in range(episodes)]
@@ -72,6 +75,8 @@ def rollouts(
             returns[i] += r
         past = [norm(obs), *past[:-1]]
     dist = np.array([task.distance(env) for env in envs])
+    if distances is not None:
+        distances.extend(float(d) for d in dist)
     for env in envs:
         env.close()
     return {

@@ -192,9 +192,16 @@ class Evaluator:
         return metrics
 
     def rollouts(
-        self, nfe: int, *, solver: str = "euler", episodes: int = 100, seed: int = 1234
+        self,
+        nfe: int,
+        *,
+        solver: str = "euler",
+        episodes: int = 100,
+        seed: int = 1234,
+        distances: list[float] | None = None,
     ) -> dict[str, float]:
-        """Roll-out metrics of the policy on its robot task (``robot`` must be given)."""
+        """Roll-out metrics of the policy on its robot task (``robot`` must be given); with a
+        list ``distances``, every episode's final distance is appended to it."""
         if self.robot is None:
             raise ValueError("roll-outs need a robot task (pass robot=)")
         was_training = self.method.training
@@ -208,8 +215,9 @@ class Evaluator:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(seed)
                 out: dict[str, float] = self.robot.evaluate(
-                    generate, episodes=episodes, seed=seed, device=self.device
-                )
+                    generate, episodes=episodes, seed=seed, device=self.device,
+                    distances=distances,
+                )  # fmt: skip
         finally:
             self.method.train(was_training)
         return out

@@ -77,6 +77,17 @@ class TrainConfig:
     validate_every: int = option(
         0, "steps between held-out checks of the model (0: steps // 10)", min=0
     )
+    select_rollouts: int = option(
+        0,
+        "robot tasks: score each check by this many closed-loop roll-outs on validation "
+        "episodes (disjoint from eval's) instead of held-out demonstrations; the start is "
+        "kept until a check's success beats the best's on the same episodes by more than "
+        "select_rollouts_z paired standard errors (0: off)",
+        min=0,
+    )
+    select_rollouts_z: float = option(
+        2.0, "paired standard errors a check's success must gain to replace the best", min=0.0
+    )
     select_metric: str = option(
         "w2", "score of the held-out check (lower is better)", choices=["w2", "energy"]
     )

@@ -2,9 +2,12 @@
 checkpoint, and roll back on a collapse (functions of a :class:`~flowpost.train.Trainer`).
 
 The trainer holds out ``train.holdout_fraction`` of the demonstrations (a
-:class:`~flowpost.train.selection.Selector`); :func:`validate` scores the EMA model on them at
-the start and every tenth of the run, keeps the best in ``best/``, and on a collapse rolls
-back to it with lower learning rates, printing one ``warning:`` line. A method's own guard
+:class:`~flowpost.train.selection.Selector`), or, on a robot task with
+``train.select_rollouts``, rolls the policy out on validation episodes (a
+:class:`~flowpost.train.selection.RolloutSelector`); :func:`validate` scores the EMA model so
+at the start and every tenth of the run (``train.validate_every``), keeps the best in
+``best/``, and on a collapse rolls back to it with lower learning rates, printing one
+``warning:`` line. A method's own guard
 warnings become one line each within :func:`reported_warnings`.
 """
 
@@ -28,7 +31,7 @@ from flowpost.train.checkpoint import (
     split_prefixed,
 )
 from flowpost.train.logger import RunLogger
-from flowpost.train.selection import BEST_DIR, scale_learning_rates
+from flowpost.train.selection import BEST_DIR, RolloutSelector, scale_learning_rates
 from flowpost.train.state import load_method_weights, state_payload
 
 if TYPE_CHECKING:
@@ -41,16 +44,18 @@ def validate(trainer: Trainer, logger: RunLogger | None = None) -> str:
     sel = trainer.selector
     assert sel is not None
     ec = trainer.config.eval
-    ev = Evaluator(
-        trainer.method, roles=trainer.ema_roles(), spec=trainer.data.spec,
-        reference=trainer.data.train, device=trainer.device,
-    )  # fmt: skip
-    check = sel.measure(ev.sample(sel.n_samples, ec.nfe, solver=ec.solver, seed=ec.seed + 1))
+    if isinstance(sel, RolloutSelector):  # the deployed policy: its noise scale, its task
+        ev = trainer.evaluator()
+    else:
+        ev = Evaluator(
+            trainer.method, roles=trainer.ema_roles(), spec=trainer.data.spec,
+            reference=trainer.data.train, device=trainer.device,
+        )  # fmt: skip
+    check = sel.check(ev, ec.nfe, solver=ec.solver, seed=ec.seed + 1)
     check.step = trainer.step
     verdict, reason = sel.judge(check)
     if logger is not None:
-        logger.write({"step": trainer.step, "validation/score": check.score,
-                      "validation/coverage": check.coverage})  # fmt: skip
+        logger.write({"step": trainer.step, **sel.logged(check)})
     if verdict == "best" and trainer.accelerator.is_main_process:
         tensors, state = state_payload(trainer)
         state["selection"] = sel.state()
@@ -69,7 +74,8 @@ def validate(trainer: Trainer, logger: RunLogger | None = None) -> str:
                 f"rolled back to the best model (step {sel.best.step}) and scaled the "
                 f"learning rates by {tc.rollback_lr_factor}"
             )
-        message = f"warning: step {trainer.step}: collapse on held-out demos ({reason}); {what}"
+        where = "validation roll-outs" if isinstance(sel, RolloutSelector) else "held-out demos"
+        message = f"warning: step {trainer.step}: collapse on {where} ({reason}); {what}"
         if trainer.accelerator.is_main_process:
             if act or not trainer._warned_idle:  # once when the guard can no longer act
                 print(message, file=sys.stderr, flush=True)
@@ -130,7 +136,7 @@ def selection_summary(trainer: Trainer) -> dict[str, Any]:
     best = latest_checkpoint(trainer.out / BEST_DIR)
     out["checkpoints"]["best"] = None if best is None else str(best.relative_to(trainer.out))
     out.update(
-        best_step=sel.best.step, rollbacks=trainer.rollbacks, heldout_demos=len(sel.heldout),
+        best_step=sel.best.step, rollbacks=trainer.rollbacks, **sel.describe(),
         validation=sel.state(), model="best",
     )  # fmt: skip
     return out

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from flowpost.data.base import ArrayData, DataSpec
 from flowpost.data.registry import split_off
+from flowpost.eval.evaluator import Evaluator
 from flowpost.eval.metrics import knn_precision_recall, w2
 from flowpost.train.checkpoint import CheckpointError, checkpoint_dirs, latest_checkpoint
 
@@ -124,14 +125,32 @@ def energy_u(x: Tensor, y: Tensor) -> float:
 
 @dataclass
 class Check:
-    """One validation: the step, the held-out score (lower is better) and the coverage."""
+    """One validation: the step, the score (lower is better) and the coverage of the
+    demonstrations (held-out selection), or the per-episode outcomes (``solved``, one
+    ``"1"``/``"0"`` per validation episode: roll-out selection, where the score is the
+    failure rate and the coverage is not measured)."""
 
     step: int
     score: float
-    coverage: float
+    coverage: float = float("nan")
+    solved: str = ""
 
-    def as_dict(self) -> dict[str, float]:
-        return {"step": self.step, "score": self.score, "coverage": self.coverage}
+    def as_dict(self) -> dict[str, float | str]:
+        out: dict[str, float | str] = {"step": self.step, "score": self.score}
+        if self.solved:
+            out["solved"] = self.solved
+        else:
+            out["coverage"] = self.coverage
+        return out
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, object]) -> Check:
+        return cls(
+            int(value["step"]),  # type: ignore[call-overload]
+            float(value["score"]),  # type: ignore[arg-type]
+            float(value.get("coverage", float("nan"))),  # type: ignore[arg-type]
+            str(value.get("solved", "")),
+        )
 
 
 class Selector:
@@ -184,6 +203,18 @@ class Selector:
     def n_samples(self) -> int:
         """How many model samples a check needs."""
         return max(len(self.ref), 200)
+
+    def check(self, ev: Evaluator, nfe: int, *, solver: str, seed: int) -> Check:
+        """Score the evaluator's model: ``n_samples`` samples against the held-out set."""
+        return self.measure(ev.sample(self.n_samples, nfe, solver=solver, seed=seed))
+
+    def logged(self, check: Check) -> dict[str, float]:
+        """What a check adds to ``metrics.jsonl``."""
+        return {"validation/score": check.score, "validation/coverage": check.coverage}
+
+    def describe(self) -> dict[str, object]:
+        """What ``summary.json`` says the selection was made on."""
+        return {"heldout_demos": len(self.heldout)}
 
     def measure(self, samples: Tensor, step: int = 0) -> Check:
         x = samples.reshape(samples.shape[0], -1).double().cpu()
@@ -242,11 +273,108 @@ class Selector:
 
     def load_state(self, state: dict[str, object]) -> None:
         self.lowest = float(state.get("lowest", self.lowest))  # type: ignore[arg-type]
-        for name in ("start", "best"):
-            value = state.get(name)
-            if isinstance(value, dict):
-                check = Check(int(value["step"]), float(value["score"]), float(value["coverage"]))
-                setattr(self, name, check)
+        load_checks(self, state)
+
+
+def load_checks(selector: Selector | RolloutSelector, state: Mapping[str, object]) -> None:
+    """Restore a selector's ``start`` and ``best`` checks from its saved state."""
+    for name in ("start", "best"):
+        value = state.get(name)
+        if isinstance(value, dict):
+            setattr(selector, name, Check.from_dict(value))
+
+
+def paired_gain(new: str, old: str) -> tuple[float, float]:
+    """Mean per-episode gain in success of ``new`` over ``old`` on the same episodes
+    (``"1"``/``"0"`` strings) and its standard error (the paired differences' spread over
+    the square root of their number)."""
+    if len(new) != len(old) or not new:
+        raise ValueError(f"paired outcomes need equal, non-empty lengths: {len(new)} vs {len(old)}")
+    pairs = zip(new, old, strict=True)
+    diff = torch.tensor([int(a) - int(b) for a, b in pairs], dtype=torch.float64)
+    n = diff.numel()
+    se = float(diff.std()) / math.sqrt(n) if n > 1 else 0.0
+    return float(diff.mean()), se
+
+
+class RolloutSelector:
+    """Scores models by closed-loop roll-outs on validation episodes (robot tasks).
+
+    Each check rolls the EMA policy out on the same ``episodes`` episodes (seeded ``seed``:
+    :func:`flowpost.envs.rollout.eval_seed`, disjoint from the evaluation's when the seeds
+    differ) at the deployed sampler, and records which episodes succeed. The score is the
+    failure rate. Unlike held-out demonstrations, the roll-outs measure the goal itself, so
+    the start is kept until a later model proves better: a check becomes the ``best`` only
+    when its success rate beats the best's on the same episodes by more than ``z`` paired
+    standard errors; it is a ``collapse`` when it falls below the best's by more than both 3
+    standard errors and ``drop``. The kept model is therefore never worse than the start on
+    the validation episodes, and where no fine-tuned check clears the bar it *is* the start.
+
+    Example:
+        >>> sel = RolloutSelector(episodes=8, seed=1)
+        >>> sel.judge(Check(0, 0.5, solved="11110000"))[0]
+        'best'
+        >>> sel.judge(Check(100, 0.375, solved="11110100"))[0]  # one episode more: noise
+        'ok'
+        >>> sel.judge(Check(200, 0.0, solved="11111111"))[0]
+        'best'
+        >>> sel.judge(Check(300, 1.0, solved="00000000"))[0]
+        'collapse'
+    """
+
+    def __init__(self, episodes: int, *, seed: int, z: float = 2.0, drop: float = 0.05) -> None:
+        if episodes < 1:
+            raise ValueError(f"train.select_rollouts: episodes must be >= 1, got {episodes}")
+        self.episodes, self.seed, self.z, self.drop = episodes, seed, z, drop
+        self.start: Check | None = None
+        self.best: Check | None = None
+
+    def check(self, ev: Evaluator, nfe: int, *, solver: str, seed: int) -> Check:
+        """Roll the evaluator's policy out on the validation episodes (``seed`` is unused:
+        every check runs the same episodes, ``self.seed``, so that checks pair up)."""
+        if ev.robot is None:
+            raise ValueError("train.select_rollouts: roll-outs need a robot task")
+        distances: list[float] = []
+        ev.rollouts(nfe, solver=solver, episodes=self.episodes, seed=self.seed,
+                    distances=distances)  # fmt: skip
+        threshold = ev.robot.task.threshold
+        # a non-finite action gives a non-finite distance: a failed episode
+        solved = "".join("1" if d < threshold else "0" for d in distances)
+        return Check(0, 1.0 - solved.count("1") / len(solved), solved=solved)
+
+    def logged(self, check: Check) -> dict[str, float]:
+        return {"validation/success_rate": 1.0 - check.score}
+
+    def describe(self) -> dict[str, object]:
+        return {"validation_episodes": self.episodes, "validation_seed": self.seed}
+
+    def judge(self, check: Check) -> tuple[str, str]:
+        """``("best" | "collapse" | "ok", reason)``; records the start and the best."""
+        if self.start is None:
+            self.start = check
+        best = self.best
+        if best is None:
+            self.best = check
+            return "best", ""
+        gain, se = paired_gain(check.solved, best.solved)
+        if gain > 0 and gain > self.z * se:
+            self.best = check
+            return "best", ""
+        if -gain > max(3 * se, self.drop):
+            return "collapse", (
+                f"validation success {1 - check.score:.3f} vs {1 - best.score:.3f} at step "
+                f"{best.step} on {self.episodes} episodes"
+            )
+        return "ok", ""
+
+    def state(self) -> dict[str, object]:
+        return {
+            "start": None if self.start is None else self.start.as_dict(),
+            "best": None if self.best is None else self.best.as_dict(),
+        }
+
+    def load_state(self, state: dict[str, object]) -> None:
+        load_checks(self, state)
 
 
 def scale_learning_rates(optimizers: Mapping[str, torch.optim.Optimizer], factor: float) -> None:

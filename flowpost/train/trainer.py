@@ -51,6 +51,7 @@ from flowpost.train.ema import EMA
 from flowpost.train.logger import ProgressBar, RunLogger
 from flowpost.train.selection import (
     BEST_DIR,
+    RolloutSelector,
     Selector,
     split_holdout,
 )
@@ -150,7 +151,7 @@ class Trainer:
                 f"{method.spec.num_classes}); build the method from the data's spec"
             )
         self.data = data
-        self.selector: Selector | None = None
+        self.selector: Selector | RolloutSelector | None = None
         fraction = tc.holdout_fraction
         # streamed data (latents on disk) is read a batch at a time, never moved whole
         self.streamed = bool(getattr(data.train, "streamed", False))
@@ -162,6 +163,21 @@ class Trainer:
             raise ValueError(
                 "train.holdout_fraction: checkpoint selection needs in-memory data; set it to 0 "
                 "for data read from disk (data.name: latents)"
+            )
+        if tc.select_rollouts > 0:  # the policy's own success scores checkpoints instead
+            if data.robot is None:
+                raise ValueError(
+                    "train.select_rollouts: roll-outs need a robot task (data.name reacher or "
+                    "pusher); for other data select on held-out demos (train.holdout_fraction)"
+                )
+            if tc.holdout_fraction:
+                raise ValueError(
+                    "train.select_rollouts and train.holdout_fraction both choose the kept "
+                    "checkpoint: set one of them (holdout_fraction: 0)"
+                )
+            fraction = 0.0
+            self.selector = RolloutSelector(
+                tc.select_rollouts, seed=config.eval.seed + 1, z=tc.select_rollouts_z
             )
         if fraction > 0:  # demonstrations held out to score checkpoints and keep the best
             kept, held = split_holdout(data.train, fraction, config.data.seed)

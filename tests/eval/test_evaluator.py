@@ -106,7 +106,9 @@ class RecordingRobot:
     """A stand-in robot task: one roll-out step that feeds ``generate`` unit noise and
     reports the mean absolute action it got back."""
 
-    def evaluate(self, generate, *, episodes: int, seed: int, device) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    def evaluate(  # type: ignore[no-untyped-def]
+        self, generate, *, episodes: int, seed: int, device, distances=None
+    ) -> dict[str, float]:
         actions = generate(torch.ones(4, 2), None)
         return {"mean_abs_action": float(actions.detach().abs().mean())}
 

@@ -209,6 +209,32 @@ def test_the_anchored_centre_starts_on_the_straight_path_to_the_anchor():
     assert not torch.allclose(fed(x, t, c, anchor=a), plain(x, t, c))
 
 
+def test_an_anchored_residual_starts_as_the_base_s_deterministic_one_and_two_step_map():
+    """With m = t a(c) and a(c) = base(0, 0, c), Euler from z = 0 visits 0 and a / 2, both
+    on the centre's path, so at the start the residual adds nothing there: the field's 1- and
+    2-step maps of z = 0 are the base's (what lets ResFT-FM keep its start as the pretrained
+    policy); elsewhere, and at 4 steps, it does change the field."""
+    from flowpost.flows.solvers import sample
+
+    base = perturb(MLPVelocity(3, hidden=16, depth=1, cond_dim=2))
+    field = ResidualField(
+        base, ContractingResidual(3, hidden=16, mu=0.3, cond_dim=2, anchor="centre")
+    )
+    c, zero = torch.randn(6, 2), torch.zeros(6, 3)
+    with torch.no_grad():
+        for nfe in (1, 2):
+            torch.testing.assert_close(
+                sample(field, zero, nfe, "euler", cond=c), sample(base, zero, nfe, "euler", cond=c)
+            )
+        z = torch.randn(6, 3)
+        assert not torch.allclose(
+            sample(field, z, 2, "euler", cond=c), sample(base, z, 2, "euler", cond=c)
+        )
+        assert not torch.allclose(
+            sample(field, zero, 4, "euler", cond=c), sample(base, zero, 4, "euler", cond=c)
+        )
+
+
 def test_the_residual_field_passes_the_base_one_step_end_point_as_the_anchor():
     base = perturb(MLPVelocity(3, hidden=16, depth=1, cond_dim=2))
     res = perturb(ContractingResidual(3, hidden=16, mu=0.1, cond_dim=2, anchor="both"))

@@ -8,7 +8,14 @@ import torch
 from flowpost.data.base import ArrayData
 from flowpost.data.toys import mode_info, sample_toy
 from flowpost.train import run_training
-from flowpost.train.selection import Selector, energy_u, split_holdout
+from flowpost.train.selection import (
+    Check,
+    RolloutSelector,
+    Selector,
+    energy_u,
+    paired_gain,
+    split_holdout,
+)
 
 
 def g(seed):
@@ -214,3 +221,109 @@ def test_a_score_a_perfect_model_reaches_is_never_a_collapse_after_a_lucky_start
     far = sel.measure(sample_toy("8gaussians", 1000, g(3)) + 3.0, step=20)
     assert far.score > sel.floor + 3 * sel.noise
     assert sel.judge(far)[0] == "collapse"
+
+
+def test_paired_gain_is_the_mean_paired_difference_and_its_standard_error():
+    # differences 0, 1, 0, 0: mean 1/4, sample sd sqrt((3 (1/4)^2 + (3/4)^2) / 3) = 1/2
+    gain, se = paired_gain("1101", "1001")
+    assert gain == pytest.approx(0.25) and se == pytest.approx(0.5 / 2)
+    assert paired_gain("111", "111") == (0.0, 0.0)
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_gain("11", "111")
+
+
+def outcomes(rate: float, n: int = 400, seed: int = 0) -> list[str]:
+    solved = (torch.rand(n, generator=g(seed)) < rate).tolist()
+    return ["1" if s else "0" for s in solved]
+
+
+def flipped(solved: list[str], frm: str, k: int, after: int = 0) -> list[str]:
+    """``solved`` with its first ``k`` episodes from index ``after`` on that read ``frm``
+    flipped."""
+    out, left = list(solved), k
+    for i, s in enumerate(out):
+        if left and i >= after and s == frm:
+            out[i], left = ("0" if s == "1" else "1"), left - 1
+    return out
+
+
+def rollout_check(step: int, solved: list[str]) -> Check:
+    return Check(step, 1 - solved.count("1") / len(solved), solved="".join(solved))
+
+
+def test_rollout_selector_keeps_the_start_until_a_check_clears_the_paired_bar():
+    """On the same 400 episodes: a check that trades 20 successes for 20 others (the same
+    rate) or gains 14 and loses 6 (+0.02, under 2 paired s.e. of 0.011) keeps the start; one
+    that gains 40 replaces it; one that loses 60 is a collapse, named in one reason."""
+    start = outcomes(0.85)
+    sel = RolloutSelector(400, seed=1)
+    assert sel.judge(rollout_check(0, start)) == ("best", "")
+    same_rate = flipped(flipped(start, "1", 20), "0", 20, after=200)
+    assert same_rate != start and sel.judge(rollout_check(100, same_rate))[0] == "ok"
+    small = flipped(flipped(start, "1", 6), "0", 14, after=200)
+    gain, se = paired_gain("".join(small), "".join(start))
+    assert gain == pytest.approx(0.02) and gain < 2 * se
+    assert sel.judge(rollout_check(200, small))[0] == "ok"
+    assert sel.best is not None and sel.best.step == 0
+    better = flipped(start, "0", 40)
+    assert sel.judge(rollout_check(300, better))[0] == "best" and sel.best.step == 300
+    verdict, reason = sel.judge(rollout_check(400, flipped(better, "1", 60)))
+    assert verdict == "collapse" and "at step 300 on 400 episodes" in reason
+    # the state (what a resumed run reloads from best/) keeps the paired outcomes
+    again = RolloutSelector(400, seed=1)
+    again.load_state(json.loads(json.dumps(sel.state())))
+    for name in ("best", "start"):
+        assert getattr(again, name).as_dict() == getattr(sel, name).as_dict()
+    assert again.judge(rollout_check(500, better))[0] == "ok"  # ties with the best: kept
+
+
+def test_rollout_selection_needs_a_robot_task_and_no_held_out_fraction(tmp_path):
+    cfg = {
+        "data": {"name": "8gaussians", "n_train": 200, "n_heldout": 200},
+        "model": {"hidden": 16, "depth": 1},
+        "train": {"steps": 1, "batch_size": 8, "checkpoint_every": 0, "select_rollouts": 10},
+        "eval": {"nfe": 2, "n_samples": 20, "plots": False},
+    }
+    with pytest.raises(ValueError, match="roll-outs need a robot task"):
+        run_training(cfg, tmp_path / "toy")
+    cfg["data"] = {"name": "reacher", "demos": 4}
+    cfg["train"] = {**cfg["train"], "holdout_fraction": 0.1}
+    pytest.importorskip("gymnasium", reason="robot tasks need the [robot] extra")
+    with pytest.raises(ValueError, match="set one of them"):
+        run_training(cfg, tmp_path / "both")
+
+
+def test_rollout_selection_keeps_the_anchored_resft_start_as_the_pretrained_policy(
+    tmp_path, monkeypatch
+):
+    """ResFT-FM with the anchored centre starts as the pretrained policy's deterministic
+    2-step map; trained with a learning rate 100x too high, no check beats it on the
+    validation roll-outs, so the kept model is the start and scores exactly what the
+    pretrained policy scores on the evaluation episodes, while the last model does not."""
+    pytest.importorskip("gymnasium", reason="robot tasks need the [robot] extra")
+    pytest.importorskip("mujoco", reason="robot tasks need the [robot] extra")
+    monkeypatch.setenv("FLOWPOST_CACHE", str(tmp_path / "cache"))
+    common = {
+        "data": {"name": "reacher", "demos": 4, "history": 2, "chunk": 4, "execute": 2},
+        "model": {"hidden": 32, "depth": 2},
+        "eval": {"nfe": 2, "noise_scale": 0, "n_samples": 50, "episodes": 6, "plots": False},
+    }
+    pre = run_training(
+        {**common, "train": {"steps": 60, "batch_size": 64, "checkpoint_every": 0}},
+        tmp_path / "pre",
+    )
+    cfg = {
+        **common,
+        "init_from": str(tmp_path / "pre"),
+        "method": {"name": "resft_fm", "mu": 0.1, "residual_hidden": 16, "encode_nfe": 4,
+                   "residual_anchor": "centre", "checkpoint": False},
+        "train": {"steps": 20, "batch_size": 64, "lr": 0.1, "checkpoint_every": 0,
+                  "ema_decay": 0.0, "select_rollouts": 8, "validate_every": 5},
+    }  # fmt: skip
+    summary = run_training(cfg, tmp_path / "resft")
+    assert summary["best_step"] == 0 and summary["model"] == "best"
+    assert summary["validation_episodes"] == 8 and len(summary["validation"]["best"]["solved"]) == 8
+    assert summary["final_distance"] == pytest.approx(pre["final_distance"], rel=1e-5)
+    assert summary["last/final_distance"] != pytest.approx(pre["final_distance"], rel=1e-3)
+    logged = [json.loads(line) for line in (tmp_path / "resft" / "metrics.jsonl").open()]
+    assert sum("validation/success_rate" in rec for rec in logged) == 5  # start + 4 checks
