@@ -35,6 +35,9 @@ interrupted run resumes where it stopped; trained run folders are reused):
   ``z = 0`` (``method.self_weight``: the deployed 2-step sampler's output against the frozen
   pretrained field's accurate one) on random training batches: can each fit the pretrained
   policy's few-step error, and does the fit carry to held-out observations?
+* ``learnable``: for named pretrained run folders (``--runs LABEL=RUN``), is the few-step
+  error of the ``z = 0`` map (accurate minus 2 Euler steps) a function of the observation an
+  MLP as large as the policy can regress, on training and on held-out observations?
 * ``digits``: pretrain on sklearn digits, FT-FM at 2 NFE; reconstruction error (encode
   held-out digits by 32 RK4 steps, decode at K Euler steps) and sample Frechet distance at
   NFE 1, 2, 4, before and after.
@@ -580,11 +583,9 @@ def selffit(task: str, runs: list[str], steps: int = SELFFIT_STEPS) -> None:
     only. Every ``SELFFIT_EVERY`` steps: the mean squared ``z = 0`` error (normalised action
     units, per dimension) on the step's training batch and on the first 2000 held-out
     chunks' conditions, of the raw (not EMA) weights."""
-    from flowpost.config import apply_overrides, load_yaml
+    from flowpost.config import load_yaml
     from flowpost.data.base import Batch
     from flowpost.flows.solvers import sample
-    from flowpost.train.build import build_method_and_data, seed_everything
-    from flowpost.train.config import build_run_config
     from flowpost.train.trainer import lr_lambda
 
     cells = Cells(RESULTS / f"reconstruction_selffit_{task}.json")
@@ -596,13 +597,8 @@ def selffit(task: str, runs: list[str], steps: int = SELFFIT_STEPS) -> None:
                 folder: str = folder, name: str = name, extra: tuple = extra
             ) -> dict[str, Any]:
                 recipe = load_yaml(ROOT / "recipes" / task / f"{name.split('/')[0]}.yaml")
-                recipe["method"].pop("also_nfe", None)
-                sets = [f"init_from={folder}", "method.self_weight=1", "method.self_code_scale=0"]
-                sets += list(extra)
-                seed_everything(0)
-                method, data = build_method_and_data(
-                    build_run_config(apply_overrides(recipe, sets))
-                )
+                sets = ["method.self_weight=1", "method.self_code_scale=0", *extra]
+                method, data = recipe_method(task, name.split("/")[0], folder, sets)
                 c = method.config
                 held = data.heldout.cond[:GAP_CONDITIONS]
                 with torch.no_grad():  # the held-out targets are fixed: compute them once
@@ -642,6 +638,92 @@ def selffit(task: str, runs: list[str], steps: int = SELFFIT_STEPS) -> None:
                 return {"lr": lr, "run": folder, "trace": trace}
 
             cells.get(f"{label}/{name}", compute)
+
+
+def recipe_method(task: str, recipe: str, pretrained: str, sets: list[str]) -> tuple[Any, Any]:
+    """(method, data) of ``recipes/TASK/RECIPE.yaml`` from a pretrained run, without its
+    ``also_nfe`` (the deployed step count alone), seeded 0."""
+    from flowpost.config import apply_overrides, load_yaml
+    from flowpost.train.build import build_method_and_data, seed_everything
+    from flowpost.train.config import build_run_config
+
+    cfg = load_yaml(ROOT / "recipes" / task / f"{recipe}.yaml")
+    cfg["method"].pop("also_nfe", None)
+    seed_everything(0)
+    return build_method_and_data(
+        build_run_config(apply_overrides(cfg, [f"init_from={pretrained}", *sets]))
+    )
+
+
+LEARNABLE_STEPS = 3000
+LEARNABLE_EVERY = 500
+
+
+def learnable(task: str, runs: list[str], steps: int = LEARNABLE_STEPS) -> None:
+    """Per pretrained run (``--runs LABEL=RUN``): is its few-step error at ``z = 0`` a
+    function of the observation that a network can learn? The correction
+    ``d(c) = accurate(c) - two_step(c)`` (32-evaluation RK4 against 2 Euler steps of the
+    pretrained field, from ``z = 0``) on every training condition and the first 2000
+    held-out ones; an MLP of the condition (3 x 256, SiLU, as wide and deep as the policy)
+    regresses it by Adam (lr 1e-3, batch 256); every ``LEARNABLE_EVERY`` steps its mean
+    squared residual on both sets, against predicting 0 (the uncorrected error) and the
+    training mean."""
+    from flowpost.flows.solvers import sample
+
+    cells = Cells(RESULTS / f"reconstruction_learnable_{task}.json")
+    cells.get("setting", lambda: {"steps": steps, "every": LEARNABLE_EVERY, "batch": 256})
+    for label, folder in (r.split("=", 1) for r in runs):
+
+        def compute(folder: str = folder) -> dict[str, Any]:
+            method, data = recipe_method(task, "ft_fm", folder, [])
+            ref = method.reference
+
+            def correction(c: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    z = torch.zeros(c.shape[0], *data.spec.shape)
+                    accurate = sample(ref, z, 32, "rk4", cond=c)
+                    return accurate - sample(ref, z, 2, "euler", cond=c)
+
+            train, held = data.train.cond, data.heldout.cond[:GAP_CONDITIONS]
+            d_train, d_held = correction(train), correction(held)
+            mean = d_train.mean(0)
+            torch.manual_seed(0)
+            width, out = 256, d_train.shape[1]
+            net = torch.nn.Sequential(
+                torch.nn.Linear(train.shape[1], width), torch.nn.SiLU(),
+                torch.nn.Linear(width, width), torch.nn.SiLU(),
+                torch.nn.Linear(width, width), torch.nn.SiLU(),
+                torch.nn.Linear(width, out),
+            )  # fmt: skip
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+            gen = torch.Generator().manual_seed(0)
+
+            def mse(pred: torch.Tensor, target: torch.Tensor) -> float:
+                return float((pred - target).pow(2).mean())
+
+            trace = []
+            for step in range(steps + 1):
+                if step % LEARNABLE_EVERY == 0:
+                    with torch.no_grad():
+                        trace.append({"step": step, "train_mse": mse(net(train), d_train),
+                                      "heldout_mse": mse(net(held), d_held)})  # fmt: skip
+                i = torch.randint(0, train.shape[0], (256,), generator=gen)
+                loss = (net(train[i]) - d_train[i]).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            return {
+                "run": folder,
+                "train_conditions": int(train.shape[0]),
+                "heldout_conditions": int(held.shape[0]),
+                "zero": {"train_mse": mse(0 * d_train, d_train),
+                         "heldout_mse": mse(0 * d_held, d_held)},
+                "train_mean": {"train_mse": mse(mean.expand_as(d_train), d_train),
+                               "heldout_mse": mse(mean.expand_as(d_held), d_held)},
+                "trace": trace,
+            }  # fmt: skip
+
+        cells.get(label, compute)
 
 
 def pooled(outs: list[dict[str, float]]) -> dict[str, float]:
@@ -751,6 +833,7 @@ def main() -> None:
             "misses",
             "confirm",
             "selffit",
+            "learnable",
         ],
     )
     parser.add_argument("--task", default="reacher")
@@ -810,6 +893,8 @@ def main() -> None:
         )
     elif args.command == "selffit":
         selffit(args.task, args.runs or [])
+    elif args.command == "learnable":
+        learnable(args.task, args.runs or [])
     elif args.command == "table":
         table(args.task)
     elif args.command == "render":
