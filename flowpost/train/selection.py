@@ -265,15 +265,17 @@ class Selector:
         return "ok", ""
 
     def state(self) -> dict[str, object]:
-        return {
-            "start": None if self.start is None else self.start.as_dict(),
-            "best": None if self.best is None else self.best.as_dict(),
-            "lowest": self.lowest,
-        }
+        return {**saved_checks(self), "lowest": self.lowest}
 
     def load_state(self, state: dict[str, object]) -> None:
         self.lowest = float(state.get("lowest", self.lowest))  # type: ignore[arg-type]
         load_checks(self, state)
+
+
+def saved_checks(selector: Selector | RolloutSelector) -> dict[str, object]:
+    """A selector's ``start`` and ``best`` checks as saved with the best checkpoint."""
+    return {name: None if (check := getattr(selector, name)) is None else check.as_dict()
+            for name in ("start", "best")}  # fmt: skip
 
 
 def load_checks(selector: Selector | RolloutSelector, state: Mapping[str, object]) -> None:
@@ -368,10 +370,7 @@ class RolloutSelector:
         return "ok", ""
 
     def state(self) -> dict[str, object]:
-        return {
-            "start": None if self.start is None else self.start.as_dict(),
-            "best": None if self.best is None else self.best.as_dict(),
-        }
+        return saved_checks(self)
 
     def load_state(self, state: dict[str, object]) -> None:
         load_checks(self, state)
