@@ -187,7 +187,7 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     # session 14: no residual setting beat the noise, so keep the start unless the policy's
     # own success says otherwise. The anchored centre (m = t a(c)) makes the start exactly
     # the pretrained policy's deterministic 1- and 2-step map (r = 0 on that path), and
-    # train.select_rollouts keeps it until a check beats it by 2 paired standard errors on
+    # train.select_rollouts keeps it until a check beats it clearly (a paired test) on
     # 500 validation episodes; with the 1-step reconstruction too (1-NFE collapse); FT-FM
     # under the same selection (does the bar cost it its gain?)
     (

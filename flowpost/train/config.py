@@ -81,12 +81,15 @@ class TrainConfig:
         0,
         "robot tasks: score each check by this many closed-loop roll-outs on validation "
         "episodes (disjoint from eval's) instead of held-out demonstrations; the start is "
-        "kept until a check's success beats the best's on the same episodes by more than "
-        "select_rollouts_z paired standard errors (0: off)",
+        "kept until a check beats the best on the episodes where they differ with a one-sided "
+        "exact sign-test p below select_rollouts_p (0: off)",
         min=0,
     )
-    select_rollouts_z: float = option(
-        2.0, "paired standard errors a check's success must gain to replace the best", min=0.0
+    select_rollouts_p: float = option(
+        0.025,
+        "sign-test p-value below which a check's roll-outs replace the best",
+        min=0.0,
+        max=1.0,
     )
     select_metric: str = option(
         "w2", "score of the held-out check (lower is better)", choices=["w2", "energy"]

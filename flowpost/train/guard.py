@@ -51,7 +51,16 @@ def validate(trainer: Trainer, logger: RunLogger | None = None) -> str:
             trainer.method, roles=trainer.ema_roles(), spec=trainer.data.spec,
             reference=trainer.data.train, device=trainer.device,
         )  # fmt: skip
-    check = sel.check(ev, ec.nfe, solver=ec.solver, seed=ec.seed + 1)
+    if isinstance(sel, RolloutSelector) and trainer.accelerator.num_processes > 1:
+        # roll out once, on the main process, and give every process the same outcomes, so
+        # that all reach the same verdict (and all roll back together, or none)
+        from accelerate.utils import broadcast_object_list
+
+        mine = sel.check(ev, ec.nfe, solver=ec.solver, seed=ec.seed + 1) if (
+            trainer.accelerator.is_main_process) else None  # fmt: skip
+        check = broadcast_object_list([mine])[0]
+    else:
+        check = sel.check(ev, ec.nfe, solver=ec.solver, seed=ec.seed + 1)
     check.step = trainer.step
     verdict, reason = sel.judge(check)
     if logger is not None:

@@ -46,6 +46,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -286,17 +287,25 @@ def load_checks(selector: Selector | RolloutSelector, state: Mapping[str, object
             setattr(selector, name, Check.from_dict(value))
 
 
-def paired_gain(new: str, old: str) -> tuple[float, float]:
-    """Mean per-episode gain in success of ``new`` over ``old`` on the same episodes
-    (``"1"``/``"0"`` strings) and its standard error (the paired differences' spread over
-    the square root of their number)."""
+def paired_counts(new: str, old: str) -> tuple[int, int]:
+    """Episodes ``new`` solves and ``old`` does not (wins), and the reverse (losses), of two
+    ``"1"``/``"0"`` outcome strings over the same episodes."""
     if len(new) != len(old) or not new:
         raise ValueError(f"paired outcomes need equal, non-empty lengths: {len(new)} vs {len(old)}")
-    pairs = zip(new, old, strict=True)
-    diff = torch.tensor([int(a) - int(b) for a, b in pairs], dtype=torch.float64)
-    n = diff.numel()
-    se = float(diff.std()) / math.sqrt(n) if n > 1 else 0.0
-    return float(diff.mean()), se
+    wins = sum(a == "1" and b == "0" for a, b in zip(new, old, strict=True))
+    losses = sum(a == "0" and b == "1" for a, b in zip(new, old, strict=True))
+    return wins, losses
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """One-sided exact sign (McNemar) test: the probability of at least ``wins`` wins among
+    ``wins + losses`` episodes that differ, if each were a fair coin (1 when none differ)."""
+    n = wins + losses
+    return float(Fraction(sum(math.comb(n, k) for k in range(wins, n + 1)), 2**n))
+
+
+# a fall this unlikely under no change (one-sided, 3 standard deviations) is a collapse
+COLLAPSE_P = 0.00135
 
 
 class RolloutSelector:
@@ -304,13 +313,16 @@ class RolloutSelector:
 
     Each check rolls the EMA policy out on the same ``episodes`` episodes (seeded ``seed``:
     :func:`flowpost.envs.rollout.eval_seed`, disjoint from the evaluation's when the seeds
-    differ) at the deployed sampler, and records which episodes succeed. The score is the
-    failure rate. Unlike held-out demonstrations, the roll-outs measure the goal itself, so
-    the start is kept until a later model proves better: a check becomes the ``best`` only
-    when its success rate beats the best's on the same episodes by more than ``z`` paired
-    standard errors; it is a ``collapse`` when it falls below the best's by more than both 3
-    standard errors and ``drop``. The kept model is therefore never worse than the start on
-    the validation episodes, and where no fine-tuned check clears the bar it *is* the start.
+    differ) with the deployed sampler (``nfe``, ``solver``, ``noise_scale``), and records
+    which episodes succeed. The score is the failure rate. Unlike held-out demonstrations,
+    the roll-outs measure the goal itself, so the start is kept until a later model proves
+    better: a check becomes the ``best`` only when it wins more of the episodes on which it
+    and the best differ than it loses, with a one-sided exact sign-test p-value below ``p``
+    (a gain of 4 episodes without a loss is p = 1/16: noise); it is a ``collapse`` when it
+    loses more than it wins with p below ``COLLAPSE_P`` and its success rate is more than
+    ``drop`` under the best's. The kept model is therefore never worse than the start on the
+    validation episodes, and where no check clears the bar it *is* the start. The setting is
+    saved with the state, and a resumed run must roll out the same episodes the same way.
 
     Example:
         >>> sel = RolloutSelector(episodes=8, seed=1)
@@ -318,31 +330,48 @@ class RolloutSelector:
         'best'
         >>> sel.judge(Check(100, 0.375, solved="11110100"))[0]  # one episode more: noise
         'ok'
-        >>> sel.judge(Check(200, 0.0, solved="11111111"))[0]
-        'best'
-        >>> sel.judge(Check(300, 1.0, solved="00000000"))[0]
-        'collapse'
+        >>> sel.judge(Check(200, 0.0, solved="11111111"))[0]  # 4 of 4: p = 1/16, still noise
+        'ok'
+        >>> sel.judge(Check(300, 1.0, solved="00000000"))[0]  # 4 losses: not a collapse yet
+        'ok'
     """
 
-    def __init__(self, episodes: int, *, seed: int, z: float = 2.0, drop: float = 0.05) -> None:
+    def __init__(
+        self,
+        episodes: int,
+        *,
+        seed: int,
+        p: float = 0.025,
+        drop: float = 0.05,
+        nfe: int = 2,
+        solver: str = "euler",
+        noise_scale: float = 1.0,
+    ) -> None:
         if episodes < 1:
             raise ValueError(f"train.select_rollouts: episodes must be >= 1, got {episodes}")
-        self.episodes, self.seed, self.z, self.drop = episodes, seed, z, drop
+        self.episodes, self.p, self.drop = episodes, p, drop
+        self.seed, self.nfe, self.solver, self.noise_scale = seed, nfe, solver, float(noise_scale)
         self.start: Check | None = None
         self.best: Check | None = None
 
     def check(self, ev: Evaluator, nfe: int, *, solver: str, seed: int) -> Check:
-        """Roll the evaluator's policy out on the validation episodes (``seed`` is unused:
-        every check runs the same episodes, ``self.seed``, so that checks pair up)."""
+        """Roll the evaluator's policy out on the validation episodes (``nfe``, ``solver`` and
+        ``seed`` are the selector's own, fixed at construction, so that checks pair up)."""
         if ev.robot is None:
             raise ValueError("train.select_rollouts: roll-outs need a robot task")
         distances: list[float] = []
-        ev.rollouts(nfe, solver=solver, episodes=self.episodes, seed=self.seed,
+        ev.rollouts(self.nfe, solver=self.solver, episodes=self.episodes, seed=self.seed,
                     distances=distances)  # fmt: skip
         threshold = ev.robot.task.threshold
-        # a non-finite action gives a non-finite distance: a failed episode
+        # a failed simulation (MuJoCo resets on non-finite actions) ends far from the target
         solved = "".join("1" if d < threshold else "0" for d in distances)
         return Check(0, 1.0 - solved.count("1") / len(solved), solved=solved)
+
+    @property
+    def setting(self) -> dict[str, object]:
+        """How the validation roll-outs are run (saved with the state; fixed for a run)."""
+        return {"episodes": self.episodes, "seed": self.seed, "nfe": self.nfe,
+                "solver": self.solver, "noise_scale": self.noise_scale}  # fmt: skip
 
     def logged(self, check: Check) -> dict[str, float]:
         return {"validation/success_rate": 1.0 - check.score}
@@ -358,21 +387,32 @@ class RolloutSelector:
         if best is None:
             self.best = check
             return "best", ""
-        gain, se = paired_gain(check.solved, best.solved)
-        if gain > 0 and gain > self.z * se:
+        wins, losses = paired_counts(check.solved, best.solved)
+        if wins > losses and sign_test_p(wins, losses) < self.p:
             self.best = check
             return "best", ""
-        if -gain > max(3 * se, self.drop):
+        fall = (losses - wins) / self.episodes
+        if losses > wins and sign_test_p(losses, wins) < COLLAPSE_P and fall > self.drop:
             return "collapse", (
                 f"validation success {1 - check.score:.3f} vs {1 - best.score:.3f} at step "
-                f"{best.step} on {self.episodes} episodes"
+                f"{best.step} on {self.episodes} episodes ({losses} lost, {wins} won)"
             )
         return "ok", ""
 
     def state(self) -> dict[str, object]:
-        return saved_checks(self)
+        return {**saved_checks(self), "setting": self.setting}
 
     def load_state(self, state: dict[str, object]) -> None:
+        saved = state.get("setting")
+        if isinstance(saved, dict) and saved != self.setting:
+            changed = ", ".join(
+                f"{k} {saved.get(k)} -> {v}" for k, v in self.setting.items() if saved.get(k) != v
+            )
+            raise ValueError(
+                f"the validation roll-outs changed on resume ({changed}): the kept best was "
+                "measured on other episodes or with another sampler; resume with the run's "
+                "eval settings, or start a new run"
+            )
         load_checks(self, state)
 
 

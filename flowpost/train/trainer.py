@@ -176,9 +176,11 @@ class Trainer:
                     "checkpoint: set one of them (holdout_fraction: 0)"
                 )
             fraction = 0.0
+            ec = config.eval
             self.selector = RolloutSelector(
-                tc.select_rollouts, seed=config.eval.seed + 1, z=tc.select_rollouts_z
-            )
+                tc.select_rollouts, seed=ec.seed + 1, p=tc.select_rollouts_p, nfe=ec.nfe,
+                solver=ec.solver, noise_scale=ec.noise_scale,
+            )  # fmt: skip
         if fraction > 0:  # demonstrations held out to score checkpoints and keep the best
             kept, held = split_holdout(data.train, fraction, config.data.seed)
             self.data = dataclasses.replace(data, train=kept)

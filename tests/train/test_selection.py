@@ -13,7 +13,8 @@ from flowpost.train.selection import (
     RolloutSelector,
     Selector,
     energy_u,
-    paired_gain,
+    paired_counts,
+    sign_test_p,
     split_holdout,
 )
 
@@ -223,13 +224,17 @@ def test_a_score_a_perfect_model_reaches_is_never_a_collapse_after_a_lucky_start
     assert sel.judge(far)[0] == "collapse"
 
 
-def test_paired_gain_is_the_mean_paired_difference_and_its_standard_error():
-    # differences 0, 1, 0, 0: mean 1/4, sample sd sqrt((3 (1/4)^2 + (3/4)^2) / 3) = 1/2
-    gain, se = paired_gain("1101", "1001")
-    assert gain == pytest.approx(0.25) and se == pytest.approx(0.5 / 2)
-    assert paired_gain("111", "111") == (0.0, 0.0)
+def test_paired_counts_and_the_exact_sign_test_by_hand():
+    assert paired_counts("1101", "1001") == (1, 0)
+    assert paired_counts("0110", "1011") == (1, 2)
     with pytest.raises(ValueError, match="equal, non-empty"):
-        paired_gain("11", "111")
+        paired_counts("11", "111")
+    # P(X >= 4 | Bin(4, 1/2)) = 1/16; P(X >= 2 | Bin(3, 1/2)) = 4/8; nothing differs: 1
+    assert sign_test_p(4, 0) == pytest.approx(1 / 16)
+    assert sign_test_p(2, 1) == pytest.approx(0.5)
+    assert sign_test_p(0, 0) == 1.0
+    # 15 wins of 20: (C(20,15) + C(20,16) + ... + C(20,20)) / 2^20
+    assert sign_test_p(15, 5) == pytest.approx((15504 + 4845 + 1140 + 190 + 20 + 1) / 2**20)
 
 
 def outcomes(rate: float, n: int = 400, seed: int = 0) -> list[str]:
@@ -251,30 +256,38 @@ def rollout_check(step: int, solved: list[str]) -> Check:
     return Check(step, 1 - solved.count("1") / len(solved), solved="".join(solved))
 
 
-def test_rollout_selector_keeps_the_start_until_a_check_clears_the_paired_bar():
+def test_rollout_selector_keeps_the_start_until_a_check_clears_the_sign_test():
     """On the same 400 episodes: a check that trades 20 successes for 20 others (the same
-    rate) or gains 14 and loses 6 (+0.02, under 2 paired s.e. of 0.011) keeps the start; one
-    that gains 40 replaces it; one that loses 60 is a collapse, named in one reason."""
+    rate), gains 14 and loses 6 (p = 0.06) or gains 4 and loses none (p = 1/16) keeps the
+    start; one that gains 40 replaces it; one that then loses 60 is a collapse, named in one
+    reason; the state keeps the outcomes and the setting, and a resume that changes how the
+    validation roll-outs run is refused."""
     start = outcomes(0.85)
     sel = RolloutSelector(400, seed=1)
     assert sel.judge(rollout_check(0, start)) == ("best", "")
     same_rate = flipped(flipped(start, "1", 20), "0", 20, after=200)
     assert same_rate != start and sel.judge(rollout_check(100, same_rate))[0] == "ok"
     small = flipped(flipped(start, "1", 6), "0", 14, after=200)
-    gain, se = paired_gain("".join(small), "".join(start))
-    assert gain == pytest.approx(0.02) and gain < 2 * se
+    assert paired_counts("".join(small), "".join(start)) == (14, 6)
+    assert sign_test_p(14, 6) > 0.025
     assert sel.judge(rollout_check(200, small))[0] == "ok"
+    assert sel.judge(rollout_check(250, flipped(start, "0", 4)))[0] == "ok"
     assert sel.best is not None and sel.best.step == 0
     better = flipped(start, "0", 40)
     assert sel.judge(rollout_check(300, better))[0] == "best" and sel.best.step == 300
     verdict, reason = sel.judge(rollout_check(400, flipped(better, "1", 60)))
-    assert verdict == "collapse" and "at step 300 on 400 episodes" in reason
+    assert verdict == "collapse" and "at step 300 on 400 episodes (60 lost, 0 won)" in reason
     # the state (what a resumed run reloads from best/) keeps the paired outcomes
+    state = json.loads(json.dumps(sel.state()))
     again = RolloutSelector(400, seed=1)
-    again.load_state(json.loads(json.dumps(sel.state())))
+    again.load_state(state)
     for name in ("best", "start"):
         assert getattr(again, name).as_dict() == getattr(sel, name).as_dict()
     assert again.judge(rollout_check(500, better))[0] == "ok"  # ties with the best: kept
+    with pytest.raises(ValueError, match="seed 1 -> 2"):
+        RolloutSelector(400, seed=2).load_state(state)
+    with pytest.raises(ValueError, match="nfe 2 -> 4"):
+        RolloutSelector(400, seed=1, nfe=4).load_state(state)
 
 
 def test_rollout_selection_needs_a_robot_task_and_no_held_out_fraction(tmp_path):
