@@ -24,6 +24,10 @@ looks at a method's losses.
   ``1 - coverage_drop`` times the best's; or non-finite samples) or
   ``ok``. The trainer saves the best into ``best/`` and, on a collapse, rolls the weights back
   to it and lowers the learning rates.
+* :class:`RolloutSelector` does the same on a robot task by the task itself
+  (``train.select_rollouts``): closed-loop roll-outs on validation episodes, each check paired
+  episode by episode with the best so far (an exact sign test), the start kept until a check
+  beats it.
 
 Example:
     >>> import torch
