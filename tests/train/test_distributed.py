@@ -205,6 +205,49 @@ def test_discriminator_step_does_not_amplify_the_rounding_of_a_split_batch(tmp_p
     assert robust < 2e-5, (robust, default)  # disc_eps bounds the drift on every machine
 
 
+ROBOT = {
+    "data": {"name": "reacher", "demos": 4, "history": 2, "chunk": 4, "execute": 2},
+    "model": TINY,
+    "train": {"steps": 4, "batch_size": 32, "checkpoint_every": 0, "select_rollouts": 4,
+              "validate_every": 2},
+    "eval": {"nfe": 2, "noise_scale": 0, "n_samples": 20, "episodes": 2, "plots": False},
+}  # fmt: skip
+
+
+def test_roll_out_selection_runs_once_and_agrees_on_two_processes(tmp_path) -> None:
+    """Under torchrun the main process rolls the validation episodes out and every process
+    gets its outcomes (train.select_rollouts): the run finishes on both processes (no
+    process waits at a rollback the other never reached) and records each check once."""
+    import pytest
+
+    pytest.importorskip("gymnasium", reason="robot tasks need the [robot] extra")
+    pytest.importorskip("mujoco", reason="robot tasks need the [robot] extra")
+    from flowpost.data.registry import load_data
+    from flowpost.train.config import build_run_config
+
+    cache = tmp_path / "cache"
+    os.environ["FLOWPOST_CACHE"] = str(cache)  # record the demonstrations once, here
+    try:
+        load_data(build_run_config(ROBOT).data)
+    finally:
+        del os.environ["FLOWPOST_CACHE"]
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "FLOWPOST_CACHE": str(cache)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*torchrun, "--standalone", __file__, "rollouts", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "robot" / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["validation_episodes"] == 4
+    assert len(summary["validation"]["start"]["solved"]) == 4
+    logged = (tmp_path / "robot" / "metrics.jsonl").read_text().splitlines()
+    checks = [json.loads(line) for line in logged if "validation/success_rate" in line]
+    assert [c["step"] for c in checks] == [0, 2, 4]
+
+
 def _worker(out: Path, init_from: Path) -> None:
     """What each torchrun process runs: the reductions, then both jobs."""
     out.mkdir(parents=True, exist_ok=True)
@@ -223,4 +266,9 @@ def _worker(out: Path, init_from: Path) -> None:
 
 
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]), Path(sys.argv[2]))
+    if sys.argv[1] == "rollouts":  # the roll-out selection job (its own test, above)
+        from flowpost.train import run_training
+
+        run_training(ROBOT, Path(sys.argv[2]) / "robot")
+    else:
+        _worker(Path(sys.argv[1]), Path(sys.argv[2]))
