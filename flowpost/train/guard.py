@@ -31,7 +31,7 @@ from flowpost.train.checkpoint import (
     split_prefixed,
 )
 from flowpost.train.logger import RunLogger
-from flowpost.train.selection import BEST_DIR, RolloutSelector, scale_learning_rates
+from flowpost.train.selection import BEST_DIR, scale_learning_rates
 from flowpost.train.state import load_method_weights, state_payload
 
 if TYPE_CHECKING:
@@ -44,23 +44,23 @@ def validate(trainer: Trainer, logger: RunLogger | None = None) -> str:
     sel = trainer.selector
     assert sel is not None
     ec = trainer.config.eval
-    if isinstance(sel, RolloutSelector):  # the deployed policy: its noise scale, its task
-        ev = trainer.evaluator()
-    else:
-        ev = Evaluator(
-            trainer.method, roles=trainer.ema_roles(), spec=trainer.data.spec,
-            reference=trainer.data.train, device=trainer.device,
-        )  # fmt: skip
-    if isinstance(sel, RolloutSelector) and trainer.accelerator.num_processes > 1:
-        # roll out once, on the main process, and give every process the same outcomes, so
-        # that all reach the same verdict (and all roll back together, or none)
+    # one process measures and every process gets its check, so that all reach the same
+    # verdict (and all roll back together, or none), and the work is not repeated
+    check = None
+    if trainer.accelerator.is_main_process:
+        if sel.deployed:  # the policy as deployed: its task, its noise scale
+            ev = trainer.evaluator()
+        else:
+            ev = Evaluator(
+                trainer.method, roles=trainer.ema_roles(), spec=trainer.data.spec,
+                reference=trainer.data.train, device=trainer.device,
+            )  # fmt: skip
+        check = sel.check(ev, ec.nfe, solver=ec.solver, seed=ec.seed + 1)
+    if trainer.accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
-        mine = sel.check(ev, ec.nfe, solver=ec.solver, seed=ec.seed + 1) if (
-            trainer.accelerator.is_main_process) else None  # fmt: skip
-        check = broadcast_object_list([mine])[0]
-    else:
-        check = sel.check(ev, ec.nfe, solver=ec.solver, seed=ec.seed + 1)
+        check = broadcast_object_list([check])[0]
+    assert check is not None
     check.step = trainer.step
     verdict, reason = sel.judge(check)
     if logger is not None:
@@ -83,8 +83,7 @@ def validate(trainer: Trainer, logger: RunLogger | None = None) -> str:
                 f"rolled back to the best model (step {sel.best.step}) and scaled the "
                 f"learning rates by {tc.rollback_lr_factor}"
             )
-        where = "validation roll-outs" if isinstance(sel, RolloutSelector) else "held-out demos"
-        message = f"warning: step {trainer.step}: collapse on {where} ({reason}); {what}"
+        message = f"warning: step {trainer.step}: collapse on {sel.source} ({reason}); {what}"
         if trainer.accelerator.is_main_process:
             if act or not trainer._warned_idle:  # once when the guard can no longer act
                 print(message, file=sys.stderr, flush=True)

@@ -166,6 +166,10 @@ class Selector:
     check counts as a collapse (see the module docstring).
     """
 
+    # what a check scores: samples against held-out demonstrations (not the deployed policy)
+    source = "held-out demos"
+    deployed = False
+
     def __init__(
         self,
         heldout: ArrayData,
@@ -339,6 +343,10 @@ class RolloutSelector:
         >>> sel.judge(Check(300, 1.0, solved="00000000"))[0]  # 4 losses: not a collapse yet
         'ok'
     """
+
+    # what a check scores: the policy as deployed (its task and noise scale), rolled out
+    source = "validation roll-outs"
+    deployed = True
 
     def __init__(
         self,
