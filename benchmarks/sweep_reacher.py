@@ -227,6 +227,38 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
             *SELECT_ROLLOUTS,
         ),
     ),
+    # session 15: the residual's x-independent force from a trained copy of the pretrained
+    # field on the anchored path (method.residual_path_net): the pretrained network's
+    # features, which a (t, c) net from scratch lacks; with the recipe's loss, and with FT-FM's
+    # Reacher recipe terms (self term, 1-step reconstruction). On Pusher deployed
+    # deterministically (FT-FM's Pusher recipe does; the pretrained policy's deterministic
+    # 2-step map is far from its accurate one there)
+    (
+        "resft_fm/anchor_path_select",
+        "resft_fm",
+        ("method.residual_anchor=centre", "method.residual_path_net=true", *SELECT_ROLLOUTS),
+    ),
+    (
+        "resft_fm/anchor_path_self10_select",
+        "resft_fm",
+        (
+            "method.residual_anchor=centre",
+            "method.residual_path_net=true",
+            "method.self_weight=10",
+            "method.also_nfe=[1]",
+            *SELECT_ROLLOUTS,
+        ),
+    ),
+    (
+        "resft_fm/anchor_path_select_det",
+        "resft_fm",
+        (
+            "method.residual_anchor=centre",
+            "method.residual_path_net=true",
+            "eval.noise_scale=0",
+            *SELECT_ROLLOUTS,
+        ),
+    ),
 ]
 
 

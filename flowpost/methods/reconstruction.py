@@ -193,12 +193,23 @@ class ResidualReconstructionConfig(ReconstructionConfig):
         "it, fine-tuned with the residual; still x-independent)",
         choices=["frozen", "trained"],
     )
+    residual_path_net: bool = option(
+        False,
+        "add the force copy(p, t, c) - v_pre(p, t, c) of a trained copy of the pretrained "
+        "field on the anchored path p = t a(c): x-independent (same bound), zero at the start, "
+        "with the pretrained network's features (needs residual_anchor)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.residual_anchor_net == "trained" and self.residual_anchor == "none":
             raise ConfigError(
                 "residual_anchor_net: 'trained' needs residual_anchor centre, input or both"
+            )
+        if self.residual_path_net and self.residual_anchor == "none":
+            raise ConfigError(
+                "residual_path_net: true needs residual_anchor centre, input or both (the "
+                "path t a(c) it is read on is the anchor's)"
             )
         if self.residual_offset == "force" and self.residual_potential:
             raise ConfigError(
@@ -418,6 +429,7 @@ class ResidualReconstruction(Reconstruction):
         anchor_net = None
         if c.residual_anchor_net == "trained":
             anchor_net = copy.deepcopy(base)  # before ResidualField freezes the base
+        path_net = copy.deepcopy(base) if c.residual_path_net else None
         residual = build_contracting_residual(
             self.spec,
             mu=c.mu,
@@ -429,6 +441,7 @@ class ResidualReconstruction(Reconstruction):
             anchor_net=anchor_net,
             max_gain=c.residual_max_gain,
             offset=c.residual_offset,
+            path_net=path_net,
         )
         return ResidualField(base, residual)
 
@@ -437,11 +450,16 @@ class ResidualReconstruction(Reconstruction):
         assert isinstance(self.policy, ResidualField)
         return getattr(self.policy.residual, "anchor_net", None)
 
+    def path_net(self) -> nn.Module | None:
+        """The path force's network (a copy of the pretrained field), if there is one."""
+        assert isinstance(self.policy, ResidualField)
+        return getattr(self.policy.residual, "path_net", None)
+
     def load_pretrained(self, state: Mapping[str, Tensor]) -> None:
         super().load_pretrained(state)
-        own = self.anchor_net()
-        if own is not None:  # the trained anchor starts as the pretrained field
-            load_matching(own, state, type(self).__name__)
+        for own in (self.anchor_net(), self.path_net()):
+            if own is not None:  # the trained copies start as the pretrained field
+                load_matching(own, state, type(self).__name__)
 
     def base_field(self) -> nn.Module:
         assert isinstance(self.policy, ResidualField) and isinstance(self.policy.base, nn.Module)

@@ -42,6 +42,17 @@ through ``K``, which starts near ``mu I``: with ``mu = 0.1`` a centre has to tra
 times as far as a force for the same correction of the velocity. (Not with ``potential``,
 whose term needs the centre explicitly.)
 
+``path_net`` (a field shaped like the base, e.g. a copy of it; needs an anchor) adds the
+force ``f_path(t, c) = path_net(p, t, c) - base(p, t, c)`` evaluated on the anchored path
+``p(t, c) = t a(c)``, which does not depend on ``x``: the Jacobian and the bound are
+unchanged, and with ``path_net`` a copy of the base the force starts at exactly zero. What
+it brings is the pretrained network's features: a ``(t, c)`` MLP trained from scratch on a
+few hundred demonstrations fits their chunks and does not carry to new conditions
+(docs/methods/reconstruction.md), where a fine-tuned copy of the pretrained field is the
+part of FT-FM that does. On the deterministic sampler's path from ``z = 0`` (which ``p``
+follows while the force is small) the summed field is then the fine-tuned copy's, up to
+the contraction; off it, the pretrained field shifted by that force.
+
 :class:`ResidualField` adds such a residual to a frozen pretrained field:
 ``v = base(x, t, c) + residual(x, t, c)``.
 
@@ -87,6 +98,9 @@ class ContractingResidual(nn.Module):
             is the anchor (:class:`ResidualField` evaluates it); ``None``: the frozen base's.
         offset: ``"centre"`` (the head outputs ``m``) or ``"force"`` (it outputs ``K m``;
             module docstring).
+        path_net: a trainable field shaped like the base whose difference from the base on
+            the anchored path ``t a(c)`` is added as an ``x``-independent force (module
+            docstring; :class:`ResidualField` evaluates it); needs an anchor mode.
         max_gain: cap on the largest eigenvalue of ``L L^T + mu I`` (> ``mu``; ``None``: no
             cap). ``L`` is scaled down, per input, by ``sqrt((max_gain - mu) / lambda_max(L
             L^T))`` where that ratio is below 1. The bound is the ODE's; an explicit Euler step
@@ -127,6 +141,7 @@ class ContractingResidual(nn.Module):
         anchor_net: nn.Module | None = None,
         max_gain: float | None = None,
         offset: str = "centre",
+        path_net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if dim < 1:
@@ -153,6 +168,9 @@ class ContractingResidual(nn.Module):
         if anchor_net is not None and anchor == "none":
             raise ValueError("anchor_net needs an anchor mode (centre, input or both)")
         self.anchor_net = anchor_net
+        if path_net is not None and anchor == "none":
+            raise ValueError("path_net needs an anchor mode (centre, input or both)")
+        self.path_net = path_net
         self.full = rank is None and dim <= 32
         self.rank = dim if self.full else (rank or 8)
         self.time_embed = TimeEmbedding(hidden, time_embed_dim, scale=time_scale)
@@ -392,16 +410,39 @@ class ResidualField(nn.Module):
         own = getattr(self.residual, "anchor_net", None)
         if own is not None:  # a trained anchor: its own network, gradients kept
             anchor = own(torch.zeros_like(x), torch.zeros_like(tb), cond).reshape(b, -1)
-            return self.base(x, tb, cond) + self.residual(x, tb, cond, anchor=anchor)
-        # the anchor a(c) = base(0, 0, c) rides in the same base call as the velocity (one
-        # batch of 2B); it does not depend on x, so the residual's Jacobian is unchanged
-        both = self.base(
-            torch.cat([x, torch.zeros_like(x)]),
-            torch.cat([tb, torch.zeros_like(tb)]),
-            None if cond is None else torch.cat([cond, cond]),
-        )
-        velocity, anchor = both[:b], both[b:].detach()
-        return velocity + self.residual(x, tb, cond, anchor=anchor.reshape(b, -1))
+            velocity = self.base(x, tb, cond)
+        else:
+            # the anchor a(c) = base(0, 0, c) rides in the same base call as the velocity
+            # (one batch of 2B); it does not depend on x, so the residual's Jacobian is
+            # unchanged
+            both = self.base(
+                torch.cat([x, torch.zeros_like(x)]),
+                torch.cat([tb, torch.zeros_like(tb)]),
+                None if cond is None else torch.cat([cond, cond]),
+            )
+            velocity, anchor = both[:b], both[b:].detach().reshape(b, -1)
+        out = velocity + self.residual(x, tb, cond, anchor=anchor)
+        path = getattr(self.residual, "path_net", None)
+        if path is not None:
+            out = out + self.path_force(path, anchor, tb, cond, x.shape)
+        return out
+
+    def path_force(
+        self,
+        path: nn.Module,
+        anchor: Tensor,
+        t: Tensor,
+        cond: Tensor | None,
+        shape: torch.Size,
+    ) -> Tensor:
+        """``path(p, t, c) - base(p, t, c)`` on the anchored path ``p = t a(c)``, shaped
+        ``shape``: the residual's ``x``-independent force from a trained copy of the base
+        (the :class:`ContractingResidual` docstring). The point is detached: the force is
+        trained for its value, not for where it is read."""
+        point = (t[:, None].to(anchor.dtype) * anchor.detach()).reshape(shape)
+        with torch.no_grad():  # the base is frozen, and the point carries no gradient
+            reference = self.base(point, t, cond)
+        return path(point, t, cond) - reference
 
 
 __all__ = ["ANCHOR_MODES", "OFFSETS", "ContractingResidual", "ResidualField"]

@@ -151,6 +151,7 @@ def build_contracting_residual(
     anchor_net: nn.Module | None = None,
     max_gain: float | None = None,
     offset: str = "centre",
+    path_net: nn.Module | None = None,
 ) -> ContractingResidual:
     """The residual ``r = -(L L^T + mu I (+ S))(x - m(t, c)) (- grad phi)`` of ResFT-FM for data
     ``spec``: its symmetric Jacobian part is ``<= -mu`` for every input (``mu`` must be > 0)."""
@@ -169,6 +170,7 @@ def build_contracting_residual(
         anchor_net=anchor_net,
         max_gain=max_gain,
         offset=offset,
+        path_net=path_net,
     )
 
 

@@ -351,3 +351,25 @@ def test_a_trained_anchor_starts_as_the_pretrained_field_and_trains_with_the_res
     assert all(p.grad is None for p in method.policy.base.parameters())
     with pytest.raises(ConfigError, match=r"^method\.residual_anchor_net"):
         build_run_config({"method": {"name": "resft_fm", "residual_anchor_net": "trained"}})
+
+
+def test_a_path_net_starts_as_the_pretrained_field_and_trains_with_the_residual() -> None:
+    spec = DataSpec((3,), cond_dim=2)
+    cfg = ResidualReconstructionConfig(
+        encode_nfe=8, residual_anchor="centre", residual_path_net=True
+    )
+    method = ResidualReconstruction(cfg, spec, NET)
+    own = method.path_net()
+    assert own is not None and own is not method.policy.base and method.anchor_net() is None
+    state = {k: torch.randn_like(v) for k, v in method.policy.base.state_dict().items()}
+    method.load_pretrained(state)
+    for key, value in state.items():  # the pretrained weights, in the base and the copy
+        assert torch.equal(own.state_dict()[key], value)
+    listed = {id(p) for spec_ in method.optimizers().values() for p in spec_.params}
+    assert all(id(p) in listed for p in own.parameters())
+    assert not any(id(p) in listed for p in method.policy.base.parameters())
+    sum(method.losses(Batch(torch.randn(16, 3), torch.randn(16, 2))).values()).backward()
+    assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in own.parameters())
+    assert all(p.grad is None for p in method.policy.base.parameters())
+    with pytest.raises(ConfigError, match=r"^method\.residual_path_net: true needs"):
+        build_run_config({"method": {"name": "resft_fm", "residual_path_net": True}})

@@ -271,6 +271,45 @@ def test_a_trained_anchor_net_keeps_the_bound_and_gets_the_gradient():
         ContractingResidual(3, anchor_net=own)
 
 
+def test_the_path_force_is_zero_for_a_copy_of_the_base_and_keeps_the_bound():
+    """f = path(t a, t, c) - base(t a, t, c): zero while the path net equals the base (the
+    start is exactly the anchored residual's), then x-independent: the field's Jacobian less
+    the base's is still -K, while the path net gets the gradient and the base none."""
+    import copy
+
+    from flowpost.flows.solvers import sample
+
+    base = perturb(MLPVelocity(3, hidden=16, depth=1, cond_dim=2))
+    path = copy.deepcopy(base)
+    res = ContractingResidual(3, hidden=16, mu=0.2, cond_dim=2, anchor="centre", path_net=path)
+    field = ResidualField(base, res)
+    x, t, c = torch.randn(5, 3), torch.rand(5), torch.randn(5, 2)
+    anchor = base(torch.zeros(5, 3), torch.zeros(5), c)
+    torch.testing.assert_close(field(x, t, c), base(x, t, c) + res(x, t, c, anchor=anchor))
+    zero = torch.zeros(5, 3)
+    with torch.no_grad():  # the anchored start: the base's 1- and 2-step maps of z = 0
+        for nfe in (1, 2):
+            torch.testing.assert_close(
+                sample(field, zero, nfe, "euler", cond=c), sample(base, zero, nfe, "euler", cond=c)
+            )
+    perturb(path, std=0.3)  # a trained path net
+    perturb(res, std=0.3)
+    point = t[:, None] * anchor
+    force = path(point, t, c) - base(point, t, c)
+    assert float(force.abs().max()) > 1e-3
+    torch.testing.assert_close(field(x, t, c), base(x, t, c) + res(x, t, c, anchor=anchor) + force)
+    x1, t1, c1 = x[:1], t[:1], c[:1]
+    jac = jacobian(lambda z: field(z, t1, c1) - base(z, t1, c1), x1)[0, :, 0, :]
+    torch.testing.assert_close(jac, -res.gain(t1, c1, anchor=anchor[:1])[0], atol=1e-5, rtol=1e-4)
+    sym = 0.5 * (jac + jac.T)
+    assert float(torch.linalg.eigvalsh(sym.double()).max()) <= -0.2 + 1e-5
+    field(x, t, c).pow(2).sum().backward()
+    assert all(p.grad is not None for p in path.parameters())
+    assert all(p.grad is None for p in base.parameters())
+    with pytest.raises(ValueError, match="path_net needs an anchor mode"):
+        ContractingResidual(3, path_net=path)
+
+
 @pytest.mark.parametrize("dim,rank", [(4, None), (40, 3)])
 def test_max_gain_caps_the_gain_and_keeps_the_bound(dim, rank):
     mu, cap = 0.2, 1.5
