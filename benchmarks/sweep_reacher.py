@@ -249,6 +249,34 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
             *SELECT_ROLLOUTS,
         ),
     ),
+    # a full copy of the pretrained network at the residual's lr of 1e-3 collapsed on
+    # Pusher (seed 0: validation 0.276 -> 0.002 by step 300); FT-FM's recipes fine-tune the
+    # same network at 3e-4
+    (
+        "resft_fm/anchor_path_lr3e-4_select_det",
+        "resft_fm",
+        (
+            "method.residual_anchor=centre",
+            "method.residual_path_net=true",
+            "train.lr=3e-4",
+            "eval.noise_scale=0",
+            *SELECT_ROLLOUTS,
+        ),
+    ),
+    # the same without the collapse guard's rollbacks (the selection still keeps the best
+    # check): do the validation dips recover, as FT-FM's unguarded Pusher recipe does?
+    (
+        "resft_fm/anchor_path_lr3e-4_noguard_select_det",
+        "resft_fm",
+        (
+            "method.residual_anchor=centre",
+            "method.residual_path_net=true",
+            "train.lr=3e-4",
+            "train.guard=false",
+            "eval.noise_scale=0",
+            *SELECT_ROLLOUTS,
+        ),
+    ),
     (
         "resft_fm/anchor_path_select_det",
         "resft_fm",

@@ -197,7 +197,8 @@ class ResidualReconstructionConfig(ReconstructionConfig):
         False,
         "add the force copy(p, t, c) - v_pre(p, t, c) of a trained copy of the pretrained "
         "field on the anchored path p = t a(c): x-independent (same bound), zero at the start, "
-        "with the pretrained network's features (needs residual_anchor)",
+        "with the pretrained network's features (needs residual_anchor; with "
+        "residual_anchor_net: trained the copy is the anchor's, a(c) = copy(0, 0, c))",
     )
 
     def __post_init__(self) -> None:
@@ -429,7 +430,11 @@ class ResidualReconstruction(Reconstruction):
         anchor_net = None
         if c.residual_anchor_net == "trained":
             anchor_net = copy.deepcopy(base)  # before ResidualField freezes the base
-        path_net = copy.deepcopy(base) if c.residual_path_net else None
+        path_net = None
+        if c.residual_path_net:
+            # with a trained anchor the two are one copy: the path is then read at t a(c)
+            # with a(c) the copy's own end point, which the deterministic sampler follows
+            path_net = anchor_net if anchor_net is not None else copy.deepcopy(base)
         residual = build_contracting_residual(
             self.spec,
             mu=c.mu,

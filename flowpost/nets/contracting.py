@@ -51,7 +51,11 @@ few hundred demonstrations fits their chunks and does not carry to new condition
 (docs/methods/reconstruction.md), where a fine-tuned copy of the pretrained field is the
 part of FT-FM that does. On the deterministic sampler's path from ``z = 0`` (which ``p``
 follows while the force is small) the summed field is then the fine-tuned copy's, up to
-the contraction; off it, the pretrained field shifted by that force.
+the contraction; off it, the pretrained field shifted by that force. When ``path_net`` is
+also the ``anchor_net`` (one trained copy), ``a(c) = path_net(0, 0, c)`` and, while the
+learned offset of the centre is zero, Euler from ``z = 0`` visits exactly ``t a(c)`` at 1
+and 2 steps, where the residual's pull is zero: the deterministic 1- and 2-step maps are
+the trained copy's own.
 
 :class:`ResidualField` adds such a residual to a frozen pretrained field:
 ``v = base(x, t, c) + residual(x, t, c)``.

@@ -371,5 +371,16 @@ def test_a_path_net_starts_as_the_pretrained_field_and_trains_with_the_residual(
     sum(method.losses(Batch(torch.randn(16, 3), torch.randn(16, 2))).values()).backward()
     assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in own.parameters())
     assert all(p.grad is None for p in method.policy.base.parameters())
+    shared = ResidualReconstruction(
+        ResidualReconstructionConfig(
+            encode_nfe=8,
+            residual_anchor="centre",
+            residual_anchor_net="trained",
+            residual_path_net=True,
+        ),
+        spec,
+        NET,
+    )
+    assert shared.path_net() is not None and shared.path_net() is shared.anchor_net()
     with pytest.raises(ConfigError, match=r"^method\.residual_path_net: true needs"):
         build_run_config({"method": {"name": "resft_fm", "residual_path_net": True}})

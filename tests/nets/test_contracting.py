@@ -310,6 +310,38 @@ def test_the_path_force_is_zero_for_a_copy_of_the_base_and_keeps_the_bound():
         ContractingResidual(3, path_net=path)
 
 
+def test_one_trained_copy_as_anchor_and_path_net_gives_its_own_one_and_two_step_maps():
+    """With the same copy as anchor_net and path_net (and the centre's learned offset at
+    zero), Euler from z = 0 visits t a(c) with a(c) = copy(0, 0, c): the field there is the
+    copy's, so the deterministic 1- and 2-step maps are the copy's, however far it has moved
+    from the base; the Jacobian less the base's is still -K."""
+    import copy
+
+    from flowpost.flows.solvers import sample
+
+    base = perturb(MLPVelocity(3, hidden=16, depth=1, cond_dim=2))
+    own = perturb(copy.deepcopy(base), std=0.3)  # a copy that training has moved
+    res = ContractingResidual(
+        3, hidden=16, mu=0.2, cond_dim=2, anchor="centre", anchor_net=own, path_net=own
+    )
+    field = ResidualField(base, res)
+    c, zero = torch.randn(6, 2), torch.zeros(6, 3)
+    with torch.no_grad():
+        for nfe in (1, 2):
+            got, want = (
+                sample(field, zero, nfe, "euler", cond=c),
+                sample(own, zero, nfe, "euler", cond=c),
+            )
+            torch.testing.assert_close(got, want)
+        assert not torch.allclose(
+            sample(own, zero, 2, "euler", cond=c), sample(base, zero, 2, "euler", cond=c)
+        )
+    x1, t1, c1 = torch.randn(1, 3), torch.rand(1), c[:1]
+    a1 = own(torch.zeros(1, 3), torch.zeros(1), c1)
+    jac = jacobian(lambda z: field(z, t1, c1) - base(z, t1, c1), x1)[0, :, 0, :]
+    torch.testing.assert_close(jac, -res.gain(t1, c1, anchor=a1)[0], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("dim,rank", [(4, None), (40, 3)])
 def test_max_gain_caps_the_gain_and_keeps_the_bound(dim, rank):
     mu, cap = 0.2, 1.5
