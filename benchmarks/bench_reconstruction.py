@@ -133,12 +133,16 @@ def _takes_overwrite() -> bool:
     return "overwrite" in inspect.signature(run_training).parameters
 
 
+LAST = "@last"  # a run folder named with this suffix: its last model, not its kept best
+
+
 def load_run(run: Path) -> Any:
     """The run in a run folder (``flowpost.load``, as ``flowpost eval`` does), its held-out
-    data and robot task loaded."""
+    data and robot task loaded; ``FOLDER@last``: its last model (``flowpost eval --last``)."""
     from flowpost.run import load
 
-    loaded = load(run)
+    last = str(run).endswith(LAST)
+    loaded = load(Path(str(run).removesuffix(LAST)), last=last)
     loaded.reference()
     return loaded
 
@@ -519,7 +523,8 @@ def confirm(
     eval_seed: int | None = None,
 ) -> None:
     """Per named run (``--runs LABEL=RUN``, labels ``VARIANT/pN/dD/sS`` with the pretrained
-    policy's ``pretrain/pN/dD/sS`` among them) and NFE 1, 2, 4, 10: the deterministic policy
+    policy's ``pretrain/pN/dD/sS`` among them; ``RUN@last``: the run's last model instead of
+    the checkpoint it kept) and NFE 1, 2, 4, 10: the deterministic policy
     (noise scale 0, as the recipes deploy) rolled out on ``blocks x block_episodes`` fresh
     evaluation episodes, recording each episode's success, so that the report can pair
     every fine-tuned policy with its pretrained one episode by episode (a sign test on the

@@ -277,6 +277,34 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
             *SELECT_ROLLOUTS,
         ),
     ),
+    # one trained copy as both the anchor and the path force (reading the force at t a(c)
+    # of the pretrained end point went wrong where the copy moves far: Pusher collapsed with
+    # and without rollbacks): the deterministic 1- and 2-step maps are then the copy's own
+    (
+        "resft_fm/anchor_copy_lr3e-4_select_det",
+        "resft_fm",
+        (
+            "method.residual_anchor=centre",
+            "method.residual_anchor_net=trained",
+            "method.residual_path_net=true",
+            "train.lr=3e-4",
+            "eval.noise_scale=0",
+            *SELECT_ROLLOUTS,
+        ),
+    ),
+    (
+        "resft_fm/anchor_copy_self10_lr3e-4_select",
+        "resft_fm",
+        (
+            "method.residual_anchor=centre",
+            "method.residual_anchor_net=trained",
+            "method.residual_path_net=true",
+            "method.self_weight=10",
+            "method.also_nfe=[1]",
+            "train.lr=3e-4",
+            *SELECT_ROLLOUTS,
+        ),
+    ),
     (
         "resft_fm/anchor_path_select_det",
         "resft_fm",
