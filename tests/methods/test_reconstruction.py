@@ -330,14 +330,22 @@ def test_pretrained_weights_load_into_the_frozen_base() -> None:
         assert torch.equal(method.reference.state_dict()[key], value)
 
 
-def test_a_trained_anchor_starts_as_the_pretrained_field_and_trains_with_the_residual() -> None:
+@pytest.mark.parametrize(
+    "setting,copy_of",
+    [({"residual_anchor_net": "trained"}, "anchor_net"), ({"residual_path_net": True}, "path_net")],
+)
+def test_a_trained_copy_starts_as_the_pretrained_field_and_trains_with_the_residual(
+    setting: dict, copy_of: str
+) -> None:
+    """The trained anchor's and the path force's network: a copy of the pretrained field
+    that loads its weights, is in the optimiser and gets the gradient (the base does not)."""
     spec = DataSpec((3,), cond_dim=2)
-    cfg = ResidualReconstructionConfig(
-        encode_nfe=8, residual_anchor="centre", residual_anchor_net="trained"
-    )
+    cfg = ResidualReconstructionConfig(encode_nfe=8, residual_anchor="centre", **setting)
     method = ResidualReconstruction(cfg, spec, NET)
-    own = method.anchor_net()
+    own = getattr(method, copy_of)()
     assert own is not None and own is not method.policy.base
+    other = "path_net" if copy_of == "anchor_net" else "anchor_net"
+    assert getattr(method, other)() is None
     state = {k: torch.randn_like(v) for k, v in method.policy.base.state_dict().items()}
     method.load_pretrained(state)
     for key, value in state.items():  # the pretrained weights, in the base and the copy
@@ -349,28 +357,12 @@ def test_a_trained_anchor_starts_as_the_pretrained_field_and_trains_with_the_res
     sum(method.losses(Batch(torch.randn(16, 3), torch.randn(16, 2))).values()).backward()
     assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in own.parameters())
     assert all(p.grad is None for p in method.policy.base.parameters())
-    with pytest.raises(ConfigError, match=r"^method\.residual_anchor_net"):
-        build_run_config({"method": {"name": "resft_fm", "residual_anchor_net": "trained"}})
+    name = next(iter(setting))  # without an anchor mode: one line naming the setting
+    with pytest.raises(ConfigError, match=rf"^method\.{name}"):
+        build_run_config({"method": {"name": "resft_fm", **setting}})
 
 
-def test_a_path_net_starts_as_the_pretrained_field_and_trains_with_the_residual() -> None:
-    spec = DataSpec((3,), cond_dim=2)
-    cfg = ResidualReconstructionConfig(
-        encode_nfe=8, residual_anchor="centre", residual_path_net=True
-    )
-    method = ResidualReconstruction(cfg, spec, NET)
-    own = method.path_net()
-    assert own is not None and own is not method.policy.base and method.anchor_net() is None
-    state = {k: torch.randn_like(v) for k, v in method.policy.base.state_dict().items()}
-    method.load_pretrained(state)
-    for key, value in state.items():  # the pretrained weights, in the base and the copy
-        assert torch.equal(own.state_dict()[key], value)
-    listed = {id(p) for spec_ in method.optimizers().values() for p in spec_.params}
-    assert all(id(p) in listed for p in own.parameters())
-    assert not any(id(p) in listed for p in method.policy.base.parameters())
-    sum(method.losses(Batch(torch.randn(16, 3), torch.randn(16, 2))).values()).backward()
-    assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in own.parameters())
-    assert all(p.grad is None for p in method.policy.base.parameters())
+def test_with_both_the_path_force_uses_the_trained_anchor_s_copy() -> None:
     shared = ResidualReconstruction(
         ResidualReconstructionConfig(
             encode_nfe=8,
@@ -378,9 +370,7 @@ def test_a_path_net_starts_as_the_pretrained_field_and_trains_with_the_residual(
             residual_anchor_net="trained",
             residual_path_net=True,
         ),
-        spec,
+        DataSpec((3,), cond_dim=2),
         NET,
     )
     assert shared.path_net() is not None and shared.path_net() is shared.anchor_net()
-    with pytest.raises(ConfigError, match=r"^method\.residual_path_net: true needs"):
-        build_run_config({"method": {"name": "resft_fm", "residual_path_net": True}})
