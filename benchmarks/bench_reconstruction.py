@@ -278,7 +278,8 @@ def displacement(
 
 
 def contraction(task: str, seeds: list[int], scale: float, runs: list[str] | None) -> None:
-    """``runs``: explicit ``LABEL=PRETRAINED_RUN,RESFT_RUN`` pairs instead of the seeds'."""
+    """``runs``: explicit ``LABEL=PRETRAINED_RUN,RESFT_RUN`` pairs instead of the seeds' (a
+    run ``FOLDER@last``: its last model)."""
     cells = Cells(RESULTS / f"reconstruction_contraction_{task}.json")
     root = WORK / task
     pairs = {f"seed{s}": (root / f"seed{s}/pretrain", root / f"seed{s}/resft_fm") for s in seeds}
@@ -292,7 +293,7 @@ def contraction(task: str, seeds: list[int], scale: float, runs: list[str] | Non
         for name, run in (("pretrain", pre), ("resft_fm", res)):
             for nfe in (2, 4, 10, 32):
                 key = f"{label}/{name}/nfe{nfe}"
-                if key in cells.data or not run.is_dir():
+                if key in cells.data or not Path(str(run).removesuffix(LAST)).is_dir():
                     continue
 
                 def compute(run: Path = run, nfe: int = nfe) -> dict[str, float]:

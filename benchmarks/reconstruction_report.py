@@ -94,14 +94,23 @@ def robot_tables(task: str) -> str:
 
 
 def contraction_table(task: str) -> str:
+    """Mean end-point displacement per unit mid-way perturbation, pretrained against ResFT-FM,
+    averaged over the seeds of each family of runs (labels ``seedN`` for the benchmark's own
+    runs, ``FAMILY/seedN`` for named ones, e.g. a later recipe's)."""
     data = json.loads((RESULTS / f"reconstruction_contraction_{task}.json").read_text())
-    out = ["| Euler steps | pretrained | ResFT-FM |", "|---|---|---|"]
-    for nfe in (2, 4, 10, 32):
-        cols = []
-        for name in ("pretrain", "resft_fm"):
-            vals = [v["mean"] for k, v in data.items() if k.endswith(f"/{name}/nfe{nfe}")]
-            cols.append(f"{statistics.fmean(vals):.3f} (n={len(vals)})" if vals else "-")
-        out.append(f"| {nfe} | {cols[0]} | {cols[1]} |")
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for key, value in data.items():
+        label, name, nfe = key.rsplit("/", 2)
+        family = label.rsplit("/", 1)[0] if "/" in label else "the benchmark's runs"
+        groups.setdefault((family, name, nfe), []).append(value["mean"])
+    out = ["| runs | Euler steps | pretrained | ResFT-FM |", "|---|---|---|---|"]
+    for family in sorted({f for f, _, _ in groups}, key=lambda f: (f != "the benchmark's runs", f)):
+        for nfe in (2, 4, 10, 32):
+            cols = []
+            for name in ("pretrain", "resft_fm"):
+                vals = groups.get((family, name, f"nfe{nfe}"), [])
+                cols.append(f"{statistics.fmean(vals):.3f} (n={len(vals)})" if vals else "-")
+            out.append(f"| {family} | {nfe} | {cols[0]} | {cols[1]} |")
     return "\n".join(out)
 
 
