@@ -293,6 +293,33 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
         ),
     ),
     (
+        "resft_fm/anchor_copy_lr3e-4_noguard_select_det",
+        "resft_fm",
+        (
+            "method.residual_anchor=centre",
+            "method.residual_anchor_net=trained",
+            "method.residual_path_net=true",
+            "train.lr=3e-4",
+            "train.guard=false",
+            "eval.noise_scale=0",
+            *SELECT_ROLLOUTS,
+        ),
+    ),
+    (
+        "resft_fm/anchor_copy_self10_lr3e-4_select_det",
+        "resft_fm",
+        (
+            "method.residual_anchor=centre",
+            "method.residual_anchor_net=trained",
+            "method.residual_path_net=true",
+            "method.self_weight=10",
+            "method.also_nfe=[1]",
+            "train.lr=3e-4",
+            "eval.noise_scale=0",
+            *SELECT_ROLLOUTS,
+        ),
+    ),
+    (
         "resft_fm/anchor_copy_self10_lr3e-4_select",
         "resft_fm",
         (
