@@ -100,6 +100,14 @@ def plan(seeds: list[int]) -> list[Job]:
 LENGTH_STEPS = (4000, 16000)
 # checkpoints chosen by closed-loop roll-outs on 500 validation episodes, checked every 100
 SELECT_ROLLOUTS = ("train.select_rollouts=500", "train.validate_every=100")
+# session 15's building blocks (LENGTH_VARIANTS): the force from a trained copy read on the
+# anchored path; one copy as the anchor and the force; FT-FM's Reacher terms and lr
+PATH_FORCE = ("method.residual_anchor=centre", "method.residual_path_net=true")
+ONE_COPY = (*PATH_FORCE, "method.residual_anchor_net=trained")
+FT_FM_TERMS = ("method.self_weight=10", "method.also_nfe=[1]")
+FT_FM_LR = ("train.lr=3e-4",)
+NO_GUARD = ("train.guard=false",)
+DETERMINISTIC = ("eval.noise_scale=0",)
 LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("ft_fm/base", "ft_fm", ()),
     ("resft_fm/base", "resft_fm", ()),
@@ -232,116 +240,26 @@ LENGTH_VARIANTS: list[tuple[str, str, tuple[str, ...]]] = [
     # features, which a (t, c) net from scratch lacks; with the recipe's loss, and with FT-FM's
     # Reacher recipe terms (self term, 1-step reconstruction). On Pusher deployed
     # deterministically (FT-FM's Pusher recipe does; the pretrained policy's deterministic
-    # 2-step map is far from its accurate one there)
-    (
-        "resft_fm/anchor_path_select",
-        "resft_fm",
-        ("method.residual_anchor=centre", "method.residual_path_net=true", *SELECT_ROLLOUTS),
-    ),
-    (
-        "resft_fm/anchor_path_self10_select",
-        "resft_fm",
-        (
-            "method.residual_anchor=centre",
-            "method.residual_path_net=true",
-            "method.self_weight=10",
-            "method.also_nfe=[1]",
-            *SELECT_ROLLOUTS,
-        ),
-    ),
-    # a full copy of the pretrained network at the residual's lr of 1e-3 collapsed on
-    # Pusher (seed 0: validation 0.276 -> 0.002 by step 300); FT-FM's recipes fine-tune the
-    # same network at 3e-4
-    (
-        "resft_fm/anchor_path_lr3e-4_select_det",
-        "resft_fm",
-        (
-            "method.residual_anchor=centre",
-            "method.residual_path_net=true",
-            "train.lr=3e-4",
-            "eval.noise_scale=0",
-            *SELECT_ROLLOUTS,
-        ),
-    ),
-    # the same without the collapse guard's rollbacks (the selection still keeps the best
-    # check): do the validation dips recover, as FT-FM's unguarded Pusher recipe does?
-    (
-        "resft_fm/anchor_path_lr3e-4_noguard_select_det",
-        "resft_fm",
-        (
-            "method.residual_anchor=centre",
-            "method.residual_path_net=true",
-            "train.lr=3e-4",
-            "train.guard=false",
-            "eval.noise_scale=0",
-            *SELECT_ROLLOUTS,
-        ),
-    ),
-    # one trained copy as both the anchor and the path force (reading the force at t a(c)
-    # of the pretrained end point went wrong where the copy moves far: Pusher collapsed with
-    # and without rollbacks): the deterministic 1- and 2-step maps are then the copy's own
-    (
-        "resft_fm/anchor_copy_lr3e-4_select_det",
-        "resft_fm",
-        (
-            "method.residual_anchor=centre",
-            "method.residual_anchor_net=trained",
-            "method.residual_path_net=true",
-            "train.lr=3e-4",
-            "eval.noise_scale=0",
-            *SELECT_ROLLOUTS,
-        ),
-    ),
-    (
-        "resft_fm/anchor_copy_lr3e-4_noguard_select_det",
-        "resft_fm",
-        (
-            "method.residual_anchor=centre",
-            "method.residual_anchor_net=trained",
-            "method.residual_path_net=true",
-            "train.lr=3e-4",
-            "train.guard=false",
-            "eval.noise_scale=0",
-            *SELECT_ROLLOUTS,
-        ),
-    ),
-    (
-        "resft_fm/anchor_copy_self10_lr3e-4_select_det",
-        "resft_fm",
-        (
-            "method.residual_anchor=centre",
-            "method.residual_anchor_net=trained",
-            "method.residual_path_net=true",
-            "method.self_weight=10",
-            "method.also_nfe=[1]",
-            "train.lr=3e-4",
-            "eval.noise_scale=0",
-            *SELECT_ROLLOUTS,
-        ),
-    ),
-    (
-        "resft_fm/anchor_copy_self10_lr3e-4_select",
-        "resft_fm",
-        (
-            "method.residual_anchor=centre",
-            "method.residual_anchor_net=trained",
-            "method.residual_path_net=true",
-            "method.self_weight=10",
-            "method.also_nfe=[1]",
-            "train.lr=3e-4",
-            *SELECT_ROLLOUTS,
-        ),
-    ),
-    (
-        "resft_fm/anchor_path_select_det",
-        "resft_fm",
-        (
-            "method.residual_anchor=centre",
-            "method.residual_path_net=true",
-            "eval.noise_scale=0",
-            *SELECT_ROLLOUTS,
-        ),
-    ),
+    # 2-step map is far from its accurate one there). A full copy at the residual's lr of 1e-3
+    # collapsed on Pusher (seed 0: validation 0.276 -> 0.002 by step 300), so the later ones
+    # use FT-FM's 3e-4; "noguard" asks whether the validation dips recover without the
+    # guard's rollbacks (the selection still keeps the best check); "copy" uses one trained
+    # copy as both the anchor and the force, so that the deterministic 1- and 2-step maps
+    # are the copy's own (the Reacher and Pusher recipes since, with FT-FM's terms)
+    *[
+        (f"resft_fm/anchor_{name}", "resft_fm", (*sets, *SELECT_ROLLOUTS))
+        for name, sets in (
+            ("path_select", PATH_FORCE),
+            ("path_self10_select", (*PATH_FORCE, *FT_FM_TERMS)),
+            ("path_lr3e-4_select_det", (*PATH_FORCE, *FT_FM_LR, *DETERMINISTIC)),
+            ("path_lr3e-4_noguard_select_det", (*PATH_FORCE, *FT_FM_LR, *NO_GUARD, *DETERMINISTIC)),
+            ("copy_lr3e-4_select_det", (*ONE_COPY, *FT_FM_LR, *DETERMINISTIC)),
+            ("copy_lr3e-4_noguard_select_det", (*ONE_COPY, *FT_FM_LR, *NO_GUARD, *DETERMINISTIC)),
+            ("copy_self10_lr3e-4_select_det", (*ONE_COPY, *FT_FM_TERMS, *FT_FM_LR, *DETERMINISTIC)),
+            ("copy_self10_lr3e-4_select", (*ONE_COPY, *FT_FM_TERMS, *FT_FM_LR)),
+            ("path_select_det", (*PATH_FORCE, *DETERMINISTIC)),
+        )
+    ],
 ]
 
 
