@@ -136,13 +136,17 @@ def _takes_overwrite() -> bool:
 LAST = "@last"  # a run folder named with this suffix: its last model, not its kept best
 
 
+def run_folder(run: Path) -> Path:
+    """The folder of a run named ``FOLDER`` or ``FOLDER@last``."""
+    return Path(str(run).removesuffix(LAST))
+
+
 def load_run(run: Path) -> Any:
     """The run in a run folder (``flowpost.load``, as ``flowpost eval`` does), its held-out
     data and robot task loaded; ``FOLDER@last``: its last model (``flowpost eval --last``)."""
     from flowpost.run import load
 
-    last = str(run).endswith(LAST)
-    loaded = load(Path(str(run).removesuffix(LAST)), last=last)
+    loaded = load(run_folder(run), last=str(run).endswith(LAST))
     loaded.reference()
     return loaded
 
@@ -293,7 +297,7 @@ def contraction(task: str, seeds: list[int], scale: float, runs: list[str] | Non
         for name, run in (("pretrain", pre), ("resft_fm", res)):
             for nfe in (2, 4, 10, 32):
                 key = f"{label}/{name}/nfe{nfe}"
-                if key in cells.data or not Path(str(run).removesuffix(LAST)).is_dir():
+                if key in cells.data or not run_folder(run).is_dir():
                     continue
 
                 def compute(run: Path = run, nfe: int = nfe) -> dict[str, float]:

@@ -139,3 +139,26 @@ def test_selffit_table_reports_start_lowest_highest_and_end(tmp_path, monkeypatc
         "| pretrain/p16000/d200/s0 | resft_fm/force | 0.001 | "
         "0.00080 / 0.00020 / 0.01800 / 0.00020 | 0.00200 / 0.00200 / 0.00900 / 0.00280 |"
     ]
+
+
+def test_contraction_table_averages_each_family_of_runs_apart(tmp_path, monkeypatch):
+    """The benchmark's own runs (labels ``seedN``) and a named family (``FAMILY/seedN``) get
+    rows of their own, each the mean over that family's seeds; a missing cell is a dash."""
+    data = {
+        "seed0/pretrain/nfe2": {"mean": 0.10},
+        "seed1/pretrain/nfe2": {"mean": 0.20},
+        "seed0/resft_fm/nfe2": {"mean": 0.05},
+        "recipe/seed0/pretrain/nfe2": {"mean": 0.40},
+        "recipe/seed1/pretrain/nfe2": {"mean": 0.60},
+        "recipe/seed0/resft_fm/nfe2": {"mean": 0.30},
+        "recipe/seed1/resft_fm/nfe2": {"mean": 0.10},
+    }
+    (tmp_path / "reconstruction_contraction_reacher.json").write_text(json.dumps(data))
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    rows = report.contraction_table("reacher").splitlines()
+    assert "| the benchmark's runs | 2 | 0.150 (n=2) | 0.050 (n=1) |" in rows
+    assert "| recipe | 2 | 0.500 (n=2) | 0.200 (n=2) |" in rows
+    assert "| recipe | 4 | - | - |" in rows
+    assert rows.index("| the benchmark's runs | 2 | 0.150 (n=2) | 0.050 (n=1) |") < rows.index(
+        "| recipe | 2 | 0.500 (n=2) | 0.200 (n=2) |"
+    )
