@@ -41,22 +41,25 @@ FAIL = ("fail_pd_pathwise", "fail_pd_local", "fail_pg")
 MARGINS = (0.0, 1.0, 2.0)
 
 
-def rebuilt_selector(run: Path) -> Selector:
-    """The run's selector: its held-out split and its settings, so its floor and noise."""
+def rebuilt_selector(run: Path, metric: str | None = None) -> Selector:
+    """The run's selector: its held-out split and its settings, so its floor and noise
+    (``metric``: score by this statistic instead of the run's own)."""
     cfg = build_run_config(load_yaml(run / "config.yaml"))
     tc = cfg.train
     data = load_data(cfg.data)
     kept, held = split_holdout(data.train, tc.holdout_fraction or 0.1, cfg.data.seed)
     return Selector(
         held, kept, tolerance=tc.guard_tolerance, coverage_drop=tc.guard_coverage_drop,
-        coverage_gain=tc.select_coverage_gain, metric=tc.select_metric,
+        coverage_gain=tc.select_coverage_gain, metric=metric or tc.select_metric,
     )  # fmt: skip
 
 
-def logged_checks(run: Path) -> list[Check]:
+def logged_checks(run: Path, statistic: str = "score") -> list[Check]:
+    """The run's held-out checks as logged, scored by ``statistic`` (``score``: what the run
+    selected by; ``w2`` / ``energy``: the statistic by name, logged since session 16)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [
-        Check(r["step"], r["validation/score"], r["validation/coverage"])
+        Check(r["step"], r[f"validation/{statistic}"], r["validation/coverage"])
         for r in rows
         if "validation/score" in r
     ]
@@ -64,15 +67,21 @@ def logged_checks(run: Path) -> list[Check]:
 
 def start_favoured(checks: list[Check], noise: float, margin: float) -> int:
     """The kept step when a later check displaces the start only below ``start - margin *
-    noise``; once displaced, the library's later-wins-within-noise rule."""
+    noise``; once displaced, the library's later-wins-within-noise rule (within the noise of
+    the lowest kept score). The library's ``train.select_start_margin`` without coverage
+    gains (a test checks the two agree)."""
     start = best = checks[0]
+    lowest = start.score
     for check in checks[1:]:
-        if best is start:
-            if check.score <= start.score - margin * noise:
-                best = check
-        elif check.score <= best.score + noise:
-            best = check
+        bar = start.score - margin * noise if best is start else lowest + noise
+        if check.score <= bar:
+            best, lowest = check, min(lowest, check.score)
     return best.step
+
+
+def _check_rows(run: Path) -> list[str]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [line for line in lines if "validation/score" in line]
 
 
 def pretrained_w2(cells: dict[str, Any], task: str, steps: str, seed: str) -> float | None:
@@ -84,8 +93,11 @@ def pretrained_w2(cells: dict[str, Any], task: str, steps: str, seed: str) -> fl
     return None
 
 
-def replay(work: Path) -> dict[str, Any]:
-    cells = json.loads(SUITE.read_text())["cells"]
+def replay(work: Path, results: Path = SUITE) -> dict[str, Any]:
+    """Replay every FAIL run of ``results`` (a suite JSON) whose folder is under ``work``;
+    the pretrained flows' fresh W2 always come from the suite's own JSON."""
+    pretrained_cells = json.loads(SUITE.read_text())["cells"]
+    cells = json.loads(results.read_text())["cells"]
     runs = []
     for key, cell in sorted(cells.items()):
         task, contender, _, steps, seed = key.split("/")
@@ -106,10 +118,17 @@ def replay(work: Path) -> dict[str, Any]:
             "best_step": summary["best_step"],
             "replayed_step": selector.best.step,
             "w2": cell["metrics"][steps[1:]]["w2"],
-            "pretrained_w2": pretrained_w2(cells, task, steps[1:], seed),
+            "pretrained_w2": pretrained_w2(pretrained_cells, task, steps[1:], seed),
         }
         for margin in MARGINS:
             row[f"start_favoured_{margin:g}"] = start_favoured(checks, selector.noise, margin)
+        if all("validation/energy" in json.loads(line) for line in _check_rows(run)):
+            energy = rebuilt_selector(run, "energy")
+            row["energy_noise"] = round(energy.noise, 4)
+            for margin in MARGINS:
+                row[f"energy_start_favoured_{margin:g}"] = start_favoured(
+                    logged_checks(run, "energy"), energy.noise, margin
+                )
         runs.append(row)
         print(key, row["replayed_step"], row["best_step"], flush=True)
     return {"runs": runs, "rules": summarise(runs)}
@@ -122,8 +141,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "replay_matches": sum(r["best_step"] == r["replayed_step"] for r in runs),
         "worse_than_pretrained": sum(r["w2"] > r["pretrained_w2"] for r in known),
     }
-    for margin in MARGINS:
-        name = f"start_favoured_{margin:g}"
+    rules = [f"start_favoured_{m:g}" for m in MARGINS]
+    rules += [f"energy_{rule}" for rule in rules if all(f"energy_{rule}" in r for r in known)]
+    for name in rules:
         to_start = [r for r in known if r[name] == 0 and r["best_step"] != 0]
         lost = [r for r in to_start if r["w2"] < r["pretrained_w2"]]
         out[name] = {
@@ -151,10 +171,13 @@ def table(result: dict[str, Any]) -> str:
         "wins lost | mean W2 lost | moved to another check | worse runs left (at most) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for margin in MARGINS:
-        r = rules[f"start_favoured_{margin:g}"]
+    for name, r in rules.items():
+        if "start_favoured" not in name:
+            continue
+        metric = "energy distance" if name.startswith("energy_") else "W2"
+        margin = name.rsplit("_", 1)[1]
         lines.append(
-            f"| start unless beaten by {margin:g} x noise | {r['kept_start_instead']} | "
+            f"| {metric}: start unless beaten by {margin} x noise | {r['kept_start_instead']} | "
             f"{r['of_which_were_worse_than_pretrained']} | {r['of_which_were_wins_lost']} | "
             f"{r['mean_w2_lost_on_those_wins']} | {r['moved_to_another_check_unscored']} | "
             f"{r['worse_runs_left']} |"
@@ -165,10 +188,13 @@ def table(result: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default="/tmp/flowpost-suite", help="bench_suite.py's --work")
+    p.add_argument("--suite", default=str(SUITE), help="the suite JSON whose runs to replay")
     p.add_argument("--results", default=str(RESULTS))
     args = p.parse_args()
-    result = replay(Path(args.work))
-    result["meta"] = {"suite": str(SUITE.relative_to(HERE.parent)), "margins": list(MARGINS)}
+    suite = Path(args.suite).resolve()
+    result = replay(Path(args.work), suite)
+    result["meta"] = {"suite": str(suite.relative_to(HERE.parent.resolve())),
+                      "margins": list(MARGINS)}  # fmt: skip
     Path(args.results).write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
 

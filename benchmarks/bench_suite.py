@@ -134,6 +134,21 @@ def plan(
     return list(dict.fromkeys(cells))
 
 
+def parse_key(key: str) -> Cell:
+    """The cell of a key ``task/contender/dD/kK/sS`` (:attr:`Cell.key`); a malformed key or
+    an unknown task or contender is one ``SystemExit`` line."""
+    parts = key.split("/")
+    try:
+        task, contender, d, k, s = parts
+        cell = Cell(task, contender, int(d.removeprefix("d")), int(k.removeprefix("k")),
+                    int(s.removeprefix("s")))  # fmt: skip
+    except ValueError:
+        raise SystemExit(f"--cells: {key!r} is not task/contender/dD/kK/sS") from None
+    if task not in TASKS or contender not in CONTENDERS:
+        raise SystemExit(f"--cells: {key!r}: unknown task or contender")
+    return cell
+
+
 def quick_plan(seeds: tuple[int, ...] = (0,)) -> list[Cell]:
     """Seed by seed, then pair by pair (so a partial run has whole comparisons): the
     pretrained flow and SFT (1, 2, 4 steps), FAIL-PD local at 2 steps, AF from scratch at 1,
@@ -376,6 +391,9 @@ def main() -> None:
     p.add_argument("--demos", nargs="*", type=int, help="restrict demonstration counts")
     p.add_argument("--seeds", nargs="*", type=int, help="restrict seeds")
     p.add_argument("--steps", nargs="*", type=int, help="restrict deployed steps (post-training)")
+    p.add_argument(
+        "--cells", nargs="*", help="run exactly these cell keys (task/contender/dD/kK/sS)"
+    )
     p.add_argument("--work", default="/tmp/flowpost-suite", help="run folders and arrays")
     p.add_argument("--results", default=str(RESULTS), help="the results JSON")
     p.add_argument("--out", default=str(ROOT / "docs" / "suite.md"), help="report: Markdown")
@@ -400,6 +418,8 @@ def main() -> None:
         and (not args.steps or c.steps == 0 or c.steps in args.steps)
     )
     cells = [c for c in cells if keep(c)]
+    if args.cells:
+        cells = [parse_key(key) for key in args.cells]
     if args.what == "list":
         print("\n".join(c.key for c in cells), f"\n{len(cells)} cells", sep="")
         return

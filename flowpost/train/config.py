@@ -100,6 +100,12 @@ class TrainConfig:
     guard_tolerance: float = option(
         1.0, "collapse: held-out score above best + this x (best - floor) + 3 noise", min=0.0
     )
+    select_start_margin: float = option(
+        0.0,
+        "best checkpoint: keep the start until a check's held-out score beats it by this many "
+        "held-out noise sds (0: the later model wins within the noise, as before)",
+        min=0.0,
+    )
     select_coverage_gain: float = option(
         0.0,
         "best checkpoint: also keep a check whose coverage of the demonstrations beats the "

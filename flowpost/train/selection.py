@@ -16,7 +16,9 @@ looks at a method's losses.
   model is never worse than the start on the held-out set by more than that noise; with
   ``coverage_gain > 0`` also a check whose coverage beats the best's by that much while its
   score is short of a collapse, which trades that bound for diversity the few held-out
-  points cannot see), ``collapse`` (the score
+  points cannot see; with ``start_margin > 0`` the start stays the best until a check's
+  score is below the start's by ``start_margin * sd`` (a coverage gain does not displace
+  it), and the rule above applies from then on), ``collapse`` (the score
   above ``best + tolerance * max(best - floor, sd) + 3 sd`` and above ``floor + 3 sd``,
   where ``floor`` and ``sd`` are the mean and spread of the score of bootstrap resamples of
   the training demonstrations, i.e. of a perfect model, so a score a perfect model reaches
@@ -49,7 +51,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -139,6 +141,9 @@ class Check:
     score: float
     coverage: float = float("nan")
     solved: str = ""
+    # both held-out statistics of this check, whichever one ``score`` is (logged, so a
+    # selection rule on the other statistic can be replayed from metrics.jsonl; not saved)
+    heldout: dict[str, float] = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict[str, float | str]:
         out: dict[str, float | str] = {"step": self.step, "score": self.score}
@@ -179,6 +184,7 @@ class Selector:
         coverage_drop: float = 0.3,
         coverage_gain: float = 0.0,
         metric: str = "w2",
+        start_margin: float = 0.0,
         k: int = 5,
         max_ref: int = 1000,
     ) -> None:
@@ -194,6 +200,7 @@ class Selector:
         self.tolerance = tolerance
         self.coverage_drop = coverage_drop
         self.coverage_gain = coverage_gain
+        self.start_margin = start_margin
         # the score of a perfect model: held-out vs bootstrap resamples of the training demos
         # (as many as a check draws), its mean and spread
         n = len(self.ref)
@@ -205,8 +212,9 @@ class Selector:
         self.best: Check | None = None
         self.lowest = float("inf")
 
-    def _score(self, x: Tensor) -> float:
-        return w2(x, self.heldout) if self.metric == "w2" else energy_u(x, self.heldout)
+    def _score(self, x: Tensor, metric: str | None = None) -> float:
+        metric = metric or self.metric
+        return w2(x, self.heldout) if metric == "w2" else energy_u(x, self.heldout)
 
     @property
     def n_samples(self) -> int:
@@ -219,7 +227,8 @@ class Selector:
 
     def logged(self, check: Check) -> dict[str, float]:
         """What a check adds to ``metrics.jsonl``."""
-        return {"validation/score": check.score, "validation/coverage": check.coverage}
+        extra = {f"validation/{name}": value for name, value in check.heldout.items()}
+        return {"validation/score": check.score, "validation/coverage": check.coverage, **extra}
 
     def describe(self) -> dict[str, object]:
         """What ``summary.json`` says the selection was made on."""
@@ -230,7 +239,8 @@ class Selector:
         if not bool(torch.isfinite(x).all()):
             return Check(step, float("inf"), 0.0)
         cov = knn_precision_recall(x[: len(self.ref)], self.ref, k=self.k)["coverage"]
-        return Check(step, self._score(x), cov)
+        both = {metric: self._score(x, metric) for metric in ("w2", "energy")}
+        return Check(step, both[self.metric], cov, heldout=both)
 
     def judge(self, check: Check) -> tuple[str, str]:
         """``("best" | "collapse" | "ok", reason)``; records the start and the best."""
@@ -247,9 +257,17 @@ class Selector:
                 f"coverage of the demonstrations {check.coverage:.2f} vs {best.coverage:.2f} "
                 f"at step {best.step} (mode collapse)"
             )
-        # within the held-out set's own noise of the lowest score so far, the later (longer
-        # trained) model wins: with a few dozen held-out points the score's ripples are noise
-        if check.score <= min(self.lowest, best.score) + self.noise:
+        # with a start margin, the start stays the best until a check beats it clearly: where
+        # the start is already as good as the demonstrations allow, a later model within the
+        # noise is as likely worse as better on fresh data
+        holding_start = self.start_margin > 0 and best.step == self.start.step  # type: ignore[union-attr]
+        if holding_start:
+            bar = best.score - self.start_margin * self.noise
+        else:
+            # within the held-out set's own noise of the lowest score so far, the later (longer
+            # trained) model wins: with a few dozen held-out points the ripples are noise
+            bar = min(self.lowest, best.score) + self.noise
+        if check.score <= bar:
             self.best = check
             self.lowest = min(self.lowest, check.score)
             return "best", ""
@@ -260,7 +278,7 @@ class Selector:
         diverged = check.score > max(
             best.score + self.tolerance * excess + 3 * self.noise, self.floor + 3 * self.noise
         )
-        if self.coverage_gain > 0 and not diverged:
+        if self.coverage_gain > 0 and not diverged and not holding_start:
             # a few dozen held-out points barely see inside the modes: a model that covers
             # the demonstrations clearly better, at a score short of a collapse, is kept
             if check.coverage >= best.coverage + self.coverage_gain:

@@ -77,6 +77,15 @@ def test_plan_sizes():
     assert [c.seed for c in three] == sorted(c.seed for c in three)
 
 
+def test_a_cell_key_parses_back_to_its_cell():
+    for cell in suite.quick_plan()[:12]:
+        assert suite.parse_key(cell.key) == cell
+    with pytest.raises(SystemExit, match="not task/contender"):
+        suite.parse_key("moons-spirals/sft/d64")
+    with pytest.raises(SystemExit, match="unknown task or contender"):
+        suite.parse_key("nowhere/sft/d64/k0/s0")
+
+
 def test_cells_are_resumable_and_never_rerun(tmp_path):
     cells = suite.plan(["moons-spirals"], ["sft", "fail_pd_local"], [64], [1, 2], [0])
     calls = []

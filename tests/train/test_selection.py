@@ -7,6 +7,7 @@ import torch
 
 from flowpost.data.base import ArrayData
 from flowpost.data.toys import mode_info, sample_toy
+from flowpost.eval.metrics import w2
 from flowpost.train import run_training
 from flowpost.train.selection import (
     Check,
@@ -60,6 +61,55 @@ def test_selector_keeps_the_best_and_flags_divergence_and_collapse():
     nan = torch.full((600, 2), float("nan"))
     assert sel.judge(sel.measure(nan, step=50)) == ("collapse", "non-finite samples")
     assert sel.best is not None and sel.best.step in (10, 20)
+
+
+@pytest.mark.parametrize("metric", ["w2", "energy"])
+def test_a_check_logs_both_heldout_statistics_whichever_it_is_scored_by(metric):
+    kept, held = split_holdout(ArrayData(randn(400, 2)), 0.1, seed=0)
+    sel = Selector(held, kept, metric=metric)
+    samples = randn(400, 2, seed=1) + 0.3
+    check = sel.measure(samples, step=5)
+    x = samples.double()
+    assert check.heldout["w2"] == pytest.approx(w2(x, sel.heldout))
+    assert check.heldout["energy"] == pytest.approx(energy_u(x, sel.heldout))
+    assert check.score == check.heldout[metric]
+    logged = sel.logged(check)
+    assert logged["validation/score"] == check.score
+    assert (logged["validation/w2"], logged["validation/energy"]) == (
+        check.heldout["w2"], check.heldout["energy"],
+    )  # fmt: skip
+    # the saved best check keeps its score, not the logged extras
+    assert "w2" not in check.as_dict() and Check.from_dict(check.as_dict()) == check
+
+
+def test_a_start_margin_keeps_the_start_until_a_check_beats_it_clearly():
+    kept, held = split_holdout(ArrayData(randn(400, 2)), 0.1, seed=0)
+    plain = Selector(held, kept, metric="energy", coverage_gain=0.05)
+    margin = Selector(held, kept, metric="energy", coverage_gain=0.05, start_margin=2.0)
+    sd = margin.noise
+    assert sd > 0 and margin.noise == plain.noise
+    start = Check(0, 0.10, 0.80)
+    steps = [
+        Check(10, 0.10 - 1.5 * sd, 0.80),  # better, but by less than 2 sd
+        Check(20, 0.10 + 0.5 * sd, 0.95),  # covers the demos far better, a bit worse score
+        Check(30, 0.10 - 2.5 * sd, 0.80),  # clearly better: displaces the start
+        Check(40, 0.10 - 1.8 * sd, 0.80),  # within the noise of it: later wins, as usual
+    ]
+    for sel in (plain, margin):
+        sel.judge(start)
+    kept_plain, kept_margin = [], []
+    for check in steps:
+        plain.judge(check), margin.judge(check)
+        kept_plain.append(plain.best.step)
+        kept_margin.append(margin.best.step)
+    assert kept_plain == [10, 20, 30, 40]  # later within the noise, then coverage, ...
+    assert kept_margin == [0, 0, 30, 40]
+    # the start is found again after a resume (saved checks are copies, compared by step)
+    resumed = Selector(held, kept, metric="energy", start_margin=2.0)
+    resumed.load_state(
+        Selector(held, kept).state() | {"start": start.as_dict(), "best": start.as_dict()}
+    )
+    assert resumed.judge(steps[0])[0] == "ok" and resumed.best.step == 0
 
 
 def test_selector_sees_collapse_inside_modes_that_the_distance_misses():
