@@ -95,7 +95,8 @@ def pretrained_w2(cells: dict[str, Any], task: str, steps: str, seed: str) -> fl
 
 def replay(work: Path, results: Path = SUITE) -> dict[str, Any]:
     """Replay every FAIL run of ``results`` (a suite JSON) whose folder is under ``work``;
-    the pretrained flows' fresh W2 always come from the suite's own JSON."""
+    the pretrained flows' fresh W2 come from ``results`` where it holds them (the flows those
+    runs started from), else from the suite's own JSON."""
     pretrained_cells = json.loads(SUITE.read_text())["cells"]
     cells = json.loads(results.read_text())["cells"]
     runs = []
@@ -118,16 +119,20 @@ def replay(work: Path, results: Path = SUITE) -> dict[str, Any]:
             "best_step": summary["best_step"],
             "replayed_step": selector.best.step,
             "w2": cell["metrics"][steps[1:]]["w2"],
-            "pretrained_w2": pretrained_w2(pretrained_cells, task, steps[1:], seed),
+            "pretrained_w2": pretrained_w2(cells, task, steps[1:], seed)
+            or pretrained_w2(pretrained_cells, task, steps[1:], seed),
         }
         for margin in MARGINS:
             row[f"start_favoured_{margin:g}"] = start_favoured(checks, selector.noise, margin)
         if all("validation/energy" in json.loads(line) for line in _check_rows(run)):
             energy = rebuilt_selector(run, "energy")
+            energy_checks = logged_checks(run, "energy")
             row["energy_noise"] = round(energy.noise, 4)
+            row["energy_floor"] = round(energy.floor, 4)  # a perfect model's held-out score
+            row["energy_start"] = round(energy_checks[0].score, 4)
             for margin in MARGINS:
                 row[f"energy_start_favoured_{margin:g}"] = start_favoured(
-                    logged_checks(run, "energy"), energy.noise, margin
+                    energy_checks, energy.noise, margin
                 )
         runs.append(row)
         print(key, row["replayed_step"], row["best_step"], flush=True)
@@ -152,6 +157,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "of_which_were_wins_lost": len(lost),
             "mean_w2_lost_on_those_wins": round(
                 sum(r["pretrained_w2"] - r["w2"] for r in lost) / max(len(lost), 1), 3
+            ),
+            "mean_w2_saved_on_the_fixed": round(
+                sum(r["w2"] - r["pretrained_w2"] for r in to_start if r not in lost)
+                / max(len(to_start) - len(lost), 1),
+                3,
             ),
             "moved_to_another_check_unscored": sum(
                 r[name] not in (0, r["best_step"]) for r in known

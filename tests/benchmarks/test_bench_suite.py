@@ -200,3 +200,27 @@ def test_demo_references_resample_the_demonstrations(tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "score", lambda task, x: calls.append(1) or {})
     suite.demo_references(cells, results)
     assert not calls  # stored once, never recomputed
+
+
+def test_the_energy_replay_paragraph_reads_its_numbers_from_the_json(tmp_path, monkeypatch):
+    rule = {"kept_start_instead": 3, "of_which_were_worse_than_pretrained": 2,
+            "of_which_were_wins_lost": 1, "mean_w2_lost_on_those_wins": 0.25,
+            "mean_w2_saved_on_the_fixed": 0.03, "worse_runs_left": 0}  # fmt: skip
+    rules = {"runs": 4, "worse_than_pretrained": 2, "replay_matches": 4}
+    rules |= {f"{p}start_favoured_{m}": rule for p in ("", "energy_") for m in (0, 1, 2)}
+    runs = [
+        {"run": "a/fail_pd_pathwise/d64/k2/s0", "heldout_demos": 5, "w2": 0.3,
+         "pretrained_w2": 0.9, "energy_start": 0.01, "energy_floor": 0.1, "energy_noise": 0.05},
+        {"run": "b/fail_pd_pathwise/d64/k2/s0", "heldout_demos": 5, "w2": 0.3,
+         "pretrained_w2": 0.4, "energy_start": 0.0, "energy_floor": 0.1, "energy_noise": 0.05},
+    ]  # fmt: skip
+    path = tmp_path / "selection_replay_energy.json"
+    path.write_text(json.dumps({"rules": rules, "runs": runs}))
+    monkeypatch.setattr(report, "REPLAY_BOTH", path)
+    (text,) = report.replayed_on_both_statistics()
+    assert "4 of those runs" in text and "2 of the 4 end worse" in text
+    assert "lost 0.03 W2 each" in text and "worth 0.25 each" in text
+    # the example is the start below the floor with the largest fresh-data win
+    assert "a/fail_pd_pathwise/d64/k2/s0, 5 held-out points" in text and "0.90 against" in text
+    monkeypatch.setattr(report, "REPLAY_BOTH", tmp_path / "missing.json")
+    assert report.replayed_on_both_statistics() == []
