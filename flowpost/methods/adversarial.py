@@ -78,6 +78,7 @@ from flowpost.methods.components.jumps import (
     jump_chain,
     jump_samples,
     ot_loss,
+    renoised_chain,
     takes_end_time,
 )
 from flowpost.nets.config import DiscriminatorConfig, NetConfig
@@ -131,6 +132,13 @@ class AFConfig(GuidanceConfig, TransportConfig):
         min=0.0,
         max=1.0,
     )
+    hops: str = option(
+        "interval",
+        "fixed k > 1: interval = each hop from a to b = a + 1/k, sampled as a chain (paper); "
+        "to_data = each hop from a straight to b = 1, sampled by re-noising its output to the "
+        "next grid time with fresh noise (a consistency-model sampler)",
+        choices=["interval", "to_data"],
+    )
     lr: float | None = option(
         None, "generator learning rate (null: train.lr), divided by model.repeats", min=0.0
     )
@@ -168,6 +176,12 @@ class AFConfig(GuidanceConfig, TransportConfig):
             raise ConfigError(
                 "method.chain_fraction > 0 needs fixed k-step training (method.nfe: k); "
                 "any-step training (nfe: 0) has no chain to start from"
+            )
+        if self.hops == "to_data" and (self.nfe == 0 or self.chain_fraction > 0):
+            raise ConfigError(
+                "method.hops: to_data needs fixed k-step training (method.nfe: k) and its hops "
+                "start at the interpolant (method.chain_fraction: 0), which is exactly what "
+                "its re-noising sampler feeds them"
             )
         if self.parameterization == "direct" and self.nfe != 1:
             raise ConfigError(
@@ -308,6 +322,8 @@ class AdversarialFlow(Method):
         k = self.config.nfe
         n = x.shape[0]
         a, b = fixed_k_times(n, k, x.device) if k else any_step_times(n, x.device)
+        if self.config.hops == "to_data":
+            b = torch.ones_like(b)  # every hop lands on the data; the sampler re-noises
         m = int(round(self.config.chain_fraction * n)) if k > 1 else 0
         step = lambda y, s, t, c: self.jump(self.generator, y, s, t, c)  # noqa: E731
         src = (lambda z: chain_sources(step, z, x, a, k, m, cond)) if m > 0 else None
@@ -388,12 +404,15 @@ class AdversarialFlow(Method):
         roles: Mapping[str, nn.Module] | None = None,
     ) -> Tensor:
         """The ``nfe``-step chain ``x <- G(x, t_i, t_{i+1})`` on a uniform grid from noise
-        (:func:`~flowpost.methods.components.jumps.jump_chain`).
+        (:func:`~flowpost.methods.components.jumps.jump_chain`); with ``hops: to_data``,
+        ``x <- (1 - t_{i+1}) z_i + t_{i+1} G(x, t_i, 1)`` with fresh noise ``z_i``, the last
+        output ``G(x, t_{k-1}, 1)`` (:func:`~flowpost.methods.components.jumps.renoised_chain`).
 
         A fixed-``k`` model samples with ``nfe = k`` only; an any-step model (``nfe: 0``)
         with any ``nfe``. ``solver`` is ignored: each step is one generator evaluation.
         """
         net = self.role("generator", roles)
-        return jump_chain(
-            lambda x, a, b: self.jump(net, x, a, b, cond), noise, nfe, self.config.nfe
-        )
+        step = lambda x, a, b: self.jump(net, x, a, b, cond)  # noqa: E731
+        if self.config.hops == "to_data":
+            return renoised_chain(step, noise, nfe, self.config.nfe)
+        return jump_chain(step, noise, nfe, self.config.nfe)

@@ -321,6 +321,39 @@ def test_chain_sources_start_hops_where_the_sampler_is() -> None:
         AFConfig(nfe=0, chain_fraction=0.5)
 
 
+def test_hops_to_the_data_train_every_hop_to_b_1_and_sample_by_renoising() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 2) + 5.0
+    m = make(AFConfig(nfe=4, hops="to_data"), 2)
+    a, b, x_a, x_b = m.draw(x)
+    assert set((a * 4).round().long().tolist()) == {0, 1, 2, 3} and bool((b == 1).all())
+    assert torch.allclose(x_b, x)  # the real sample at b = 1 is the data itself
+    times: list[tuple[float, float]] = []
+
+    class Spy(nn.Module):
+        def forward(
+            self, x: Tensor, t: Tensor, cond: Tensor | None = None, t_end: Tensor | None = None
+        ) -> Tensor:
+            assert t_end is not None
+            times.append((float(t[0]), float(t_end[0])))
+            return torch.zeros_like(x)
+
+    z = torch.randn(5, 2)
+    torch.manual_seed(1)
+    out = m.generate(z, nfe=4, roles={"generator": Spy()})
+    assert times == [(0.0, 1.0), (0.25, 1.0), (0.5, 1.0), (0.75, 1.0)]
+    # residual with g = 0 returns its input: the last hop's input, re-noised at 3/4
+    torch.manual_seed(1)
+    x_hat = z
+    for t in (0.25, 0.5, 0.75):
+        x_hat = (1 - t) * frandom.randn_like(x_hat) + t * x_hat
+    assert torch.allclose(out, x_hat, atol=1e-6)
+    with pytest.raises(ValueError, match="to_data"):
+        AFConfig(nfe=0, hops="to_data")
+    with pytest.raises(ValueError, match="to_data"):
+        AFConfig(nfe=2, hops="to_data", chain_fraction=0.5)
+
+
 def test_config_errors_and_registry() -> None:
     with pytest.raises(ValueError, match="residual"):
         make(AFConfig(nfe=2, parameterization="direct"))

@@ -33,6 +33,8 @@ __all__ = [
     "jump_samples",
     "jump",
     "jump_chain",
+    "renoised_chain",
+    "check_nfe",
     "chain_sources",
     "ot_loss",
     "scheduled_weight",
@@ -93,14 +95,9 @@ def jump(
     return x_a + expand_like(b - a, x_a) * out if residual else out
 
 
-def jump_chain(
-    step: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor, nfe: int, k: int
-) -> Tensor:
-    """The ``nfe``-jump chain ``x <- step(x, t_i, t_{i+1})`` on a uniform grid from ``noise``.
-
-    A generator trained for fixed ``k``-step sampling (``k > 0``) samples with ``nfe = k``
-    only; an any-step one (``k = 0``) with any ``nfe >= 1``.
-    """
+def check_nfe(nfe: int, k: int) -> None:
+    """A fixed ``k``-step generator (``k > 0``) samples with ``nfe = k`` only; an any-step
+    one (``k = 0``) with any ``nfe >= 1``; otherwise one ``ValueError`` line."""
     if nfe < 1:
         raise ValueError(f"nfe must be >= 1, got {nfe}")
     if k > 0 and nfe != k:
@@ -109,11 +106,50 @@ def jump_chain(
             f"with nfe={k} only (got nfe={nfe}); pass eval.nfe={k}, or train with "
             "method.nfe: 0 (any-step) to sample at any nfe"
         )
+
+
+def jump_chain(
+    step: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor, nfe: int, k: int
+) -> Tensor:
+    """The ``nfe``-jump chain ``x <- step(x, t_i, t_{i+1})`` on a uniform grid from ``noise``.
+
+    A generator trained for fixed ``k``-step sampling (``k > 0``) samples with ``nfe = k``
+    only; an any-step one (``k = 0``) with any ``nfe >= 1``.
+    """
+    check_nfe(nfe, k)
     x = noise
     grid = torch.linspace(0.0, 1.0, nfe + 1, device=noise.device)
     for i in range(nfe):
         x = step(x, grid[i].expand(x.shape[0]), grid[i + 1].expand(x.shape[0]))
     return x
+
+
+def renoised_chain(
+    step: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor, nfe: int, k: int
+) -> Tensor:
+    """The ``nfe``-hop sampler of generators trained to jump straight to the data
+    (``hops: to_data``): ``x_hat = step(x, t_i, 1)``, then ``x <- (1 - t_{i+1}) z_i +
+    t_{i+1} x_hat`` with fresh noise ``z_i`` (:func:`flowpost.flows.random.randn_like`), on a
+    uniform grid from ``noise``; returns the last ``x_hat``. Why fresh noise: if ``x_hat`` is
+    distributed as the data, the next hop's input is distributed exactly as the interpolant
+    ``(1 - t) z + t x`` it was trained on, so errors do not drift along the chain.
+
+    >>> to_zero = lambda x, a, b: torch.zeros_like(x)  # every hop predicts 0
+    >>> _ = torch.manual_seed(0)
+    >>> out = renoised_chain(to_zero, torch.ones(3, 2), 2, 2)
+    >>> out.abs().max().item()
+    0.0
+    """
+    check_nfe(nfe, k)
+    x = noise
+    grid = torch.linspace(0.0, 1.0, nfe + 1, device=noise.device)
+    one = torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
+    for i in range(nfe):
+        x_hat = step(x, grid[i].expand(x.shape[0]), one)
+        if i == nfe - 1:
+            return x_hat
+        x = interpolate(random.randn_like(x_hat), x_hat, grid[i + 1].expand(x.shape[0]))
+    raise AssertionError("unreachable: nfe >= 1")
 
 
 def chain_sources(

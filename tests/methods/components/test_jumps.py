@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from flowpost.flows import random as frandom
 from flowpost.methods.components.jumps import (
     any_step_times,
     fixed_k_times,
@@ -15,6 +16,7 @@ from flowpost.methods.components.jumps import (
     jump_chain,
     jump_samples,
     ot_loss,
+    renoised_chain,
     scheduled_weight,
     takes_end_time,
 )
@@ -91,6 +93,49 @@ def test_jump_chain_walks_the_grid_and_checks_nfe() -> None:
         jump_chain(step, torch.zeros(1, 1), nfe=4, k=2)
     with pytest.raises(ValueError, match=">= 1"):
         jump_chain(step, torch.zeros(1, 1), nfe=0, k=0)
+
+
+def test_renoised_chain_jumps_to_the_data_and_renoises_with_fresh_noise() -> None:
+    seen: list[tuple[float, float]] = []
+
+    def step(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        seen.append((float(a[0]), float(b[0])))
+        return 2 * x + 1  # a made-up "data prediction"
+
+    z = torch.randn(3, 2)
+    torch.manual_seed(5)
+    out = renoised_chain(step, z, nfe=3, k=3)
+    assert [a for a, _ in seen] == pytest.approx([0.0, 1 / 3, 2 / 3])
+    assert [b for _, b in seen] == [1.0, 1.0, 1.0]
+    # by hand, replaying the same noise draws
+    torch.manual_seed(5)
+    x = z
+    for t_next in (1 / 3, 2 / 3, None):
+        x_hat = 2 * x + 1
+        if t_next is None:
+            break
+        x = (1 - t_next) * frandom.randn_like(x_hat) + t_next * x_hat
+    assert torch.allclose(out, x_hat, atol=1e-6)
+    # a one-hop chain is the generator's one jump to the data, without noise
+    assert torch.equal(renoised_chain(step, z, nfe=1, k=1), 2 * z + 1)
+    with pytest.raises(ValueError, match="fixed 3-step"):
+        renoised_chain(step, z, nfe=2, k=3)
+
+
+def test_renoised_chain_feeds_each_hop_the_interpolant_when_the_hops_are_exact() -> None:
+    """If every hop returns a data sample, the next hop's input has the interpolant's
+    marginal (1 - t) z + t x: here data N(3, 0.5^2) in 1-D, so at t = 1/2 mean 1.5 and
+    variance 0.25 + 0.0625."""
+    inputs: list[Tensor] = []
+
+    def exact(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        inputs.append(x)
+        return 3 + 0.5 * torch.randn_like(x)
+
+    torch.manual_seed(0)
+    renoised_chain(exact, torch.randn(200_000, 1), nfe=2, k=2)
+    mid = inputs[1]
+    assert abs(float(mid.mean()) - 1.5) < 0.01 and abs(float(mid.var()) - 0.3125) < 0.01
 
 
 @pytest.mark.parametrize("shared", [True, False])
