@@ -75,6 +75,21 @@ class Recorder(nn.Module):
         return self.inner(x, *args, **kwargs)
 
 
+class TimeSpy(nn.Module):
+    """A generator whose residual output is 0 (G = x_a), recording each call's (a, b)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[tuple[float, float]] = []
+
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Tensor | None = None, t_end: Tensor | None = None
+    ) -> Tensor:
+        assert t_end is not None
+        self.times.append((float(t[0]), float(t_end[0])))
+        return torch.zeros_like(x)
+
+
 def make(
     cfg: AFConfig, dim: int = 3, g: nn.Module | None = None, d: nn.Module | None = None
 ) -> AdversarialFlow:
@@ -276,19 +291,11 @@ def test_generate_checks_nfe() -> None:
 def test_generate_chain_times_and_ema_roles() -> None:
     g = Recorder(LinearG(2))
     m = make(AFConfig(nfe=4), 2, g)
-    times: list[tuple[float, float]] = []
-
-    class Spy(nn.Module):
-        def forward(
-            self, x: Tensor, t: Tensor, cond: Tensor | None = None, t_end: Tensor | None = None
-        ) -> Tensor:
-            assert t_end is not None
-            times.append((float(t[0]), float(t_end[0])))
-            return torch.zeros_like(x)
+    spy = TimeSpy()
 
     z = torch.randn(5, 2)
-    out = m.generate(z, nfe=4, roles={"generator": Spy()})
-    assert times == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
+    out = m.generate(z, nfe=4, roles={"generator": spy})
+    assert spy.times == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)]
     assert torch.equal(out, z) and not g.calls  # residual with g = 0; the EMA role was used
     assert m.ema_roles() == ("generator",)
 
@@ -328,20 +335,12 @@ def test_hops_to_the_data_train_every_hop_to_b_1_and_sample_by_renoising() -> No
     a, b, x_a, x_b = m.draw(x)
     assert set((a * 4).round().long().tolist()) == {0, 1, 2, 3} and bool((b == 1).all())
     assert torch.allclose(x_b, x)  # the real sample at b = 1 is the data itself
-    times: list[tuple[float, float]] = []
-
-    class Spy(nn.Module):
-        def forward(
-            self, x: Tensor, t: Tensor, cond: Tensor | None = None, t_end: Tensor | None = None
-        ) -> Tensor:
-            assert t_end is not None
-            times.append((float(t[0]), float(t_end[0])))
-            return torch.zeros_like(x)
+    spy = TimeSpy()
 
     z = torch.randn(5, 2)
     torch.manual_seed(1)
-    out = m.generate(z, nfe=4, roles={"generator": Spy()})
-    assert times == [(0.0, 1.0), (0.25, 1.0), (0.5, 1.0), (0.75, 1.0)]
+    out = m.generate(z, nfe=4, roles={"generator": spy})
+    assert spy.times == [(0.0, 1.0), (0.25, 1.0), (0.5, 1.0), (0.75, 1.0)]
     # residual with g = 0 returns its input: the last hop's input, re-noised at 3/4
     torch.manual_seed(1)
     x_hat = z
