@@ -64,7 +64,8 @@ COLUMNS = (
 
 
 def hop_scores(run_dir: Path, n: int = 2000) -> list[dict[str, float]]:
-    """Per hop ``i`` (``a = i/k``, ``b = (i+1)/k``) of the live generator: W2 between the hop
+    """Per hop ``i`` (``a = i/k``, ``b = (i+1)/k``, or ``b = 1`` with ``hops: to_data``, whose
+    chain re-noises each hop's output to ``(i+1)/k``) of the live generator: W2 between the hop
     fed the data interpolant ``(1 - a) z + a x`` (held-out ``x``) and the real interpolant at
     ``b`` (``tf_w2``), the same for the chain's state after ``i + 1`` hops from noise
     (``chain_w2``), the W2 of two real interpolant sets at ``b`` (``floor_w2``), the RMS over
@@ -87,13 +88,15 @@ def hop_scores(run_dir: Path, n: int = 2000) -> list[dict[str, float]]:
     n = ref.shape[0]
     g = torch.Generator().manual_seed(5)
     noise = lambda: torch.randn(ref.shape, generator=g)  # noqa: E731
+    to_data = m.config.hops == "to_data"  # every hop lands on the data; the chain re-noises
     chain, rows = noise(), []
     with torch.no_grad():
         for i in range(k):
-            a, b = torch.full((n,), i / k), torch.full((n,), (i + 1) / k)
+            a, b = torch.full((n,), i / k), torch.full((n,), 1.0 if to_data else (i + 1) / k)
             real = (1 - b[0]) * noise() + b[0] * ref
             forced = m.jump(m.generator, (1 - a[0]) * noise() + a[0] * ref, a, b)
-            chain = m.jump(m.generator, chain, a, b)
+            out = m.jump(m.generator, chain, a, b)
+            chain = (1 - (i + 1) / k) * noise() + (i + 1) / k * out if to_data else out
             with torch.enable_grad():  # the adversarial gradient per sample reaching G
                 f = forced.detach().requires_grad_(True)
                 d_real = m.discriminator(real, None, b).detach()
@@ -103,7 +106,7 @@ def hop_scores(run_dir: Path, n: int = 2000) -> list[dict[str, float]]:
                 "adv_grad_rms": float(grad.norm(dim=1).square().mean().sqrt()),
                 "a": i / k,
                 "tf_w2": w2(forced, real),
-                "chain_w2": w2(chain, real),
+                "chain_w2": w2(out, real),
                 "floor_w2": w2((1 - b[0]) * noise() + b[0] * ref, real) if i < k - 1 else 0.0,
             }
             if i == k - 1 and run.config.data.name == "8gaussians":

@@ -139,7 +139,10 @@ class Evaluator:
         devices = [self.device] if self.device.type == "cuda" else []
         was_training = self.method.training
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+            # the sampler's own draws (SDE increments, re-noising) continue the noise's stream:
+            # seeding the global RNG with ``seed`` itself would make its first draw repeat the
+            # starting noise exactly (same seed, same shape on the CPU)
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
             self.method.eval()
             try:
                 out = self.method.generate(

@@ -55,6 +55,26 @@ def test_samples_are_reproducible_and_leave_the_global_stream_alone() -> None:
     assert a.dtype == torch.float32 and a.device.type == "cpu"
 
 
+class NoiseEcho(nn.Module):
+    """A stand-in stochastic sampler that returns its starting noise beside its first draw
+    from the global stream (an SDE increment, a re-noising)."""
+
+    spec = DataSpec((2,))
+
+    def generate(self, noise: Tensor, cond: Tensor | None = None, **_: object) -> Tensor:
+        return torch.cat([noise, torch.randn_like(noise)], dim=1)
+
+
+def test_a_samplers_own_draws_are_fresh_not_the_starting_noise_again() -> None:
+    ev = Evaluator(NoiseEcho())  # type: ignore[arg-type]
+    out = ev.sample(2000, nfe=2, seed=3)
+    start, drawn = out[:, :2], out[:, 2:]
+    assert not torch.allclose(start, drawn)
+    corr = torch.corrcoef(torch.stack([start.flatten(), drawn.flatten()]))[0, 1]
+    assert abs(float(corr)) < 0.05  # independent draws (was exactly 1 before the fix)
+    assert torch.equal(out, ev.sample(2000, nfe=2, seed=3))  # and still reproducible
+
+
 def test_metrics_separate_a_right_sampler_from_a_wrong_one() -> None:
     reference = ArrayData(_target(1000, 0))
     right = Evaluator(AffineSampler(0.5, 1.0), reference=reference)  # type: ignore[arg-type]
