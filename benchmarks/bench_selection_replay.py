@@ -16,7 +16,18 @@ later check is counted as unknown (its model was not kept).
 
     python benchmarks/bench_selection_replay.py --work /tmp/flowpost-suite
 
-Writes ``benchmarks/results/selection_replay.json`` and prints a table.
+Writes ``benchmarks/results/selection_replay.json`` and prints a table. Runs that log both
+held-out statistics (``validation/w2`` and ``validation/energy``, since session 16) are also
+replayed on the energy distance (``energy_start_favoured_*``); for suite runs rerun into
+another results file:
+
+    python benchmarks/bench_selection_replay.py --work /tmp/selwork \
+        --suite benchmarks/results/suite_selection.json \
+        --results benchmarks/results/selection_replay_energy.json
+
+Limits: margin 0 here means "the start unless strictly beaten", which the library's
+``train.select_start_margin: 0`` (off) is not; margins > 0 are that option without coverage
+gains (a test ties the two). The replay cannot see how rollbacks would have differed.
 """
 
 from __future__ import annotations

@@ -140,8 +140,9 @@ def parse_key(key: str) -> Cell:
     parts = key.split("/")
     try:
         task, contender, d, k, s = parts
-        cell = Cell(task, contender, int(d.removeprefix("d")), int(k.removeprefix("k")),
-                    int(s.removeprefix("s")))  # fmt: skip
+        if (d[:1], k[:1], s[:1]) != ("d", "k", "s"):
+            raise ValueError(key)
+        cell = Cell(task, contender, int(d[1:]), int(k[1:]), int(s[1:]))
     except ValueError:
         raise SystemExit(f"--cells: {key!r} is not task/contender/dD/kK/sS") from None
     if task not in TASKS or contender not in CONTENDERS:
@@ -419,11 +420,15 @@ def main() -> None:
     )
     cells = [c for c in cells if keep(c)]
     if args.cells:
+        if any((args.tasks, args.contenders, args.demos, args.seeds, args.steps)):
+            raise SystemExit("--cells names the cells itself: drop --tasks / --contenders / "
+                             "--demos / --seeds / --steps")  # fmt: skip
         cells = [parse_key(key) for key in args.cells]
     if args.what == "list":
         print("\n".join(c.key for c in cells), f"\n{len(cells)} cells", sep="")
         return
-    meta = {"size": "full" if args.full else "quick", "samples": SAMPLES}
+    size = "cells" if args.cells else "full" if args.full else "quick"
+    meta = {"size": size, "samples": SAMPLES}
     floors(sorted({c.task for c in cells}), results)
     demo_references(cells, results)
     n = run_cells(cells, results, Path(args.work), meta)

@@ -306,7 +306,19 @@ def replayed_on_both_statistics() -> list[str]:
         return []
     data = json.loads(REPLAY_BOTH.read_text())
     rules, runs = data["rules"], data["runs"]
-    best = rules["energy_start_favoured_1"]
+    best, on_w2 = rules["energy_start_favoured_1"], rules["start_favoured_1"]
+    fewer = best["of_which_were_wins_lost"] < on_w2["of_which_were_wins_lost"]
+    smaller = best["mean_w2_lost_on_those_wins"] < on_w2["mean_w2_lost_on_those_wins"]
+    versus = (
+        f"at 1 x the noise it gives back {best['of_which_were_wins_lost']} wins "
+        f"({best['mean_w2_lost_on_those_wins']} W2 each) where W2 gives back "
+        f"{on_w2['of_which_were_wins_lost']} ({on_w2['mean_w2_lost_on_those_wins']} each)"
+    )
+    moved = ", ".join(
+        str(rules[f"energy_start_favoured_{m}"]["moved_to_another_check_unscored"])
+        for m in (0, 1, 2)
+        if f"energy_start_favoured_{m}" in rules
+    )
     # the run where luck on the held-out points misled most: the start scores below a
     # perfect model's floor while the kept model is the most better on fresh data
     lucky = max(
@@ -333,13 +345,19 @@ def replayed_on_both_statistics() -> list[str]:
         + "; ".join(rule_outcomes(rules, "start_favoured_"))
         + ". On the energy distance, keep the start unless "
         + "; ".join(rule_outcomes(rules, "energy_start_favoured_"))
-        + ". The energy distance separates models better than W2 on a handful of points "
-        "(fewer and smaller wins given back), but no rule on either statistic removes the worse "
-        "runs without giving back more W2 than it saves: at 1 x the noise on the energy "
+        + ". The energy distance "
+        + ("separates models better than W2" if fewer and smaller else "is no better than W2")
+        + f" on a handful of points ({versus}; it also moves {moved} runs at margins 0, 1, 2 "
+        "to later checks whose models were not kept, so not scored on fresh data), but no rule "
+        "on either statistic removes the worse runs without giving back more W2 than it saves: "
+        "at 1 x the noise on the energy "
         f"distance the fixed runs had lost {best['mean_w2_saved_on_the_fixed']} W2 each to the "
         f"pretrained flow on average, the wins given back are worth "
         f"{best['mean_w2_lost_on_those_wins']} each. With 5 or 20 held-out points the start "
         f"can score below a perfect model's floor by chance{example}. "
+        "Margin 0 in this replay (the start unless strictly beaten) is not an option setting "
+        "(`train.select_start_margin: 0` is off); margins 1 and 2 are the option without "
+        "coverage gains, and the replay cannot see how rollbacks would have differed. "
         "`train.select_start_margin` and `train.select_metric: energy` stay options; the "
         "recipes keep the later-model-wins rule on W2.",
     ]

@@ -102,8 +102,9 @@ class TrainConfig:
     )
     select_start_margin: float = option(
         0.0,
-        "best checkpoint: keep the start until a check's held-out score beats it by this many "
-        "held-out noise sds (0: the later model wins within the noise, as before)",
+        "held-out selection: keep the start as the best until a check's score beats it by "
+        "this many held-out noise sds (0: the later model wins within the noise); roll-out "
+        "selection (select_rollouts) always keeps the start until a check beats it",
         min=0.0,
     )
     select_coverage_gain: float = option(

@@ -237,7 +237,7 @@ class Selector:
     def measure(self, samples: Tensor, step: int = 0) -> Check:
         x = samples.reshape(samples.shape[0], -1).double().cpu()
         if not bool(torch.isfinite(x).all()):
-            return Check(step, float("inf"), 0.0)
+            return Check(step, float("inf"), 0.0, heldout={"w2": math.inf, "energy": math.inf})
         cov = knn_precision_recall(x[: len(self.ref)], self.ref, k=self.k)["coverage"]
         both = {metric: self._score(x, metric) for metric in ("w2", "energy")}
         return Check(step, both[self.metric], cov, heldout=both)

@@ -59,6 +59,7 @@ def test_summary_counts_fixed_runs_and_lost_wins_per_statistic():
     w2_rule, energy_rule = out["start_favoured_1"], out["energy_start_favoured_1"]
     assert (w2_rule["kept_start_instead"], w2_rule["of_which_were_wins_lost"]) == (2, 1)
     assert w2_rule["mean_w2_lost_on_those_wins"] == 0.7 and w2_rule["worse_runs_left"] == 0
+    assert w2_rule["mean_w2_saved_on_the_fixed"] == 0.1  # the fixed run was 0.3 vs 0.2
     assert (energy_rule["kept_start_instead"], energy_rule["of_which_were_wins_lost"]) == (1, 0)
     assert energy_rule["moved_to_another_check_unscored"] == 1
     table = replay.table({"rules": out})

@@ -82,6 +82,8 @@ def test_a_cell_key_parses_back_to_its_cell():
         assert suite.parse_key(cell.key) == cell
     with pytest.raises(SystemExit, match="not task/contender"):
         suite.parse_key("moons-spirals/sft/d64")
+    with pytest.raises(SystemExit, match="not task/contender"):
+        suite.parse_key("moons-spirals/sft/64/k0/s0")  # the d prefix is part of the key
     with pytest.raises(SystemExit, match="unknown task or contender"):
         suite.parse_key("nowhere/sft/d64/k0/s0")
 
@@ -205,7 +207,8 @@ def test_demo_references_resample_the_demonstrations(tmp_path, monkeypatch):
 def test_the_energy_replay_paragraph_reads_its_numbers_from_the_json(tmp_path, monkeypatch):
     rule = {"kept_start_instead": 3, "of_which_were_worse_than_pretrained": 2,
             "of_which_were_wins_lost": 1, "mean_w2_lost_on_those_wins": 0.25,
-            "mean_w2_saved_on_the_fixed": 0.03, "worse_runs_left": 0}  # fmt: skip
+            "mean_w2_saved_on_the_fixed": 0.03, "worse_runs_left": 0,
+            "moved_to_another_check_unscored": 2}  # fmt: skip
     rules = {"runs": 4, "worse_than_pretrained": 2, "replay_matches": 4}
     rules |= {f"{p}start_favoured_{m}": rule for p in ("", "energy_") for m in (0, 1, 2)}
     runs = [
@@ -220,6 +223,7 @@ def test_the_energy_replay_paragraph_reads_its_numbers_from_the_json(tmp_path, m
     (text,) = report.replayed_on_both_statistics()
     assert "4 of those runs" in text and "2 of the 4 end worse" in text
     assert "lost 0.03 W2 each" in text and "worth 0.25 each" in text
+    assert "is no better than W2" in text and "moves 2, 2, 2 runs" in text  # equal rules
     # the example is the start below the floor with the largest fresh-data win
     assert "a/fail_pd_pathwise/d64/k2/s0, 5 held-out points" in text and "0.90 against" in text
     monkeypatch.setattr(report, "REPLAY_BOTH", tmp_path / "missing.json")
