@@ -150,6 +150,9 @@ class AFConfig(GuidanceConfig, TransportConfig):
     disc_steps: int = option(1, "discriminator updates per generator update", min=1)
     gp_weight: float = option(0.01, "weight of the finite-difference R1 + R2 penalty", min=0.0)
     gp_eps: float = option(0.01, "finite-difference step eps of the R1/R2 penalty", min=1e-8)
+    gp_by_hop: bool = option(
+        True, "weight each sample's R1/R2 by its hop length b - a (paper); false: weight 1"
+    )
     gp_fraction: float = option(
         0.25, "fraction of the batch the R1/R2 penalty is computed on", min=0.0, max=1.0
     )
@@ -341,7 +344,8 @@ class AdversarialFlow(Method):
         self.last_logits = (r.detach(), f.detach())
         terms = {"adv": relativistic_loss(r, f)}
         if cfg.gp_weight > 0:
-            gp = hop_fd_penalty(d, real, fake, (r, f), a, b, cond, cfg.gp_fraction, cfg.gp_eps)
+            start = a if cfg.gp_by_hop else b - 1  # weight |b - a|, or 1 for every sample
+            gp = hop_fd_penalty(d, real, fake, (r, f), start, b, cond, cfg.gp_fraction, cfg.gp_eps)
             if gp is not None:
                 terms["gp"] = cfg.gp_weight * gp
         if cfg.cp_weight > 0:

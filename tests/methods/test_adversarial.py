@@ -131,9 +131,12 @@ def test_loss_terms_match_hand_values() -> None:
     assert ot_loss(out, src, w).item() == pytest.approx(5.0)
 
 
-def test_discriminator_terms_hand_computed() -> None:
+@pytest.mark.parametrize("by_hop", [True, False])
+def test_discriminator_terms_hand_computed(by_hop: bool) -> None:
     torch.manual_seed(0)
-    cfg = AFConfig(nfe=2, gp_weight=0.3, cp_weight=0.2, gp_fraction=0.5, gp_eps=0.01)
+    cfg = AFConfig(
+        nfe=2, gp_weight=0.3, cp_weight=0.2, gp_fraction=0.5, gp_eps=0.01, gp_by_hop=by_hop
+    )
     d = LinearD(3)
     m = make(cfg, d=d)
     real, fake = torch.randn(4, 3), torch.randn(4, 3)
@@ -147,7 +150,9 @@ def test_discriminator_terms_hand_computed() -> None:
         f = fake @ d.c + b * d.d
         adv = torch.log1p(torch.exp(-(r - f))).mean()
         # linear D: D(x + eps n) - D(x) = eps n.c, so each penalty is w (n.c)^2; w = |b-a| = 0.5
-        gp = 0.3 * (0.5 * (n_real @ d.c) ** 2 + 0.5 * (n_fake @ d.c) ** 2).mean()
+        # by hop, else 1
+        w = 0.5 if by_hop else 1.0
+        gp = 0.3 * (w * (n_real @ d.c) ** 2 + w * (n_fake @ d.c) ** 2).mean()
         cp = 0.2 * ((r + f) ** 2).mean()
     assert terms["adv"].item() == pytest.approx(adv.item(), rel=1e-5)
     assert terms["gp"].item() == pytest.approx(gp.item(), rel=1e-3)
