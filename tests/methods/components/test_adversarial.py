@@ -119,4 +119,9 @@ def test_hop_fd_penalty_by_hand() -> None:
     w, bb = (b - a)[:2], b[:2]
     want = (w * bb**2 * n_real.sum(1) ** 2).mean() + (w * bb**2 * n_fake.sum(1) ** 2).mean()
     assert got is not None and float(got) == pytest.approx(float(want), rel=1e-3)
+    # weight 1 per sample instead of the hop length
+    torch.manual_seed(3)
+    flat = hop_fd_penalty(d, real, fake, logits, a, b, None, fraction=0.5, eps=0.01, by_hop=False)
+    want_flat = (bb**2 * n_real.sum(1) ** 2).mean() + (bb**2 * n_fake.sum(1) ** 2).mean()
+    assert flat is not None and float(flat) == pytest.approx(float(want_flat), rel=1e-3)
     assert hop_fd_penalty(d, real, fake, logits, a, b, None, fraction=0.0, eps=0.01) is None
