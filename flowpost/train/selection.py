@@ -260,7 +260,8 @@ class Selector:
         # with a start margin, the start stays the best until a check beats it clearly: where
         # the start is already as good as the demonstrations allow, a later model within the
         # noise is as likely worse as better on fresh data
-        holding_start = self.start_margin > 0 and best.step == self.start.step  # type: ignore[union-attr]
+        start = self.start  # set above by the first check
+        holding_start = self.start_margin > 0 and best.step == start.step
         if holding_start:
             bar = best.score - self.start_margin * self.noise
         else:

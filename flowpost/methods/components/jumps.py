@@ -141,15 +141,13 @@ def renoised_chain(
     0.0
     """
     check_nfe(nfe, k)
-    x = noise
+    x, n = noise, noise.shape[0]
     grid = torch.linspace(0.0, 1.0, nfe + 1, device=noise.device)
-    one = torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
-    for i in range(nfe):
-        x_hat = step(x, grid[i].expand(x.shape[0]), one)
-        if i == nfe - 1:
-            return x_hat
-        x = interpolate(random.randn_like(x_hat), x_hat, grid[i + 1].expand(x.shape[0]))
-    raise AssertionError("unreachable: nfe >= 1")
+    one = torch.ones(n, device=x.device, dtype=x.dtype)
+    for i in range(nfe - 1):
+        x_hat = step(x, grid[i].expand(n), one)
+        x = interpolate(random.randn_like(x_hat), x_hat, grid[i + 1].expand(n))
+    return step(x, grid[nfe - 1].expand(n), one)
 
 
 def chain_sources(
