@@ -65,14 +65,17 @@ def rebuilt_selector(run: Path, metric: str | None = None) -> Selector:
     )  # fmt: skip
 
 
-def logged_checks(run: Path, statistic: str = "score") -> list[Check]:
-    """The run's held-out checks as logged, scored by ``statistic`` (``score``: what the run
-    selected by; ``w2`` / ``energy``: the statistic by name, logged since session 16)."""
+def check_records(run: Path) -> list[dict[str, Any]]:
+    """The run's logged held-out checks (the ``metrics.jsonl`` records with a score)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "validation/score" in r]
+
+
+def logged_checks(records: list[dict[str, Any]], statistic: str = "score") -> list[Check]:
+    """The checks of :func:`check_records`, scored by ``statistic`` (``score``: what the run
+    selected by; ``w2`` / ``energy``: the statistic by name, logged since session 16)."""
     return [
-        Check(r["step"], r[f"validation/{statistic}"], r["validation/coverage"])
-        for r in rows
-        if "validation/score" in r
+        Check(r["step"], r[f"validation/{statistic}"], r["validation/coverage"]) for r in records
     ]
 
 
@@ -88,11 +91,6 @@ def start_favoured(checks: list[Check], noise: float, margin: float) -> int:
         if check.score <= bar:
             best, lowest = check, min(lowest, check.score)
     return best.step
-
-
-def _check_rows(run: Path) -> list[str]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [line for line in lines if "validation/score" in line]
 
 
 def pretrained_w2(cells: dict[str, Any], task: str, steps: str, seed: str) -> float | None:
@@ -119,7 +117,8 @@ def replay(work: Path, results: Path = SUITE) -> dict[str, Any]:
         summary = json.loads((run / "summary.json").read_text())
         if "best_step" not in summary:
             continue
-        selector, checks = rebuilt_selector(run), logged_checks(run)
+        records = check_records(run)
+        selector, checks = rebuilt_selector(run), logged_checks(records)
         for check in checks:
             selector.judge(check)
         assert selector.best is not None
@@ -135,9 +134,9 @@ def replay(work: Path, results: Path = SUITE) -> dict[str, Any]:
         }
         for margin in MARGINS:
             row[f"start_favoured_{margin:g}"] = start_favoured(checks, selector.noise, margin)
-        if all("validation/energy" in json.loads(line) for line in _check_rows(run)):
+        if all("validation/energy" in r for r in records):
             energy = rebuilt_selector(run, "energy")
-            energy_checks = logged_checks(run, "energy")
+            energy_checks = logged_checks(records, "energy")
             row["energy_noise"] = round(energy.noise, 4)
             row["energy_floor"] = round(energy.floor, 4)  # a perfect model's held-out score
             row["energy_start"] = round(energy_checks[0].score, 4)

@@ -36,9 +36,10 @@ def test_logged_checks_read_either_statistic(tmp_path):
          "validation/w2": 0.4, "validation/energy": 0.07},
     ]  # fmt: skip
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    assert [c.score for c in replay.logged_checks(tmp_path)] == [0.5, 0.4]
-    assert [c.score for c in replay.logged_checks(tmp_path, "energy")] == [0.04, 0.07]
-    assert len(replay._check_rows(tmp_path)) == 2
+    records = replay.check_records(tmp_path)
+    assert [r["step"] for r in records] == [0, 10]  # the loss record is not a check
+    assert [c.score for c in replay.logged_checks(records)] == [0.5, 0.4]
+    assert [c.score for c in replay.logged_checks(records, "energy")] == [0.04, 0.07]
 
 
 def test_summary_counts_fixed_runs_and_lost_wins_per_statistic():
