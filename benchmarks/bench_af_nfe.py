@@ -99,8 +99,9 @@ def hop_scores(run_dir: Path, n: int = 2000) -> list[dict[str, float]]:
             chain = (1 - (i + 1) / k) * noise() + (i + 1) / k * out if to_data else out
             with torch.enable_grad():  # the adversarial gradient per sample reaching G
                 f = forced.detach().requires_grad_(True)
-                d_real = m.discriminator(real, None, b).detach()
-                loss = relativistic_loss(m.discriminator(f, None, b), d_real) * n
+                t = m.disc_time(a, b)  # the time input D was trained with
+                d_real = m.discriminator(real, None, t).detach()
+                loss = relativistic_loss(m.discriminator(f, None, t), d_real) * n
                 (grad,) = torch.autograd.grad(loss, f)
             row = {
                 "adv_grad_rms": float(grad.norm(dim=1).square().mean().sqrt()),

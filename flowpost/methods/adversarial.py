@@ -115,7 +115,7 @@ class AFConfig(GuidanceConfig, TransportConfig):
     )
     parameterization: str = option(
         "auto",
-        "generator form: direct G = g(z) (one step only), residual "
+        "generator form: direct G = g(x_a, a, b) (k = 1, or hops: to_data), residual "
         "G = x_a + (b-a) g; auto = direct for k=1 from scratch, residual otherwise",
         choices=["auto", "direct", "residual"],
     )
@@ -138,6 +138,13 @@ class AFConfig(GuidanceConfig, TransportConfig):
         "to_data = each hop from a straight to b = 1, sampled by re-noising its output to the "
         "next grid time with fresh noise (a consistency-model sampler)",
         choices=["interval", "to_data"],
+    )
+    disc_time: str = option(
+        "auto",
+        "the discriminator's time input: end = the hop's end b (paper), start = its start a "
+        "(a hop label); auto = start with hops: to_data (every hop ends at b = 1, so b alone "
+        "cannot tell the hops apart), end otherwise",
+        choices=["auto", "end", "start"],
     )
     lr: float | None = option(
         None, "generator learning rate (null: train.lr), divided by model.repeats", min=0.0
@@ -186,10 +193,13 @@ class AFConfig(GuidanceConfig, TransportConfig):
                 "start at the interpolant (method.chain_fraction: 0), which is exactly what "
                 "its re-noising sampler feeds them"
             )
-        if self.parameterization == "direct" and self.nfe != 1:
+        # a direct hop predicts its end point outright: fine when every hop ends on the
+        # data (one step, or hops: to_data), not for short interval hops that end near x_a
+        if self.parameterization == "direct" and self.nfe != 1 and self.hops != "to_data":
             raise ConfigError(
-                f"parameterization 'direct' (G = g(z)) only fits one-step training (nfe: 1), "
-                f"got nfe: {self.nfe}; use parameterization: residual"
+                f"parameterization 'direct' (G = g(x_a, a, b)) only fits hops that end on the "
+                f"data (nfe: 1, or hops: to_data), got nfe: {self.nfe} with hops: {self.hops}; "
+                f"use parameterization: residual"
             )
 
 
@@ -319,6 +329,19 @@ class AdversarialFlow(Method):
         """``G(x_a, a, b)``: one network evaluation from time ``a`` to time ``b``."""
         return jump(net, x_a, a, b, cond, end_time=self.end_time, residual=self.residual)
 
+    def disc_time(self, a: Tensor, b: Tensor) -> Tensor:
+        """The discriminator's time input for hops ``a -> b`` (``method.disc_time``).
+
+        Why ``a`` with ``hops: to_data``: every hop's real sample is then the data itself, and
+        a discriminator told only ``b = 1`` judges the *mixture* of the hops' outputs, so the
+        game is solved when that mixture matches the data, however wrong each hop is alone;
+        told the hop's start it judges each hop against the data separately.
+        """
+        mode = self.config.disc_time
+        if mode == "auto":
+            mode = "start" if self.config.hops == "to_data" else "end"
+        return a if mode == "start" else b
+
     def draw(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Times ``a, b``, the source ``x_a`` (``chain_fraction``: the first rows from the
         sampler's chain) and the real sample ``x_b`` for data ``x``."""
@@ -340,12 +363,24 @@ class AdversarialFlow(Method):
         cfg = self.config
         d = self.discriminator
         real, fake = augment_pair(real, fake, cfg.augment_p if self.spec.is_image else 0.0)
-        r, f = d(real, cond, b), d(fake, cond, b)
+        t = self.disc_time(a, b)
+        r, f = d(real, cond, t), d(fake, cond, t)
         self.last_logits = (r.detach(), f.detach())
         terms = {"adv": relativistic_loss(r, f)}
         if cfg.gp_weight > 0:
-            start = a if cfg.gp_by_hop else b - 1  # weight |b - a|, or 1 for every sample
-            gp = hop_fd_penalty(d, real, fake, (r, f), start, b, cond, cfg.gp_fraction, cfg.gp_eps)
+            gp = hop_fd_penalty(
+                d,
+                real,
+                fake,
+                (r, f),
+                a,
+                b,
+                cond,
+                cfg.gp_fraction,
+                cfg.gp_eps,
+                by_hop=cfg.gp_by_hop,
+                d_time=t,
+            )
             if gp is not None:
                 terms["gp"] = cfg.gp_weight * gp
         if cfg.cp_weight > 0:
@@ -361,9 +396,10 @@ class AdversarialFlow(Method):
         hop = (a * self.hop_groups).round().long().clamp(0, self.hop_groups - 1)
         adv_in = self.grad_norm(fake, hop) if cfg.grad_norm else fake
         real_in, adv_in = augment_pair(real, adv_in, cfg.augment_p if self.spec.is_image else 0.0)
+        t = self.disc_time(a, b)
         with frozen(self.discriminator):
-            r = self.discriminator(real_in, cond, b).detach()
-            f = self.discriminator(adv_in, cond, b)
+            r = self.discriminator(real_in, cond, t).detach()
+            f = self.discriminator(adv_in, cond, t)
         terms = {"adv": relativistic_loss(f, r)}
         lam = cfg.ot_weight_at(step)
         if lam > 0:

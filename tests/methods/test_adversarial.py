@@ -358,6 +358,64 @@ def test_hops_to_the_data_train_every_hop_to_b_1_and_sample_by_renoising() -> No
         AFConfig(nfe=2, hops="to_data", chain_fraction=0.5)
 
 
+def test_disc_time_labels_hops_to_the_data_by_their_start() -> None:
+    a, b = torch.tensor([0.0, 0.5]), torch.tensor([0.5, 1.0])
+    assert make(AFConfig(nfe=2)).disc_time(a, b) is b  # interval hops: the paper's end time
+    assert make(AFConfig(nfe=2, hops="to_data")).disc_time(a, b) is a
+    assert make(AFConfig(nfe=2, hops="to_data", disc_time="end")).disc_time(a, b) is b
+    assert make(AFConfig(nfe=2, disc_time="start")).disc_time(a, b) is a
+    # a direct generator is allowed when every hop ends on the data
+    assert not make(AFConfig(nfe=2, hops="to_data", parameterization="direct")).residual
+
+
+class TimedD(nn.Module):
+    """A small MLP discriminator D(x, t) on the concatenation of x and its time input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 32), nn.SiLU(), nn.Linear(32, 1))
+
+    def forward(self, x: Tensor, cond: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        assert t is not None
+        return self.net(torch.cat([x, t[:, None]], 1)).squeeze(1)
+
+
+@pytest.mark.parametrize("disc_time", ["end", "start"])
+def test_hop_label_lets_the_discriminator_see_hops_whose_mixture_is_the_data(
+    disc_time: str,
+) -> None:
+    # data: +-1 with equal weight; hop a = 0 always lands on +1, hop a = 1/2 always on -1.
+    # Each hop is wrong, but their mixture is exactly the data: a discriminator told only
+    # b = 1 cannot beat chance (relativistic loss >= log 2 for equal real / fake laws, by
+    # Jensen), one told the hop's start a can (its optimum is log(2) / 2: a real point on the
+    # hop's own side is indistinguishable, one on the other side is separated).
+    torch.manual_seed(0)
+    m = make(
+        AFConfig(nfe=2, hops="to_data", disc_time=disc_time, gp_weight=0, cp_weight=0),
+        1,
+        d=TimedD(),
+    )
+    opt = torch.optim.Adam(m.discriminator.parameters(), lr=1e-2)
+
+    def batch(n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        a = torch.cat([torch.zeros(n // 2), torch.full((n // 2,), 0.5)])
+        fake = torch.where(a == 0, 1.0, -1.0)[:, None] + 0.05 * torch.randn(n, 1)
+        real = torch.sign(torch.randn(n, 1)) + 0.05 * torch.randn(n, 1)
+        return real, fake, a, torch.ones(n)
+
+    for _ in range(300):
+        loss = m.discriminator_terms(*batch(256), None)["adv"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        final = float(m.discriminator_terms(*batch(8192), None)["adv"])
+    if disc_time == "end":
+        assert final > 0.66  # chance: the mixture is the data
+    else:
+        assert final < 0.45  # near its optimum log(2) / 2 = 0.347
+
+
 def test_config_errors_and_registry() -> None:
     with pytest.raises(ValueError, match="residual"):
         make(AFConfig(nfe=2, parameterization="direct"))

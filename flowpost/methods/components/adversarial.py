@@ -119,17 +119,19 @@ def hop_fd_penalty(
     fraction: float,
     eps: float,
     by_hop: bool = True,
+    d_time: Tensor | None = None,
 ) -> Tensor | None:
-    """R1 + R2 by :func:`fd_gradient_penalty` of ``discriminator(x, cond, b)`` at ``real`` and
-    ``fake`` (their logits given), on the first ``ceil(fraction * B)`` samples, each weighted
-    by its hop length ``w = max(|b - a|, 0.001)`` (``by_hop``, the paper) or by 1; ``None``
-    when that is no sample."""
+    """R1 + R2 by :func:`fd_gradient_penalty` of ``discriminator(x, cond, d_time)`` (``d_time``
+    defaults to ``b``) at ``real`` and ``fake`` (their logits given), on the first
+    ``ceil(fraction * B)`` samples, each weighted by its hop length ``w = max(|b - a|, 0.001)``
+    (``by_hop``, the paper) or by 1; ``None`` when that is no sample."""
     m = int(math.ceil(fraction * real.shape[0]))
     if m == 0:
         return None
     w = (b[:m] - a[:m]).abs().clamp_min(1e-3) if by_hop else torch.ones_like(b[:m])
     c = None if cond is None else cond[:m]
-    d_m = lambda y: discriminator(y, c, b[:m])  # noqa: E731
+    t = (b if d_time is None else d_time)[:m]
+    d_m = lambda y: discriminator(y, c, t)  # noqa: E731
     r, f = logits
     return fd_gradient_penalty(d_m, real[:m], r[:m], w, eps) + fd_gradient_penalty(
         d_m, fake[:m], f[:m], w, eps

@@ -125,3 +125,12 @@ def test_hop_fd_penalty_by_hand() -> None:
     want_flat = (bb**2 * n_real.sum(1) ** 2).mean() + (bb**2 * n_fake.sum(1) ** 2).mean()
     assert flat is not None and float(flat) == pytest.approx(float(want_flat), rel=1e-3)
     assert hop_fd_penalty(d, real, fake, logits, a, b, None, fraction=0.0, eps=0.01) is None
+    # the discriminator evaluated at another time input (a hop label): d_time replaces b in
+    # D, the weight stays the hop length
+    t = torch.tensor([2.0, 3.0, 0.0, 0.0])
+    logits_t = (d(real, None, t), d(fake, None, t))
+    torch.manual_seed(3)
+    got_t = hop_fd_penalty(d, real, fake, logits_t, a, b, None, fraction=0.5, eps=0.01, d_time=t)
+    tt = t[:2]
+    want_t = (w * tt**2 * n_real.sum(1) ** 2).mean() + (w * tt**2 * n_fake.sum(1) ** 2).mean()
+    assert got_t is not None and float(got_t) == pytest.approx(float(want_t), rel=1e-3)
