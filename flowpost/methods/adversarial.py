@@ -79,6 +79,7 @@ from flowpost.methods.components.jumps import (
     jump_samples,
     ot_loss,
     renoised_chain,
+    shuffled_within,
     takes_end_time,
 )
 from flowpost.nets.config import DiscriminatorConfig, NetConfig
@@ -125,6 +126,13 @@ class AFConfig(GuidanceConfig, TransportConfig):
         "generator's own z (shared, the authors' 1-D notebook)",
         choices=["fresh", "shared"],
     )
+    real_data: str = option(
+        "same",
+        "data point of the real sample x_b: the same x its batch row's source x_a is made "
+        "from (same, paper) or another row's (shuffled, within the row's label), so that on "
+        "short hops near the data a fake is not judged beside its own data point",
+        choices=["same", "shuffled"],
+    )
     chain_fraction: float = option(
         0.0,
         "fixed k > 1: fraction of a batch whose hop starts where the generator's own chain "
@@ -142,8 +150,8 @@ class AFConfig(GuidanceConfig, TransportConfig):
     disc_time: str = option(
         "auto",
         "the discriminator's time input: end = the hop's end b (paper), start = its start a "
-        "(a hop label); auto = start with hops: to_data (every hop ends at b = 1, so b alone "
-        "cannot tell the hops apart), end otherwise",
+        "(a hop label); auto = start with hops: to_data and nfe > 1 (every hop ends at b = 1, "
+        "so b alone cannot tell the hops apart), end otherwise",
         choices=["auto", "end", "start"],
     )
     lr: float | None = option(
@@ -338,8 +346,9 @@ class AdversarialFlow(Method):
         told the hop's start it judges each hop against the data separately.
         """
         mode = self.config.disc_time
-        if mode == "auto":
-            mode = "start" if self.config.hops == "to_data" else "end"
+        if mode == "auto":  # one-step models keep the paper's b = 1 (then a = 0 for all)
+            to_data = self.config.hops == "to_data" and self.config.nfe > 1
+            mode = "start" if to_data else "end"
         return a if mode == "start" else b
 
     def draw(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -353,7 +362,16 @@ class AdversarialFlow(Method):
         m = int(round(self.config.chain_fraction * n)) if k > 1 else 0
         step = lambda y, s, t, c: self.jump(self.generator, y, s, t, c)  # noqa: E731
         src = (lambda z: chain_sources(step, z, x, a, k, m, cond)) if m > 0 else None
-        x_a, x_b = jump_samples(x, a, b, self.config.real_noise == "shared", src)
+        other = None
+        if self.config.real_data == "shuffled":
+            if cond is not None and (cond.dim() != 1 or cond.is_floating_point()):
+                raise ValueError(
+                    "method.real_data: shuffled pairs a row with another row of the same label; "
+                    f"it needs unlabelled or class-labelled data, got a {tuple(cond.shape)} "
+                    f"{cond.dtype} condition; use real_data: same"
+                )
+            other = x[shuffled_within(cond, n, x.device)]
+        x_a, x_b = jump_samples(x, a, b, self.config.real_noise == "shared", src, other)
         return a, b, x_a, x_b
 
     def discriminator_terms(

@@ -358,6 +358,21 @@ def test_hops_to_the_data_train_every_hop_to_b_1_and_sample_by_renoising() -> No
         AFConfig(nfe=2, hops="to_data", chain_fraction=0.5)
 
 
+def test_shuffled_real_data_pairs_each_fake_with_another_row_of_its_label() -> None:
+    torch.manual_seed(0)
+    x = torch.arange(8.0)[:, None].repeat(1, 2)  # row i is (i, i): rows are recognisable
+    labels = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    m = make(AFConfig(nfe=4, hops="to_data", real_data="shuffled"), 2)
+    _, _, _, x_b = m.draw(x, labels)  # b = 1: the real sample is a data row
+    rows = x_b[:, 0].long()
+    assert sorted(rows.tolist()) == list(range(8)) and torch.equal(labels[rows], labels)
+    assert not torch.equal(rows, torch.arange(8))  # another row's data, not its own
+    _, _, _, same = make(AFConfig(nfe=4, hops="to_data"), 2).draw(x, labels)
+    assert torch.equal(same, x)  # the paper: its own data point
+    with pytest.raises(ValueError, match="class-labelled"):
+        m.draw(x, torch.randn(8, 3))  # a continuous condition has no "same label"
+
+
 def test_disc_time_labels_hops_to_the_data_by_their_start() -> None:
     a, b = torch.tensor([0.0, 0.5]), torch.tensor([0.5, 1.0])
     assert make(AFConfig(nfe=2)).disc_time(a, b) is b  # interval hops: the paper's end time

@@ -38,6 +38,7 @@ __all__ = [
     "chain_sources",
     "ot_loss",
     "scheduled_weight",
+    "shuffled_within",
     "TransportConfig",
     "takes_end_time",
 ]
@@ -61,15 +62,38 @@ def jump_samples(
     b: Tensor,
     shared_noise: bool,
     source: Callable[[Tensor], Tensor] | None = None,
+    real_data: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """The source ``x_a = (1 - a) z + a x`` and the real sample ``x_b = (1 - b) z' + b x`` of
-    data ``x``: fresh noise ``z'`` or, with ``shared_noise``, the source's own ``z``.
+    """The source ``x_a = (1 - a) z + a x`` and the real sample ``x_b = (1 - b) z' + b x'`` of
+    data ``x``: fresh noise ``z'`` or, with ``shared_noise``, the source's own ``z``;
+    ``x' = real_data`` when given (e.g. :func:`shuffled_within`), else ``x`` itself.
     ``source(z)``, when given, replaces the interpolant as ``x_a`` (e.g.
     :func:`chain_sources`)."""
     z = random.randn_like(x)
     z_real = z if shared_noise else random.randn_like(x)
     x_a = interpolate(z, x, a) if source is None else source(z)
-    return x_a, interpolate(z_real, x, b)
+    return x_a, interpolate(z_real, x if real_data is None else real_data, b)
+
+
+def shuffled_within(labels: Tensor | None, n: int, device: Any = None) -> Tensor:
+    """A random permutation of ``range(n)`` that maps every row to a row of the same label
+    (all rows one group when ``labels`` is ``None``); drawn through
+    :mod:`flowpost.flows.random`.
+
+    >>> _ = torch.manual_seed(0)
+    >>> labels = torch.tensor([0, 1, 0, 1, 1])
+    >>> p = shuffled_within(labels, 5)
+    >>> bool((labels[p] == labels).all()), sorted(p.tolist())
+    (True, [0, 1, 2, 3, 4])
+    """
+    group = torch.zeros(n, device=device) if labels is None else labels.reshape(n).float()
+    # sorting by label plus a key in [0, 0.5) orders the rows label by label, randomly within
+    # a label; two such orders line up rows of equal label position by position
+    first = torch.argsort(group + 0.5 * random.rand(n, device=device))
+    second = torch.argsort(group + 0.5 * random.rand(n, device=device))
+    perm = torch.empty_like(first)
+    perm[first] = second
+    return perm
 
 
 def jump(

@@ -18,6 +18,7 @@ from flowpost.methods.components.jumps import (
     ot_loss,
     renoised_chain,
     scheduled_weight,
+    shuffled_within,
     takes_end_time,
 )
 
@@ -147,3 +148,24 @@ def test_jump_samples_share_noise_only_when_asked(shared: bool) -> None:
     assert torch.equal(x_a, x_b) == shared
     x_a, x_b = jump_samples(x, torch.ones(5), torch.ones(5), shared)  # data end
     assert torch.equal(x_a, x) and torch.equal(x_b, x)
+    other = torch.randn(5, 2)  # the real sample built from other data points
+    _, x_b = jump_samples(x, torch.ones(5), torch.ones(5), shared, real_data=other)
+    assert torch.equal(x_b, other)
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_shuffled_within_is_a_uniform_permutation_within_labels(labelled: bool) -> None:
+    torch.manual_seed(0)
+    labels = torch.tensor([2, 0, 2, 1, 0, 2]) if labelled else None
+    counts = torch.zeros(6, 6)
+    for _ in range(3000):
+        p = shuffled_within(labels, 6)
+        assert sorted(p.tolist()) == list(range(6))  # a permutation
+        if labels is not None:
+            assert torch.equal(labels[p], labels)  # every row keeps its label
+        counts[torch.arange(6), p] += 1
+    # every allowed partner equally often: 1 / (rows of that label), 0 for other labels
+    group = labels if labels is not None else torch.zeros(6, dtype=torch.long)
+    same = (group[:, None] == group[None, :]).float()
+    want = same / same.sum(1, keepdim=True)
+    assert torch.allclose(counts / 3000, want, atol=0.04)
