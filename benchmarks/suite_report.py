@@ -215,8 +215,9 @@ def worse_than_pretrained(data: dict[str, Any]) -> tuple[int, list[str]]:
     return n, bad
 
 
-def af_beats_fm(data: dict[str, Any]) -> list[tuple[str, bool, str]]:
-    """Per 2-D (task, demos, AF kind): AF at 1 NFE (mean W2) below SFT's at 1 and 2 steps."""
+def af_beats_fm(data: dict[str, Any]) -> list[tuple[str, int, bool, str]]:
+    """Per 2-D (task, demos, AF kind): AF at 1 NFE (mean W2) below SFT's at 1 and 2 steps,
+    as ``(task, demos, won, text)``."""
     out = []
     for task, d in pairs(data):
         if task not in TASKS or not TASKS[task].is_2d:
@@ -227,8 +228,23 @@ def af_beats_fm(data: dict[str, Any]) -> list[tuple[str, bool, str]]:
             if a is None or s1 is None or s2 is None:
                 continue
             text = f"{task}, {d} demos, {NAMES[af]}: {a:.3f} vs SFT {s1:.3f} / {s2:.3f}"
-            out.append((task, a < s1 and a < s2, text))
+            out.append((task, d, a < s1 and a < s2, text))
     return out
+
+
+def af_by_demos(af: list[tuple[str, int, bool, str]], n_2d: int) -> str:
+    """The AF claim per demonstration count: how many (pair, AF kind) won, on how many of the
+    ``n_2d`` pairs, and which lost."""
+    parts = []
+    for d in sorted({d for _, d, _, _ in af}):
+        rows = [(t, w) for t, dd, w, _ in af if dd == d]
+        lost = sorted({t for t, w in rows if not w})
+        pairs_d = len({t for t, _ in rows})
+        parts.append(
+            f"at {d} demonstrations {sum(w for _, w in rows)} of {len(rows)} (pair, AF) wins "
+            f"on {pairs_d} of {n_2d} pairs" + (f", lost on {', '.join(lost)}" if lost else "")
+        )
+    return (" By demonstration count: " + "; ".join(parts) + ".") if parts else ""
 
 
 def guards(data: dict[str, Any]) -> list[str]:
@@ -398,14 +414,15 @@ def claims(data: dict[str, Any]) -> list[str]:
     )
     af = af_beats_fm(data)
     tasks_2d = [t for t, task in TASKS.items() if task.is_2d]
-    measured = sorted({t for t, _, _ in af})
-    ok = bool(af) and all(win for _, win, _ in af) and set(measured) == set(tasks_2d)
-    state = "HOLDS" if ok else ("DOES NOT HOLD" if any(not w for _, w, _ in af) else "NOT SHOWN")
+    measured = sorted({t for t, _, _, _ in af})
+    ok = bool(af) and all(win for _, _, win, _ in af) and set(measured) == set(tasks_2d)
+    state = "HOLDS" if ok else ("DOES NOT HOLD" if any(not w for _, _, w, _ in af) else "NOT SHOWN")
     lines.append(
         f"* **AF at 1 NFE beats flow matching (SFT) at 1 and 2 steps on every 2-D "
         f"task**: {state}: measured on {len(measured)} of {len(tasks_2d)} 2-D pairs. "
-        + "; ".join(f"{t}{'' if w else ' (NOT better)'}" for _, w, t in af)
+        + "; ".join(f"{t}{'' if w else ' (NOT better)'}" for _, _, w, t in af)
         + ("." if af else "")
+        + af_by_demos(af, len(tasks_2d))
     )
     level = at_demo_level(data)
     if level:

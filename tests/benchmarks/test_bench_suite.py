@@ -133,10 +133,23 @@ def test_report_decides_the_claims_from_the_json():
     assert report.fail_beats_sft(data, "fail_pd_local")[:2] == (0, 1)
     n, bad = report.worse_than_pretrained(data)
     assert n == 3 and len(bad) == 1  # FAIL-PD at 1 and 2 steps, AF from scratch and "k2" in bad[0]
-    assert report.af_beats_fm(data)[0][1] is True
+    assert report.af_beats_fm(data)[0][2] is True
     text = report.render(data)
     assert "DOES NOT HOLD" in text and "NOT SHOWN" in text  # AF: one 2-D pair of many
     assert "| 64 | FAIL-PD, local estimator | 2 | 1 | 0.900 |" in text
+
+
+def test_af_claim_is_broken_down_by_demonstration_count():
+    af = [
+        ("a", 256, True, ""),
+        ("b", 256, False, ""),
+        ("a", 1024, True, ""),
+        ("b", 1024, True, ""),
+    ]
+    text = report.af_by_demos(af, 3)
+    assert "at 256 demonstrations 1 of 2 (pair, AF) wins on 2 of 3 pairs, lost on b;" in text
+    assert text.endswith("at 1024 demonstrations 2 of 2 (pair, AF) wins on 2 of 3 pairs.")
+    assert report.af_by_demos([], 3) == ""
 
 
 def test_docstring_examples():
