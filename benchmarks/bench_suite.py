@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import itertools
 import json
@@ -266,8 +267,11 @@ def pretrain(task: Task, seed: int, work: Path) -> Path:
     return out
 
 
-def train_args(cell: Cell, task: Task, work: Path, out: Path) -> list[str]:
-    """The ``flowpost train`` arguments of a post-training cell."""
+def train_args(
+    cell: Cell, task: Task, work: Path, out: Path, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The ``flowpost train`` arguments of a post-training cell; ``extra``: more ``--set``
+    overrides (``KEY=VALUE``), after the suite's own."""
     demos = write_array(
         work / "data" / f"{cell.task}-d{cell.demos}-s{cell.seed}.npy",
         task.demos(cell.demos, cell.seed),
@@ -284,11 +288,21 @@ def train_args(cell: Cell, task: Task, work: Path, out: Path) -> list[str]:
         kv["method__pd_estimator"] = "local"
     if cell.contender == "af_init":  # the pretrained run's network, so its weights load
         kv.update(model__hidden=256, model__depth=4)
-    return ["train", RECIPES[cell.contender], "--out", str(out), "--no-progress", *sets(**kv)]
+    more = [x for kv_text in extra for x in ("--set", kv_text)]
+    return [
+        "train",
+        RECIPES[cell.contender],
+        "--out",
+        str(out),
+        "--no-progress",
+        *sets(**kv),
+        *more,
+    ]
 
 
-def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
-    """Train (or reuse a finished run folder) and score one cell."""
+def run_cell(cell: Cell, work: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Train (or reuse a finished run folder) and score one cell (``extra``: see
+    :func:`train_args`)."""
     task = TASKS[cell.task]
     start = time.time()
     record: dict[str, Any] = {}
@@ -297,7 +311,7 @@ def run_cell(cell: Cell, work: Path) -> dict[str, Any]:
         record["command"] = f"flowpost train {RECIPES['pretrained']} (source {task.source.key})"
     else:
         out = work / "runs" / cell.key.replace("/", "-")
-        args = train_args(cell, task, work, out)
+        args = train_args(cell, task, work, out, extra)
         record["command"] = "flowpost " + " ".join(map(str, args))
         if not (out / "summary.json").is_file():
             shutil.rmtree(out, ignore_errors=True)
@@ -395,6 +409,12 @@ def main() -> None:
     p.add_argument(
         "--cells", nargs="*", help="run exactly these cell keys (task/contender/dD/kK/sS)"
     )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        help="KEY=VALUE overrides of every post-training cell (a variant; needs --results)",
+    )
     p.add_argument("--work", default="/tmp/flowpost-suite", help="run folders and arrays")
     p.add_argument("--results", default=str(RESULTS), help="the results JSON")
     p.add_argument("--out", default=str(ROOT / "docs" / "suite.md"), help="report: Markdown")
@@ -427,11 +447,17 @@ def main() -> None:
     if args.what == "list":
         print("\n".join(c.key for c in cells), f"\n{len(cells)} cells", sep="")
         return
+    if args.set and results == RESULTS:
+        raise SystemExit("--set trains a variant of the recipes: give it its own --results "
+                         "file (and --work folder), not the suite's")  # fmt: skip
     size = "cells" if args.cells else "full" if args.full else "quick"
-    meta = {"size": size, "samples": SAMPLES}
+    meta: dict[str, Any] = {"size": size, "samples": SAMPLES}
+    if args.set:
+        meta["set"] = list(args.set)
     floors(sorted({c.task for c in cells}), results)
     demo_references(cells, results)
-    n = run_cells(cells, results, Path(args.work), meta)
+    runner = functools.partial(run_cell, extra=tuple(args.set))
+    n = run_cells(cells, results, Path(args.work), meta, runner)
     print(f"{n} cells ran; results in {results}")
 
 

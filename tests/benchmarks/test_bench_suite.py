@@ -110,6 +110,21 @@ def test_cells_are_resumable_and_never_rerun(tmp_path):
     assert len(data["cells"]) == 3 and not data["errors"]
 
 
+def test_a_variant_adds_its_overrides_and_keeps_out_of_the_suite_json(tmp_path, monkeypatch):
+    cell = suite.parse_key("moons-shift/af_scratch/d64/k1/s0")
+    task = tasks.TASKS[cell.task]
+    args = suite.train_args(
+        cell, task, tmp_path, tmp_path / "run", ("method.ot_schedule=constant",)
+    )
+    assert args[-2:] == ["--set", "method.ot_schedule=constant"]  # after the suite's own
+    assert "method.ot_schedule=constant" not in suite.train_args(cell, task, tmp_path, tmp_path)
+    monkeypatch.setattr(
+        "sys.argv", ["bench_suite.py", "run", "--cells", cell.key, "--set", "method.nfe=2"]
+    )
+    with pytest.raises(SystemExit, match="its own --results"):
+        suite.main()
+
+
 def test_a_cell_claimed_by_a_live_process_is_skipped(tmp_path):
     import os
 
