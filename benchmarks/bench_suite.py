@@ -397,7 +397,7 @@ def run_cells(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["run", "report", "list"])
+    p.add_argument("what", choices=["run", "report", "list", "compare"])
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the quick subset (default)")
     size.add_argument("--full", action="store_true", help="every pair, demos, step, seed")
@@ -420,6 +420,11 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "docs" / "suite.md"), help="report: Markdown")
     args = p.parse_args()
     results = Path(args.results)
+    if args.what == "compare":  # a --set variant's JSON beside the suite's own
+        from suite_report import variant_table
+
+        print(variant_table(load(RESULTS), load(results)))
+        return
     if args.what == "report":
         from suite_report import render
 

@@ -116,6 +116,43 @@ def fmt(v: dict[int, float]) -> str:
     return f"{statistics.fmean(v.values()):.3f} ± {statistics.stdev(v.values()):.3f}"
 
 
+VARIANT_METRICS = ("w2", "mode_spread_ratio", "density", "coverage")
+
+
+def variant_table(base: dict[str, Any], variant: dict[str, Any]) -> str:
+    """Markdown: per (task, contender, demos, steps) the variant's JSON holds, each metric of
+    :data:`VARIANT_METRICS` as ``base -> variant`` (means over the seeds both hold, so the
+    two sides are the same seeds), and a last row counting where the variant's W2 is lower.
+
+    >>> cell = lambda w: {"metrics": {"1": {"w2": w, "density": 1.0}}}
+    >>> base = {"cells": {"t/af_scratch/d8/k1/s0": cell(0.5), "t/af_scratch/d8/k1/s1": cell(0.7)}}
+    >>> var = {"cells": {"t/af_scratch/d8/k1/s0": cell(0.4)}, "meta": {"set": ["a=1"]}}
+    >>> print(variant_table(base, var).splitlines()[2])
+    | t | af_scratch | 8 | 1 | 1 | 0.500 -> 0.400 | - | 1.000 -> 1.000 | - |
+    """
+    head = "| task | contender | demos | steps | seeds | " + " | ".join(VARIANT_METRICS) + " |"
+    lines = [head, "|" + "---|" * (5 + len(VARIANT_METRICS))]
+    groups = sorted({parse(k)[:4] for k in variant["cells"]})
+    lower = 0
+    for task, contender, d, k in groups:
+        cells = []
+        for metric in VARIANT_METRICS:
+            v = values(variant, task, contender, d, k, metric)
+            b = values(base, task, contender, d, k, metric)
+            both = sorted(set(v) & set(b))
+            if not both:
+                cells.append("-")
+                continue
+            mb, mv = (statistics.fmean(x[s] for s in both) for x in (b, v))
+            cells.append(f"{mb:.3f} -> {mv:.3f}")
+            lower += metric == "w2" and mv < mb
+        seeds = len(set(values(variant, task, contender, d, k, "w2")))
+        lines.append(f"| {task} | {contender} | {d} | {k} | {seeds} | " + " | ".join(cells) + " |")
+    overrides = " ".join(variant.get("meta", {}).get("set", []))
+    lines.append(f"\nThe variant ({overrides}) has the lower mean W2 in {lower} of {len(groups)}.")
+    return "\n".join(lines)
+
+
 def grid(data: dict[str, Any]) -> dict[str, set[tuple[str, int, int]]]:
     """Per task, the (contender, demos, steps) present."""
     out: dict[str, set[tuple[str, int, int]]] = defaultdict(set)
