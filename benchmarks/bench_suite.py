@@ -72,6 +72,7 @@ from common import flowpost as run_flowpost  # noqa: E402
 from suite_tasks import TASKS, Task, score, write_array  # noqa: E402
 
 RESULTS = HERE / "results" / "suite.json"
+DEFAULT_WORK = "/tmp/flowpost-suite"
 STEPS = (1, 2, 4)
 DEMOS = (64, 256, 1024)
 SEEDS = (0, 1, 2)
@@ -412,10 +413,11 @@ def main() -> None:
     p.add_argument(
         "--set",
         nargs="*",
+        action="extend",
         default=[],
         help="KEY=VALUE overrides of every post-training cell (a variant; needs --results)",
     )
-    p.add_argument("--work", default="/tmp/flowpost-suite", help="run folders and arrays")
+    p.add_argument("--work", default=DEFAULT_WORK, help="run folders and arrays")
     p.add_argument("--results", default=str(RESULTS), help="the results JSON")
     p.add_argument("--out", default=str(ROOT / "docs" / "suite.md"), help="report: Markdown")
     args = p.parse_args()
@@ -452,9 +454,10 @@ def main() -> None:
     if args.what == "list":
         print("\n".join(c.key for c in cells), f"\n{len(cells)} cells", sep="")
         return
-    if args.set and results == RESULTS:
+    if args.set and (results.resolve() == RESULTS.resolve() or args.work == DEFAULT_WORK):
+        # the suite's finished run folders and claims would be taken for the variant's
         raise SystemExit("--set trains a variant of the recipes: give it its own --results "
-                         "file (and --work folder), not the suite's")  # fmt: skip
+                         "file and --work folder, not the suite's")  # fmt: skip
     size = "cells" if args.cells else "full" if args.full else "quick"
     meta: dict[str, Any] = {"size": size, "samples": SAMPLES}
     if args.set:

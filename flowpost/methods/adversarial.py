@@ -6,9 +6,13 @@ the authors' code runs the other way, ``t_theirs = 1 - t``):
 
 * Source ``x_a = (1 - a) z + a x`` (``x_0 = z`` is noise); real target sample at ``b``:
   ``x_b = (1 - b) z' + b x`` with fresh noise ``z'`` (``real_noise: fresh``, the paper) or the
-  generator's own ``z`` (``shared``, the authors' 1-D notebook).
-* ``G = g(x_a, a, b)`` (direct, one step) or ``G = x_a + (b - a) g(x_a, a, b)`` (residual).
-* The discriminator ``D(x_b, b, cond)`` never sees ``x_a``. With ``f(u) = softplus(-u)``,
+  generator's own ``z`` (``shared``, the authors' 1-D notebook); ``x`` is the row's own data
+  point (``real_data: same``, the paper) or another row's of the same label (``shuffled``).
+* ``G = g(x_a, a, b)`` (direct: one step, or hops to the data) or
+  ``G = x_a + (b - a) g(x_a, a, b)`` (residual).
+* The discriminator ``D(x_b, t, cond)`` never sees ``x_a``; its time input ``t`` is ``b``
+  (the paper), or the hop's start ``a`` for hops that all end at ``b = 1`` (``hops: to_data``,
+  ``disc_time: auto``), where ``b`` could not tell the hops apart. With ``f(u) = softplus(-u)``,
   ``w = max(|b - a|, 0.001)`` and ``n`` the number of dimensions of a sample::
 
       L_D = f(D(real) - D(fake))
@@ -184,7 +188,7 @@ class AFConfig(GuidanceConfig, TransportConfig):
     )
     discriminator: DiscriminatorConfig = option(
         default_factory=DiscriminatorConfig,
-        help="the discriminator network (sees x_b, b and the label only)",
+        help="the discriminator network (sees x_b, its time input (disc_time) and the label only)",
     )
 
     def __post_init__(self) -> None:
@@ -203,6 +207,12 @@ class AFConfig(GuidanceConfig, TransportConfig):
             )
         # a direct hop predicts its end point outright: fine when every hop ends on the
         # data (one step, or hops: to_data), not for short interval hops that end near x_a
+        if self.disc_time == "start" and self.nfe == 0:
+            raise ConfigError(
+                "method.disc_time: start labels fixed k-step hops by their start; any-step "
+                "training (nfe: 0) draws b independently of a, so its discriminator needs b: "
+                "use disc_time: end (or auto)"
+            )
         if self.parameterization == "direct" and self.nfe != 1 and self.hops != "to_data":
             raise ConfigError(
                 f"parameterization 'direct' (G = g(x_a, a, b)) only fits hops that end on the "
@@ -279,6 +289,12 @@ class AdversarialFlow(Method):
         self.residual = config.parameterization == "residual" or (
             config.parameterization == "auto" and config.nfe != 1
         )
+        # the discriminator's time input, resolved once and saved with the run, so that a run
+        # trained before this option existed (always b) keeps it when loaded
+        self.disc_mode = config.disc_time
+        if self.disc_mode == "auto":  # one-step models keep the paper's b = 1 (a = 0 for all)
+            to_data = config.hops == "to_data" and config.nfe > 1
+            self.disc_mode = "start" if to_data else "end"
 
     # -- interface ---------------------------------------------------------------------------
     def optimizers(self) -> dict[str, OptimizerSpec]:
@@ -307,10 +323,11 @@ class AdversarialFlow(Method):
         return ("generator",)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"residual": self.residual}
+        return {"residual": self.residual, "disc_time": self.disc_mode}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         self.residual = bool(state.get("residual", self.residual))
+        self.disc_mode = str(state.get("disc_time", "end"))  # saved before the option: b
 
     def load_pretrained(self, state: Mapping[str, Tensor]) -> None:
         """Load a flow's weights into the generator; its end-time embedding stays zero.
@@ -345,11 +362,7 @@ class AdversarialFlow(Method):
         game is solved when that mixture matches the data, however wrong each hop is alone;
         told the hop's start it judges each hop against the data separately.
         """
-        mode = self.config.disc_time
-        if mode == "auto":  # one-step models keep the paper's b = 1 (then a = 0 for all)
-            to_data = self.config.hops == "to_data" and self.config.nfe > 1
-            mode = "start" if to_data else "end"
-        return a if mode == "start" else b
+        return a if self.disc_mode == "start" else b
 
     def draw(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Times ``a, b``, the source ``x_a`` (``chain_fraction``: the first rows from the
@@ -377,7 +390,8 @@ class AdversarialFlow(Method):
     def discriminator_terms(
         self, real: Tensor, fake: Tensor, a: Tensor, b: Tensor, cond: Tensor | None
     ) -> dict[str, Tensor]:
-        """``L_D``'s terms (adv, gp, cp) for real and (detached) fake samples at time ``b``."""
+        """``L_D``'s terms (adv, gp, cp) for real and (detached) fake samples of hops
+        ``a -> b``, the discriminator given :meth:`disc_time`."""
         cfg = self.config
         d = self.discriminator
         real, fake = augment_pair(real, fake, cfg.augment_p if self.spec.is_image else 0.0)

@@ -118,11 +118,21 @@ def test_a_variant_adds_its_overrides_and_keeps_out_of_the_suite_json(tmp_path, 
     )
     assert args[-2:] == ["--set", "method.ot_schedule=constant"]  # after the suite's own
     assert "method.ot_schedule=constant" not in suite.train_args(cell, task, tmp_path, tmp_path)
-    monkeypatch.setattr(
-        "sys.argv", ["bench_suite.py", "run", "--cells", cell.key, "--set", "method.nfe=2"]
-    )
-    with pytest.raises(SystemExit, match="its own --results"):
-        suite.main()
+    run = ["bench_suite.py", "run", "--cells", cell.key, "--set", "method.nfe=2"]
+    for more in ([], ["--results", str(tmp_path / "v.json")], ["--work", str(tmp_path)]):
+        monkeypatch.setattr("sys.argv", run + more)  # the suite's JSON or its run folders
+        with pytest.raises(SystemExit, match="its own --results"):
+            suite.main()
+    # repeated --set options add up
+    parser_args = run + ["--set", "a=1", "b=2", "--set", "c=3"]
+    seen = {}
+    monkeypatch.setattr(suite, "run_cells", lambda c, r, w, meta, runner: seen.update(meta) or 0)
+    monkeypatch.setattr(suite, "floors", lambda *a: None)
+    monkeypatch.setattr(suite, "demo_references", lambda *a: None)
+    monkeypatch.setattr("sys.argv", parser_args + ["--results", str(tmp_path / "v.json"),
+                                                    "--work", str(tmp_path)])  # fmt: skip
+    suite.main()
+    assert seen["set"] == ["method.nfe=2", "a=1", "b=2", "c=3"]
 
 
 def test_a_cell_claimed_by_a_live_process_is_skipped(tmp_path):

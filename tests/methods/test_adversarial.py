@@ -373,14 +373,51 @@ def test_shuffled_real_data_pairs_each_fake_with_another_row_of_its_label() -> N
         m.draw(x, torch.randn(8, 3))  # a continuous condition has no "same label"
 
 
+class TimeLog(nn.Module):
+    """Wraps a discriminator and keeps the time input of every call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.times: list[Tensor] = []
+
+    def forward(self, x: Tensor, cond: Tensor | None = None, t: Tensor | None = None) -> Tensor:
+        assert t is not None
+        self.times.append(t.detach().clone())
+        return self.inner(x, cond, t)
+
+
+@pytest.mark.parametrize("hops", ["interval", "to_data"])
+def test_every_discriminator_call_gets_the_hop_label(hops: str) -> None:
+    # a whole training step: D's own update, its R1/R2 penalty and the generator's term
+    torch.manual_seed(0)
+    d = TimeLog(LinearD(2))
+    m = make(AFConfig(nfe=4, hops=hops, gp_weight=0.1, gp_fraction=1.0), 2, d=d)
+    m.train_step(Batch(torch.randn(64, 2)), 0, updater_for(m))
+    seen = torch.cat(d.times)
+    assert len(d.times) >= 5  # real, fake, perturbed real, perturbed fake, generator's
+    if hops == "to_data":  # the start a in {0, 1/4, 1/2, 3/4}: never the shared end b = 1
+        assert set((seen * 4).round().long().tolist()) == {0, 1, 2, 3}
+    else:  # the paper: the end b = a + 1/4 in {1/4, ..., 1}
+        assert set((seen * 4).round().long().tolist()) == {1, 2, 3, 4}
+
+
 def test_disc_time_labels_hops_to_the_data_by_their_start() -> None:
     a, b = torch.tensor([0.0, 0.5]), torch.tensor([0.5, 1.0])
     assert make(AFConfig(nfe=2)).disc_time(a, b) is b  # interval hops: the paper's end time
     assert make(AFConfig(nfe=2, hops="to_data")).disc_time(a, b) is a
+    assert make(AFConfig(nfe=1, hops="to_data")).disc_time(a, b) is b  # one step: unchanged
     assert make(AFConfig(nfe=2, hops="to_data", disc_time="end")).disc_time(a, b) is b
     assert make(AFConfig(nfe=2, disc_time="start")).disc_time(a, b) is a
     # a direct generator is allowed when every hop ends on the data
     assert not make(AFConfig(nfe=2, hops="to_data", parameterization="direct")).residual
+    with pytest.raises(ValueError, match="any-step"):
+        AFConfig(nfe=0, disc_time="start")
+    # the resolved mode is saved with the run; a run saved before the option keeps b
+    m = make(AFConfig(nfe=2, hops="to_data"))
+    assert m.extra_state()["disc_time"] == "start"
+    m.load_extra_state({"residual": True})
+    assert m.disc_time(a, b) is b
 
 
 class TimedD(nn.Module):
@@ -465,7 +502,7 @@ def test_pretrained_flow_gives_one_euler_step() -> None:
     with torch.no_grad():
         euler = z + flow(z, torch.zeros(6))
         assert torch.allclose(m.generate(z, nfe=1), euler, atol=1e-6)
-    assert m.extra_state() == {"residual": True}
+    assert m.extra_state() == {"residual": True, "disc_time": "end"}
 
 
 def test_training_learns_a_shift_with_ot_map() -> None:

@@ -11,8 +11,9 @@ data side, "fake" the model's samples.
 * :func:`r1_penalty`: the exact ``E ||grad_x D(x)||^2`` (R1).
 * :func:`finite_difference_penalty` / :func:`fd_gradient_penalty`: the finite-difference
   R1/R2 estimate ``w (D(x) - D(x + eps n))^2 / eps^2``.
-* :func:`hop_fd_penalty`: that estimate on real and fake samples at the end time ``b`` of
-  hops from ``a``, weighted by the hop length (AF).
+* :func:`hop_fd_penalty`: that estimate on real and fake samples of hops ``a -> b``, the
+  discriminator given ``b`` (or another time input, ``d_time``), weighted by the hop length
+  (AF).
 * :func:`centering_penalty`: ``(D(real) + D(fake))^2``, keeps logits centred.
 * :class:`GradientNormalizer`: identity forward, backward divides the gradient by the root
   of an EMA of its squared norm (AF's ``phi``).

@@ -86,11 +86,17 @@ def shuffled_within(labels: Tensor | None, n: int, device: Any = None) -> Tensor
     >>> bool((labels[p] == labels).all()), sorted(p.tolist())
     (True, [0, 1, 2, 3, 4])
     """
-    group = torch.zeros(n, device=device) if labels is None else labels.reshape(n).float()
-    # sorting by label plus a key in [0, 0.5) orders the rows label by label, randomly within
-    # a label; two such orders line up rows of equal label position by position
-    first = torch.argsort(group + 0.5 * random.rand(n, device=device))
-    second = torch.argsort(group + 0.5 * random.rand(n, device=device))
+
+    # a uniformly random order, then a stable sort by label: the rows label by label, in a
+    # random order within each label; two such orders line up rows of equal label position
+    # by position (integer labels sort exactly, whatever their size)
+    def grouped() -> Tensor:
+        order = torch.argsort(random.rand(n, device=device))
+        if labels is None:
+            return order
+        return order[torch.argsort(labels.reshape(n)[order], stable=True)]
+
+    first, second = grouped(), grouped()
     perm = torch.empty_like(first)
     perm[first] = second
     return perm

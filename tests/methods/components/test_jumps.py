@@ -169,3 +169,18 @@ def test_shuffled_within_is_a_uniform_permutation_within_labels(labelled: bool) 
     same = (group[:, None] == group[None, :]).float()
     want = same / same.sum(1, keepdim=True)
     assert torch.allclose(counts / 3000, want, atol=0.04)
+
+
+def test_shuffled_within_draws_every_arrangement_of_a_label_equally_often() -> None:
+    # a fixed or cyclic pattern could give every row each partner equally often; all
+    # 3! = 6 arrangements of one label's 3 rows must appear, each about 1/6 of the time
+    torch.manual_seed(1)
+    labels = torch.tensor([7, 1000003, 7, 7, 1000003])  # large labels sort exactly
+    seen: dict[tuple[int, ...], int] = {}
+    for _ in range(3000):
+        p = shuffled_within(labels, 5)
+        assert torch.equal(labels[p], labels)
+        key = tuple(p[[0, 2, 3]].tolist())
+        seen[key] = seen.get(key, 0) + 1
+    assert len(seen) == 6
+    assert all(abs(c / 3000 - 1 / 6) < 0.03 for c in seen.values())
