@@ -89,14 +89,16 @@ def hop_scores(run_dir: Path, n: int = 2000) -> list[dict[str, float]]:
     g = torch.Generator().manual_seed(5)
     noise = lambda: torch.randn(ref.shape, generator=g)  # noqa: E731
     to_data = m.config.hops == "to_data"  # every hop lands on the data; the chain re-noises
+    s = float(m.config.hop_span)  # hops to the data start at s * i / k
     chain, rows = noise(), []
     with torch.no_grad():
         for i in range(k):
-            a, b = torch.full((n,), i / k), torch.full((n,), 1.0 if to_data else (i + 1) / k)
+            a, b = torch.full((n,), s * i / k), torch.full((n,), 1.0 if to_data else (i + 1) / k)
             real = (1 - b[0]) * noise() + b[0] * ref
             forced = m.jump(m.generator, (1 - a[0]) * noise() + a[0] * ref, a, b)
             out = m.jump(m.generator, chain, a, b)
-            chain = (1 - (i + 1) / k) * noise() + (i + 1) / k * out if to_data else out
+            nxt = s * (i + 1) / k  # the sampler's next grid time (hop_span s)
+            chain = (1 - nxt) * noise() + nxt * out if to_data else out
             with torch.enable_grad():  # the adversarial gradient per sample reaching G
                 f = forced.detach().requires_grad_(True)
                 t = m.disc_time(a, b)  # the time input D was trained with
@@ -105,7 +107,7 @@ def hop_scores(run_dir: Path, n: int = 2000) -> list[dict[str, float]]:
                 (grad,) = torch.autograd.grad(loss, f)
             row = {
                 "adv_grad_rms": float(grad.norm(dim=1).square().mean().sqrt()),
-                "a": i / k,
+                "a": s * i / k,
                 "tf_w2": w2(forced, real),
                 "chain_w2": w2(out, real),
                 "floor_w2": w2((1 - b[0]) * noise() + b[0] * ref, real) if i < k - 1 else 0.0,

@@ -151,6 +151,13 @@ class AFConfig(GuidanceConfig, TransportConfig):
         "next grid time with fresh noise (a consistency-model sampler)",
         choices=["interval", "to_data"],
     )
+    hop_span: float = option(
+        1.0,
+        "hops: to_data only: the hops start at a = hop_span * i / k (i < k), in training and "
+        "in the sampler; 1 = the uniform grid, < 1 keeps every hop's input noisier",
+        min=0.05,
+        max=1.0,
+    )
     disc_time: str = option(
         "auto",
         "the discriminator's time input: end = the hop's end b (paper), start = its start a "
@@ -198,6 +205,11 @@ class AFConfig(GuidanceConfig, TransportConfig):
             raise ConfigError(
                 "method.chain_fraction > 0 needs fixed k-step training (method.nfe: k); "
                 "any-step training (nfe: 0) has no chain to start from"
+            )
+        if self.hop_span != 1.0 and self.hops != "to_data":
+            raise ConfigError(
+                f"method.hop_span: {self.hop_span} needs hops: to_data (chained interval hops "
+                "must reach the data at t = 1); set hop_span: 1 or hops: to_data"
             )
         if self.hops == "to_data" and (self.nfe == 0 or self.chain_fraction > 0):
             raise ConfigError(
@@ -369,7 +381,10 @@ class AdversarialFlow(Method):
         sampler's chain) and the real sample ``x_b`` for data ``x``."""
         k = self.config.nfe
         n = x.shape[0]
-        a, b = fixed_k_times(n, k, x.device) if k else any_step_times(n, x.device)
+        if k:
+            a, b = fixed_k_times(n, k, x.device, self.config.hop_span)
+        else:
+            a, b = any_step_times(n, x.device)
         if self.config.hops == "to_data":
             b = torch.ones_like(b)  # every hop lands on the data; the sampler re-noises
         m = int(round(self.config.chain_fraction * n)) if k > 1 else 0
@@ -486,5 +501,5 @@ class AdversarialFlow(Method):
         net = self.role("generator", roles)
         step = lambda x, a, b: self.jump(net, x, a, b, cond)  # noqa: E731
         if self.config.hops == "to_data":
-            return renoised_chain(step, noise, nfe, self.config.nfe)
+            return renoised_chain(step, noise, nfe, self.config.nfe, self.config.hop_span)
         return jump_chain(step, noise, nfe, self.config.nfe)

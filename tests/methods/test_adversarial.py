@@ -358,6 +358,19 @@ def test_hops_to_the_data_train_every_hop_to_b_1_and_sample_by_renoising() -> No
         AFConfig(nfe=2, hops="to_data", chain_fraction=0.5)
 
 
+def test_hop_span_moves_the_hop_starts_in_training_and_in_the_sampler_alike() -> None:
+    torch.manual_seed(0)
+    m = make(AFConfig(nfe=4, hops="to_data", hop_span=0.5), 2)
+    a, b, _, _ = m.draw(torch.randn(256, 2))
+    assert sorted(set((a * 8).round().long().tolist())) == [0, 1, 2, 3]  # a in {0, 1/8, ..}
+    assert bool((b == 1).all())
+    spy = TimeSpy()
+    m.generate(torch.randn(5, 2), nfe=4, roles={"generator": spy})
+    assert spy.times == [(0.0, 1.0), (0.125, 1.0), (0.25, 1.0), (0.375, 1.0)]
+    with pytest.raises(ValueError, match="hop_span"):
+        AFConfig(nfe=4, hop_span=0.5)  # chained interval hops must reach t = 1
+
+
 def test_shuffled_real_data_pairs_each_fake_with_another_row_of_its_label() -> None:
     torch.manual_seed(0)
     x = torch.arange(8.0)[:, None].repeat(1, 2)  # row i is (i, i): rows are recognisable

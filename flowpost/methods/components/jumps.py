@@ -44,10 +44,12 @@ __all__ = [
 ]
 
 
-def fixed_k_times(n: int, k: int, device: Any = None) -> tuple[Tensor, Tensor]:
-    """``a`` uniform on ``{0, 1/k, ..., 1 - 1/k}`` and ``b = a + 1/k`` (each (n,))."""
-    a = random.randint(0, k, n, device=device).float() / k
-    return a, a + 1.0 / k
+def fixed_k_times(n: int, k: int, device: Any = None, span: float = 1.0) -> tuple[Tensor, Tensor]:
+    """``a`` uniform on ``{0, s/k, ..., s (k - 1)/k}`` and ``b = a + s/k`` (each (n,)), with
+    ``s = span`` (1: the uniform grid of the paper; < 1 only for hops to the data, whose ``b``
+    is then replaced by 1)."""
+    a = random.randint(0, k, n, device=device).float() * (span / k)
+    return a, a + span / k
 
 
 def any_step_times(n: int, device: Any = None) -> tuple[Tensor, Tensor]:
@@ -155,14 +157,19 @@ def jump_chain(
 
 
 def renoised_chain(
-    step: Callable[[Tensor, Tensor, Tensor], Tensor], noise: Tensor, nfe: int, k: int
+    step: Callable[[Tensor, Tensor, Tensor], Tensor],
+    noise: Tensor,
+    nfe: int,
+    k: int,
+    span: float = 1.0,
 ) -> Tensor:
     """The ``nfe``-hop sampler of generators trained to jump straight to the data
     (``hops: to_data``): ``x_hat = step(x, t_i, 1)``, then ``x <- (1 - t_{i+1}) z_i +
-    t_{i+1} x_hat`` with fresh noise ``z_i`` (:func:`flowpost.flows.random.randn_like`), on a
-    uniform grid from ``noise``; returns the last ``x_hat``. Why fresh noise: if ``x_hat`` is
-    distributed as the data, the next hop's input is distributed exactly as the interpolant
-    ``(1 - t) z + t x`` it was trained on, so errors do not drift along the chain.
+    t_{i+1} x_hat`` with fresh noise ``z_i`` (:func:`flowpost.flows.random.randn_like`), on
+    the grid ``t_i = span * i / nfe`` from ``noise``; returns the last ``x_hat``. Why fresh
+    noise: if ``x_hat`` is distributed as the data, the next hop's input is distributed
+    exactly as the interpolant ``(1 - t) z + t x`` it was trained on, so errors do not drift
+    along the chain. ``span < 1`` keeps every hop's start noisier (``t < span``).
 
     >>> to_zero = lambda x, a, b: torch.zeros_like(x)  # every hop predicts 0
     >>> _ = torch.manual_seed(0)
@@ -172,7 +179,9 @@ def renoised_chain(
     """
     check_nfe(nfe, k)
     x, n = noise, noise.shape[0]
-    grid = torch.linspace(0.0, 1.0, nfe + 1, device=noise.device)
+    if not 0.0 < span <= 1.0:
+        raise ValueError(f"span must be in (0, 1], got {span}")
+    grid = torch.linspace(0.0, span, nfe + 1, device=noise.device)
     one = torch.ones(n, device=x.device, dtype=x.dtype)
     for i in range(nfe - 1):
         x_hat = step(x, grid[i].expand(n), one)

@@ -36,6 +36,13 @@ def test_fixed_k_times(k: int) -> None:
     assert counts.shape == (k,) and bool((counts - 1 / k).abs().max() < 0.03)
 
 
+def test_fixed_k_times_with_a_span_below_one() -> None:
+    torch.manual_seed(0)
+    a, b = fixed_k_times(400, 4, span=0.5)
+    assert sorted(set((a * 8).round().long().tolist())) == [0, 1, 2, 3]
+    assert torch.allclose(b - a, torch.full_like(a, 0.125))
+
+
 def test_any_step_times() -> None:
     torch.manual_seed(0)
     a, b = any_step_times(20000)
@@ -121,6 +128,11 @@ def test_renoised_chain_jumps_to_the_data_and_renoises_with_fresh_noise() -> Non
     assert torch.equal(renoised_chain(step, z, nfe=1, k=1), 2 * z + 1)
     with pytest.raises(ValueError, match="fixed 3-step"):
         renoised_chain(step, z, nfe=2, k=3)
+    seen.clear()
+    renoised_chain(step, z, nfe=2, k=2, span=0.5)  # the hops start at 0 and 1/4
+    assert seen == [(0.0, 1.0), (0.25, 1.0)]
+    with pytest.raises(ValueError, match="span"):
+        renoised_chain(step, z, nfe=2, k=2, span=0.0)
 
 
 def test_renoised_chain_feeds_each_hop_the_interpolant_when_the_hops_are_exact() -> None:
