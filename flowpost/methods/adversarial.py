@@ -77,6 +77,7 @@ from flowpost.methods.components.jumps import (
     TransportConfig,
     any_step_times,
     chain_sources,
+    every_hop_times,
     fixed_k_times,
     jump,
     jump_chain,
@@ -158,6 +159,11 @@ class AFConfig(GuidanceConfig, TransportConfig):
         min=0.05,
         max=1.0,
     )
+    all_hops: bool = option(
+        False,
+        "fixed k > 1: every data row of a batch trains every hop (the batch repeated k times, "
+        "k x the compute of a step), instead of one random hop per row",
+    )
     disc_time: str = option(
         "auto",
         "the discriminator's time input: end = the hop's end b (paper), start = its start a "
@@ -205,6 +211,11 @@ class AFConfig(GuidanceConfig, TransportConfig):
             raise ConfigError(
                 "method.chain_fraction > 0 needs fixed k-step training (method.nfe: k); "
                 "any-step training (nfe: 0) has no chain to start from"
+            )
+        if self.all_hops and self.nfe == 0:
+            raise ConfigError(
+                "method.all_hops needs fixed k-step training (method.nfe: k); any-step "
+                "training (nfe: 0) has no fixed hops to repeat the batch over"
             )
         if self.hop_span != 1.0 and self.hops != "to_data":
             raise ConfigError(
@@ -381,7 +392,9 @@ class AdversarialFlow(Method):
         sampler's chain) and the real sample ``x_b`` for data ``x``."""
         k = self.config.nfe
         n = x.shape[0]
-        if k:
+        if k > 1 and self.config.all_hops:  # x is the batch repeated once per hop
+            a, b = every_hop_times(n, k, x.device, self.config.hop_span)
+        elif k:
             a, b = fixed_k_times(n, k, x.device, self.config.hop_span)
         else:
             a, b = any_step_times(n, x.device)
@@ -457,8 +470,20 @@ class AdversarialFlow(Method):
         return terms, fake
 
     # -- training ------------------------------------------------------------------------------
+    def hop_batch(self, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The batch a training step draws its hops from: ``x`` (and ``cond``) repeated once
+        per hop with ``all_hops`` and ``k > 1`` (each hop then sees every row, as a one-step
+        model does), else as given."""
+        k = self.config.nfe
+        if not (self.config.all_hops and k > 1):
+            return x, cond
+        reps = (k,) + (1,) * (x.dim() - 1)
+        if cond is None:
+            return x.repeat(reps), None
+        return x.repeat(reps), cond.repeat((k,) + (1,) * (cond.dim() - 1))
+
     def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
-        x, cond = batch.x, batch.cond
+        x, cond = self.hop_batch(batch.x, batch.cond)
         logs: dict[str, float] = {}
         for _ in range(self.config.disc_steps):
             a, b, x_a, x_b = self.draw(x, cond)
@@ -469,8 +494,8 @@ class AdversarialFlow(Method):
             )
         # how well D separates (logits are centred by cp): the collapse guard's domination cue
         logs.update(discriminator_accuracy(*self.last_logits))
-        if self.classifier is not None and cond is not None:
-            ce = noised_cross_entropy(self.classifier, x, cond)
+        if self.classifier is not None and batch.cond is not None:
+            ce = noised_cross_entropy(self.classifier, batch.x, batch.cond)
             logs.update(update.step("classifier", ce=ce))
         a, b, x_a, x_b = self.draw(x, cond)
         terms, _ = self.generator_terms(x_a, x_b, a, b, cond, step)

@@ -415,6 +415,28 @@ def test_every_discriminator_call_gets_the_hop_label(hops: str) -> None:
         assert set((seen * 4).round().long().tolist()) == {1, 2, 3, 4}
 
 
+def test_all_hops_trains_every_hop_on_every_row_of_the_batch() -> None:
+    torch.manual_seed(0)
+    d = TimeLog(LinearD(2))
+    cfg = AFConfig(nfe=4, hops="to_data", hop_span=0.5, all_hops=True, gp_fraction=1.0)
+    m = make(cfg, 2, d=d)
+    x = torch.randn(16, 2)
+    big, _ = m.hop_batch(x, None)
+    assert big.shape == (64, 2) and torch.equal(big[48:], x)  # one copy of the batch per hop
+    a, b, x_a, x_b = m.draw(big)
+    # block i of the repeated batch trains hop i, a = 0.5 * i / 4, and ends on the data
+    assert torch.equal(a, torch.arange(4).repeat_interleave(16).float() / 8)
+    assert bool((b == 1).all()) and torch.allclose(x_b, big)
+    m.train_step(Batch(x), 0, updater_for(m))
+    assert all(t.shape[0] == 64 for t in d.times)  # D sees every row at every hop
+    labels = torch.arange(16) % 3
+    _, twice = make(AFConfig(nfe=2, all_hops=True), 2).hop_batch(x, labels)
+    assert twice is not None and torch.equal(twice, labels.repeat(2))  # rows keep their labels
+    assert make(AFConfig(nfe=1, all_hops=True), 2).hop_batch(x, None)[0] is x  # k = 1: as is
+    with pytest.raises(ValueError, match="all_hops"):
+        AFConfig(nfe=0, all_hops=True)
+
+
 def test_disc_time_labels_hops_to_the_data_by_their_start() -> None:
     a, b = torch.tensor([0.0, 0.5]), torch.tensor([0.5, 1.0])
     assert make(AFConfig(nfe=2)).disc_time(a, b) is b  # interval hops: the paper's end time

@@ -28,6 +28,7 @@ from flowpost.flows.paths import expand_like, interpolate
 from flowpost.methods.base import MethodConfig
 
 __all__ = [
+    "every_hop_times",
     "fixed_k_times",
     "any_step_times",
     "jump_samples",
@@ -49,6 +50,20 @@ def fixed_k_times(n: int, k: int, device: Any = None, span: float = 1.0) -> tupl
     ``s = span`` (1: the uniform grid of the paper; < 1 only for hops to the data, whose ``b``
     is then replaced by 1)."""
     a = random.randint(0, k, n, device=device).float() * (span / k)
+    return a, a + span / k
+
+
+def every_hop_times(n: int, k: int, device: Any = None, span: float = 1.0) -> tuple[Tensor, Tensor]:
+    """:func:`fixed_k_times` for a batch of ``k`` equal blocks (``n = k * rows``: the data
+    repeated once per hop): block ``i`` gets ``a = span * i / k``, ``b = a + span / k``.
+
+    >>> a, b = every_hop_times(6, 3)
+    >>> [round(v, 3) for v in a.tolist()], [round(v, 3) for v in (b - a).tolist()]
+    ([0.0, 0.0, 0.333, 0.333, 0.667, 0.667], [0.333, 0.333, 0.333, 0.333, 0.333, 0.333])
+    """
+    if n % k:
+        raise ValueError(f"a batch of {n} rows is not {k} equal blocks, one per hop")
+    a = (torch.arange(n, device=device) // (n // k)).float() * (span / k)
     return a, a + span / k
 
 
