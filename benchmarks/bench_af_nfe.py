@@ -64,8 +64,9 @@ COLUMNS = (
 
 
 def hop_scores(run_dir: Path, n: int = 2000) -> list[dict[str, float]]:
-    """Per hop ``i`` (``a = i/k``, ``b = (i+1)/k``, or ``b = 1`` with ``hops: to_data``, whose
-    chain re-noises each hop's output to ``(i+1)/k``) of the live generator: W2 between the hop
+    """Per hop ``i`` (``a = s i/k``, ``b = (i+1)/k``, or ``b = 1`` with ``hops: to_data``,
+    whose chain re-noises each hop's output to ``s (i+1)/k``; ``s = method.hop_span``, 1
+    unless set) of the live generator: W2 between the hop
     fed the data interpolant ``(1 - a) z + a x`` (held-out ``x``) and the real interpolant at
     ``b`` (``tf_w2``), the same for the chain's state after ``i + 1`` hops from noise
     (``chain_w2``), the W2 of two real interpolant sets at ``b`` (``floor_w2``), the RMS over

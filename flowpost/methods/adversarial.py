@@ -392,7 +392,7 @@ class AdversarialFlow(Method):
         sampler's chain) and the real sample ``x_b`` for data ``x``."""
         k = self.config.nfe
         n = x.shape[0]
-        if k > 1 and self.config.all_hops:  # x is the batch repeated once per hop
+        if k > 1 and self.config.all_hops:  # x: every row repeated once per hop (hop_batch)
             a, b = every_hop_times(n, k, x.device, self.config.hop_span)
         elif k:
             a, b = fixed_k_times(n, k, x.device, self.config.hop_span)
@@ -453,7 +453,8 @@ class AdversarialFlow(Method):
         """``L_G``'s terms (adv, ot, cg) and the generated sample."""
         cfg = self.config
         fake = self.jump(self.generator, x_a, a, b, cond)
-        hop = (a * self.hop_groups).round().long().clamp(0, self.hop_groups - 1)
+        span = self.config.hop_span  # hop i starts at a = span * i / k
+        hop = (a * self.hop_groups / span).round().long().clamp(0, self.hop_groups - 1)
         adv_in = self.grad_norm(fake, hop) if cfg.grad_norm else fake
         real_in, adv_in = augment_pair(real, adv_in, cfg.augment_p if self.spec.is_image else 0.0)
         t = self.disc_time(a, b)
@@ -471,16 +472,13 @@ class AdversarialFlow(Method):
 
     # -- training ------------------------------------------------------------------------------
     def hop_batch(self, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """The batch a training step draws its hops from: ``x`` (and ``cond``) repeated once
-        per hop with ``all_hops`` and ``k > 1`` (each hop then sees every row, as a one-step
-        model does), else as given."""
+        """The batch a training step draws its hops from: every row of ``x`` (and ``cond``)
+        repeated once per hop, copies side by side, with ``all_hops`` and ``k > 1`` (each hop
+        then sees every row, as a one-step model does), else as given."""
         k = self.config.nfe
         if not (self.config.all_hops and k > 1):
             return x, cond
-        reps = (k,) + (1,) * (x.dim() - 1)
-        if cond is None:
-            return x.repeat(reps), None
-        return x.repeat(reps), cond.repeat((k,) + (1,) * (cond.dim() - 1))
+        return x.repeat_interleave(k, 0), None if cond is None else cond.repeat_interleave(k, 0)
 
     def train_step(self, batch: Batch, step: int, update: Updater) -> dict[str, float]:
         x, cond = self.hop_batch(batch.x, batch.cond)

@@ -358,6 +358,14 @@ def test_hops_to_the_data_train_every_hop_to_b_1_and_sample_by_renoising() -> No
         AFConfig(nfe=2, hops="to_data", chain_fraction=0.5)
 
 
+def test_hop_span_keeps_one_gradient_norm_statistic_per_hop() -> None:
+    torch.manual_seed(0)
+    cfg = AFConfig(nfe=4, hops="to_data", hop_span=0.5, grad_norm_per_hop=True)
+    m = make(cfg, 2)
+    m.train_step(Batch(torch.randn(256, 2)), 0, updater_for(m))
+    assert bool((m.grad_norm.square_avg > 0).all())  # every hop's statistic was updated
+
+
 def test_hop_span_moves_the_hop_starts_in_training_and_in_the_sampler_alike() -> None:
     torch.manual_seed(0)
     m = make(AFConfig(nfe=4, hops="to_data", hop_span=0.5), 2)
@@ -418,20 +426,23 @@ def test_every_discriminator_call_gets_the_hop_label(hops: str) -> None:
 def test_all_hops_trains_every_hop_on_every_row_of_the_batch() -> None:
     torch.manual_seed(0)
     d = TimeLog(LinearD(2))
-    cfg = AFConfig(nfe=4, hops="to_data", hop_span=0.5, all_hops=True, gp_fraction=1.0)
+    cfg = AFConfig(nfe=4, hops="to_data", hop_span=0.5, all_hops=True, gp_weight=0.1)
     m = make(cfg, 2, d=d)
     x = torch.randn(16, 2)
     big, _ = m.hop_batch(x, None)
-    assert big.shape == (64, 2) and torch.equal(big[48:], x)  # one copy of the batch per hop
+    assert big.shape == (64, 2) and torch.equal(big[3::4], x)  # each row once per hop
     a, b, x_a, x_b = m.draw(big)
-    # block i of the repeated batch trains hop i, a = 0.5 * i / 4, and ends on the data
-    assert torch.equal(a, torch.arange(4).repeat_interleave(16).float() / 8)
+    # copy i of each row trains hop i, a = 0.5 * i / 4, and ends on the data
+    assert torch.equal(a, (torch.arange(64) % 4).float() / 8)
     assert bool((b == 1).all()) and torch.allclose(x_b, big)
     m.train_step(Batch(x), 0, updater_for(m))
-    assert all(t.shape[0] == 64 for t in d.times)  # D sees every row at every hop
+    assert max(t.shape[0] for t in d.times) == 64  # D sees every row at every hop
+    # the R1/R2 penalty's leading quarter of the batch (16 rows) still holds every hop
+    penalty = [t for t in d.times if t.shape[0] == 16]
+    assert penalty and all(set((t * 8).round().long().tolist()) == {0, 1, 2, 3} for t in penalty)
     labels = torch.arange(16) % 3
     _, twice = make(AFConfig(nfe=2, all_hops=True), 2).hop_batch(x, labels)
-    assert twice is not None and torch.equal(twice, labels.repeat(2))  # rows keep their labels
+    assert twice is not None and torch.equal(twice, labels.repeat_interleave(2))
     assert make(AFConfig(nfe=1, all_hops=True), 2).hop_batch(x, None)[0] is x  # k = 1: as is
     with pytest.raises(ValueError, match="all_hops"):
         AFConfig(nfe=0, all_hops=True)

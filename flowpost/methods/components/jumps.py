@@ -49,21 +49,23 @@ def fixed_k_times(n: int, k: int, device: Any = None, span: float = 1.0) -> tupl
     """``a`` uniform on ``{0, s/k, ..., s (k - 1)/k}`` and ``b = a + s/k`` (each (n,)), with
     ``s = span`` (1: the uniform grid of the paper; < 1 only for hops to the data, whose ``b``
     is then replaced by 1)."""
-    a = random.randint(0, k, n, device=device).float() * (span / k)
+    a = random.randint(0, k, n, device=device).float() * span / k  # (i * span) / k: as i / k
     return a, a + span / k
 
 
 def every_hop_times(n: int, k: int, device: Any = None, span: float = 1.0) -> tuple[Tensor, Tensor]:
-    """:func:`fixed_k_times` for a batch of ``k`` equal blocks (``n = k * rows``: the data
-    repeated once per hop): block ``i`` gets ``a = span * i / k``, ``b = a + span / k``.
+    """:func:`fixed_k_times` for a batch whose every row is repeated ``k`` times in a row
+    (``n = k * rows``, ``x.repeat_interleave(k, 0)``): copy ``i`` of a row gets ``a = span *
+    i / k``, ``b = a + span / k``. Why interleaved, not in blocks: any leading part of the
+    batch (the R1/R2 penalty's ``gp_fraction``, ``chain_fraction``'s rows) then holds every hop.
 
     >>> a, b = every_hop_times(6, 3)
     >>> [round(v, 3) for v in a.tolist()], [round(v, 3) for v in (b - a).tolist()]
-    ([0.0, 0.0, 0.333, 0.333, 0.667, 0.667], [0.333, 0.333, 0.333, 0.333, 0.333, 0.333])
+    ([0.0, 0.333, 0.667, 0.0, 0.333, 0.667], [0.333, 0.333, 0.333, 0.333, 0.333, 0.333])
     """
     if n % k:
-        raise ValueError(f"a batch of {n} rows is not {k} equal blocks, one per hop")
-    a = (torch.arange(n, device=device) // (n // k)).float() * (span / k)
+        raise ValueError(f"a batch of {n} rows is not {k} copies of each row, one per hop")
+    a = (torch.arange(n, device=device) % k).float() * span / k
     return a, a + span / k
 
 

@@ -36,6 +36,14 @@ def test_fixed_k_times(k: int) -> None:
     assert counts.shape == (k,) and bool((counts - 1 / k).abs().max() < 0.03)
 
 
+@pytest.mark.parametrize("k", [3, 6, 7, 10])
+def test_fixed_k_times_at_span_one_draws_what_it_drew_before_the_span(k: int) -> None:
+    torch.manual_seed(1)
+    a, _ = fixed_k_times(500, k)
+    torch.manual_seed(1)
+    assert torch.equal(a, frandom.randint(0, k, 500).float() / k)
+
+
 def test_fixed_k_times_with_a_span_below_one() -> None:
     torch.manual_seed(0)
     a, b = fixed_k_times(400, 4, span=0.5)
