@@ -453,8 +453,8 @@ class AdversarialFlow(Method):
         """``L_G``'s terms (adv, ot, cg) and the generated sample."""
         cfg = self.config
         fake = self.jump(self.generator, x_a, a, b, cond)
-        span = self.config.hop_span  # hop i starts at a = span * i / k
-        hop = (a * self.hop_groups / span).round().long().clamp(0, self.hop_groups - 1)
+        # hop i starts at a = hop_span * i / k
+        hop = (a * self.hop_groups / cfg.hop_span).round().long().clamp(0, self.hop_groups - 1)
         adv_in = self.grad_norm(fake, hop) if cfg.grad_norm else fake
         real_in, adv_in = augment_pair(real, adv_in, cfg.augment_p if self.spec.is_image else 0.0)
         t = self.disc_time(a, b)

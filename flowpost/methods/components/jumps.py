@@ -49,7 +49,13 @@ def fixed_k_times(n: int, k: int, device: Any = None, span: float = 1.0) -> tupl
     """``a`` uniform on ``{0, s/k, ..., s (k - 1)/k}`` and ``b = a + s/k`` (each (n,)), with
     ``s = span`` (1: the uniform grid of the paper; < 1 only for hops to the data, whose ``b``
     is then replaced by 1)."""
-    a = random.randint(0, k, n, device=device).float() * span / k  # (i * span) / k: as i / k
+    return _hop_times(random.randint(0, k, n, device=device), k, span)
+
+
+def _hop_times(hop: Tensor, k: int, span: float) -> tuple[Tensor, Tensor]:
+    """Hop indices ``i`` -> ``a = span * i / k``, ``b = a + span / k`` (``(i * span) / k``,
+    so at ``span = 1`` exactly ``i / k``)."""
+    a = hop.float() * span / k
     return a, a + span / k
 
 
@@ -65,8 +71,7 @@ def every_hop_times(n: int, k: int, device: Any = None, span: float = 1.0) -> tu
     """
     if n % k:
         raise ValueError(f"a batch of {n} rows is not {k} copies of each row, one per hop")
-    a = (torch.arange(n, device=device) % k).float() * span / k
-    return a, a + span / k
+    return _hop_times(torch.arange(n, device=device) % k, k, span)
 
 
 def any_step_times(n: int, device: Any = None) -> tuple[Tensor, Tensor]:
