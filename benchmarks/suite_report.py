@@ -230,9 +230,17 @@ def fail_beats_sft(data: dict[str, Any], contender: str) -> tuple[int, int, list
     return wins, total, losses
 
 
+# A run whose held-out selection kept its starting model deploys the pretrained weights;
+# its W2 then differs from the pretrained cell's only by float32 rounding (the weights go
+# through a checkpoint and a different wrapper), e.g. 0.36501875 vs 0.36501873. Differences
+# this small are ties, not losses.
+TIE_RTOL = 1e-5
+
+
 def worse_than_pretrained(data: dict[str, Any]) -> tuple[int, list[str]]:
     """Every adversarial run (each seed) against the pretrained flow of its seed at its
-    deployed steps, by W2: (runs compared, lines for the runs that end worse)."""
+    deployed steps, by W2: (runs compared, lines for the runs that end worse). A W2 within
+    ``TIE_RTOL`` (relative) of the pretrained flow's is a tie."""
     n, bad = 0, []
     for key, cell in data["cells"].items():
         t, c, d, k, s = parse(key)
@@ -243,7 +251,7 @@ def worse_than_pretrained(data: dict[str, Any]) -> tuple[int, list[str]]:
         if pre is None or w is None:
             continue
         n += 1
-        if w > pre:
+        if w > pre * (1 + TIE_RTOL):
             ref = demo_values(data, t, d, "w2").get(s)
             bad.append(
                 f"{key}: W2 {w:.3f} vs pretrained {pre:.3f}"

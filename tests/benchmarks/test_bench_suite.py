@@ -164,6 +164,16 @@ def test_report_decides_the_claims_from_the_json():
     assert "| 64 | FAIL-PD, local estimator | 2 | 1 | 0.900 |" in text
 
 
+def test_a_run_that_kept_its_start_ties_the_pretrained_flow_up_to_float_rounding():
+    cells = {
+        "moons-spirals/pretrained/d0/k0/s0": {"metrics": {"2": {"w2": 0.36501873}}},
+        "moons-spirals/fail_pg/d64/k2/s0": {"metrics": {"2": {"w2": 0.36501875}}},  # the start
+        "moons-spirals/fail_pd_local/d64/k2/s0": {"metrics": {"2": {"w2": 0.3651}}},  # worse
+    }
+    n, bad = report.worse_than_pretrained({"cells": cells})
+    assert n == 2 and len(bad) == 1 and "fail_pd_local" in bad[0]
+
+
 def test_af_claim_is_broken_down_by_demonstration_count():
     af = [
         ("a", 256, True, ""),
