@@ -107,6 +107,17 @@ class TrainConfig:
         "selection (select_rollouts) always keeps the start until a check beats it",
         min=0.0,
     )
+    start_test: str = option(
+        "warn",
+        "held-out selection: test once, at the start, whether all the demonstrations can tell "
+        "the starting model's samples (at the deployed steps) from their own distribution "
+        "(energy permutation test); when they cannot (p > start_test_alpha), warn prints one "
+        "line and keep_start also keeps the start as the best model for the whole run",
+        choices=["warn", "keep_start", "off"],
+    )
+    start_test_alpha: float = option(
+        0.05, "level of the start test: p above it means the demos cannot tell", min=0.0, max=1.0
+    )
     select_coverage_gain: float = option(
         0.0,
         "best checkpoint: also keep a check whose coverage of the demonstrations beats the "

@@ -7,7 +7,9 @@ The trainer holds out ``train.holdout_fraction`` of the demonstrations (a
 :class:`~flowpost.train.selection.RolloutSelector`); :func:`validate` scores the EMA model so
 at the start and every tenth of the run (``train.validate_every``), keeps the best in
 ``best/``, and on a collapse rolls back to it with lower learning rates, printing one
-``warning:`` line. A method's own guard
+``warning:`` line; at the first check the held-out selector's start test (``train.start_test``)
+warns in one line when all the demonstrations cannot tell the starting model from their own
+distribution. A method's own guard
 warnings become one line each within :func:`reported_warnings`.
 """
 
@@ -31,7 +33,7 @@ from flowpost.train.checkpoint import (
     split_prefixed,
 )
 from flowpost.train.logger import RunLogger
-from flowpost.train.selection import BEST_DIR, scale_learning_rates
+from flowpost.train.selection import BEST_DIR, Selector, scale_learning_rates
 from flowpost.train.state import load_method_weights, state_payload
 
 if TYPE_CHECKING:
@@ -62,9 +64,16 @@ def validate(trainer: Trainer, logger: RunLogger | None = None) -> str:
         check = broadcast_object_list([check])[0]
     assert check is not None
     check.step = trainer.step
+    first = sel.start is None
     verdict, reason = sel.judge(check)
     if logger is not None:
         logger.write({"step": trainer.step, **sel.logged(check)})
+    untold = sel.start_warning() if first and isinstance(sel, Selector) else None
+    if untold is not None and trainer.accelerator.is_main_process:
+        line = f"warning: step {trainer.step}: {untold}"
+        print(line, file=sys.stderr, flush=True)
+        if logger is not None:
+            logger.write({"step": trainer.step, "warning": line})
     if verdict == "best" and trainer.accelerator.is_main_process:
         tensors, state = state_payload(trainer)
         state["selection"] = sel.state()

@@ -26,6 +26,12 @@ looks at a method's losses.
   ``1 - coverage_drop`` times the best's; or non-finite samples) or
   ``ok``. The trainer saves the best into ``best/`` and, on a collapse, rolls the weights back
   to it and lowers the learning rates.
+* The start test (``start_test``: warn / keep_start / off): at the first check,
+  :func:`flowpost.eval.two_sample.energy_test` of the starting model's samples against all
+  the demonstrations. When they cannot tell the two apart (p above ``start_alpha``), the
+  demonstrations hold no evidence of what to change, so a post-trained model is as likely to
+  end worse than the start as better: ``warn`` says so in one line, ``keep_start`` also keeps
+  the start as the best for the whole run (the guard still rolls back to it on a collapse).
 * :class:`RolloutSelector` does the same on a robot task by the task itself
   (``train.select_rollouts``): closed-loop roll-outs on validation episodes, each check paired
   episode by episode with the best so far (an exact sign test), the start kept until a check
@@ -62,10 +68,12 @@ from flowpost.data.base import ArrayData, DataSpec
 from flowpost.data.registry import split_off
 from flowpost.eval.evaluator import Evaluator
 from flowpost.eval.metrics import knn_precision_recall, w2
+from flowpost.eval.two_sample import energy_test
 from flowpost.train.checkpoint import CheckpointError, checkpoint_dirs, latest_checkpoint
 
 MIN_HOLDOUT = 5
 BEST_DIR = "best"
+START_TESTS = ("warn", "keep_start", "off")
 
 
 def chosen_checkpoint(run: Path, *, last: bool = False, use: str = "load") -> Path:
@@ -144,6 +152,8 @@ class Check:
     # both held-out statistics of this check, whichever one ``score`` is (logged, so a
     # selection rule on the other statistic can be replayed from metrics.jsonl; not saved)
     heldout: dict[str, float] = field(default_factory=dict, compare=False)
+    # the start test's p-value (the first check of a run with train.start_test; else nan)
+    start_p: float = field(default=float("nan"), compare=False)
 
     def as_dict(self) -> dict[str, float | str]:
         out: dict[str, float | str] = {"step": self.step, "score": self.score}
@@ -151,6 +161,8 @@ class Check:
             out["solved"] = self.solved
         else:
             out["coverage"] = self.coverage
+        if not math.isnan(self.start_p):
+            out["start_p"] = self.start_p
         return out
 
     @classmethod
@@ -160,6 +172,7 @@ class Check:
             float(value["score"]),  # type: ignore[arg-type]
             float(value.get("coverage", float("nan"))),  # type: ignore[arg-type]
             str(value.get("solved", "")),
+            start_p=float(value.get("start_p", float("nan"))),  # type: ignore[arg-type]
         )
 
 
@@ -185,17 +198,24 @@ class Selector:
         coverage_gain: float = 0.0,
         metric: str = "w2",
         start_margin: float = 0.0,
+        start_test: str = "off",
+        start_alpha: float = 0.05,
         k: int = 5,
         max_ref: int = 1000,
     ) -> None:
         if metric not in ("w2", "energy"):
             raise ValueError(f"train.select_metric must be 'w2' or 'energy', got {metric!r}")
+        if start_test not in START_TESTS:
+            raise ValueError(f"train.start_test must be one of {START_TESTS}, got {start_test!r}")
+        self.start_test, self.start_alpha = start_test, start_alpha
         self.metric = metric
         g = torch.Generator().manual_seed(0)
         held = heldout.x.reshape(len(heldout), -1).double().cpu()
         self.heldout = held[torch.randperm(len(held), generator=g)[:max_ref]]
         ref = demos.x.reshape(len(demos), -1).double().cpu()
         self.ref = ref[torch.randperm(len(ref), generator=g)[:max_ref]]
+        # the start test's demonstrations: all of them (at most max_ref of each split)
+        self.all_demos = torch.cat([self.ref, self.heldout])
         self.k = min(k, len(self.ref) - 1)
         self.tolerance = tolerance
         self.coverage_drop = coverage_drop
@@ -222,8 +242,37 @@ class Selector:
         return max(len(self.ref), 200)
 
     def check(self, ev: Evaluator, nfe: int, *, solver: str, seed: int) -> Check:
-        """Score the evaluator's model: ``n_samples`` samples against the held-out set."""
-        return self.measure(ev.sample(self.n_samples, nfe, solver=solver, seed=seed))
+        """Score the evaluator's model: ``n_samples`` samples against the held-out set; the
+        run's first check also runs the start test (unless it is off)."""
+        samples = ev.sample(self.n_samples, nfe, solver=solver, seed=seed)
+        check = self.measure(samples)
+        if self.start is None and self.start_test != "off" and math.isfinite(check.score):
+            check.start_p = energy_test(samples[:1000], self.all_demos).p
+        return check
+
+    @property
+    def start_untold(self) -> bool:
+        """Whether the start test found that the demonstrations cannot tell the start
+        from their own distribution (p above the level)."""
+        return self.start is not None and self.start.start_p > self.start_alpha
+
+    def start_warning(self) -> str | None:
+        """The start test's one warning line (without the ``warning: step N:`` prefix), or
+        ``None`` when the demonstrations tell the start apart or the test is off."""
+        if self.start_test == "off" or not self.start_untold:
+            return None
+        assert self.start is not None
+        action = (
+            "the start is kept as the best model (train.start_test: keep_start)"
+            if self.start_test == "keep_start"
+            else "train.start_test: keep_start would keep the start"
+        )
+        return (
+            f"the {len(self.all_demos)} demonstrations cannot tell the starting model from "
+            f"their own distribution (energy test p = {self.start.start_p:.2f} > "
+            f"{self.start_alpha}): post-training has little to learn from them and may end "
+            f"worse than the start; {action}"
+        )
 
     def logged(self, check: Check) -> dict[str, float]:
         """What a check adds to ``metrics.jsonl``."""
@@ -231,8 +280,12 @@ class Selector:
         return {"validation/score": check.score, "validation/coverage": check.coverage, **extra}
 
     def describe(self) -> dict[str, object]:
-        """What ``summary.json`` says the selection was made on."""
-        return {"heldout_demos": len(self.heldout)}
+        """What ``summary.json`` says the selection was made on (and the start test)."""
+        out: dict[str, object] = {"heldout_demos": len(self.heldout)}
+        if self.start is not None and not math.isnan(self.start.start_p):
+            out["start_test"] = {"p": self.start.start_p, "alpha": self.start_alpha,
+                                 "mode": self.start_test, "untold": self.start_untold}  # fmt: skip
+        return out
 
     def measure(self, samples: Tensor, step: int = 0) -> Check:
         x = samples.reshape(samples.shape[0], -1).double().cpu()
@@ -261,8 +314,12 @@ class Selector:
         # the start is already as good as the demonstrations allow, a later model within the
         # noise is as likely worse as better on fresh data
         start = self.start  # set above by the first check
-        holding_start = self.start_margin > 0 and best.step == start.step
-        if holding_start:
+        # keep_start after an untold start test pins the start: nothing displaces it
+        pinned = self.start_test == "keep_start" and self.start_untold
+        holding_start = (self.start_margin > 0 or pinned) and best.step == start.step
+        if pinned:
+            bar = -math.inf
+        elif holding_start:
             bar = best.score - self.start_margin * self.noise
         else:
             # within the held-out set's own noise of the lowest score so far, the later (longer

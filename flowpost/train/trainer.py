@@ -187,7 +187,8 @@ class Trainer:
             self.selector = Selector(
                 held, kept, tolerance=tc.guard_tolerance, coverage_drop=tc.guard_coverage_drop,
                 coverage_gain=tc.select_coverage_gain, metric=tc.select_metric,
-                start_margin=tc.select_start_margin,
+                start_margin=tc.select_start_margin, start_test=tc.start_test,
+                start_alpha=tc.start_test_alpha,
             )  # fmt: skip
         self.rollbacks = 0
         self._warned_idle = False

@@ -169,6 +169,7 @@ def test_unstable_fail_run_is_guarded_and_keeps_a_model_no_worse_than_the_start(
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert warnings and "collapse on held-out demos" in warnings[0] and "rolled back" in err
+    assert "cannot tell" not in err  # the rotated target is told apart from the start
     assert summary["rollbacks"] >= 1 and summary["model"] == "best"
     assert summary["heldout_demos"] == 100
     assert summary["checkpoints"]["last"].startswith("checkpoints/step_00000080")
@@ -227,6 +228,93 @@ def test_bad_demonstrations_are_one_line_errors(pretrained, tmp_path):
                               str(tmp_path / "dim")])  # fmt: skip
     assert dim.exit_code == 2 and "shape (3,)" in dim.output and "(2,)" in dim.output
     assert len(dim.output.strip().splitlines()) == 1
+
+
+class Fixed:
+    """An evaluator stand-in whose samples are given (the selector only calls ``sample``)."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def sample(self, n, nfe, *, solver, seed):
+        return self.x[:n]
+
+
+def test_the_start_test_pins_the_start_only_when_the_demos_cannot_tell_it_apart():
+    """Demonstrations of the start's own distribution: keep_start keeps the start through a
+    much better check, warn says so and lets the check win, off tests nothing; a start the
+    demonstrations tell apart (shifted by one sd) is judged by the plain rule."""
+    kept, held = split_holdout(ArrayData(randn(300, 2, seed=0)), 0.1, seed=0)
+    same, shifted = randn(1000, 2, seed=1), randn(1000, 2, seed=1) + 1.0
+    better = Check(50, -1.0, 0.97)  # far below anything: the plain rule keeps it
+    outcome = {}
+    for mode in ("keep_start", "warn", "off"):
+        for name, start in (("same", same), ("shifted", shifted)):
+            sel = Selector(held, kept, start_test=mode)
+            first = sel.check(Fixed(start), 2, solver="euler", seed=0)
+            assert sel.judge(first)[0] == "best"
+            sel.judge(better)
+            outcome[mode, name] = (sel.best.step, first.start_p, sel.start_warning())
+    step, p, message = outcome["keep_start", "same"]
+    assert step == 0 and p > 0.05
+    assert f"p = {p:.2f}" in message and "the start is kept as the best model" in message
+    assert "300 demonstrations cannot tell" in message
+    step, p, message = outcome["warn", "same"]
+    assert step == 50 and "keep_start would keep the start" in message
+    step, p, message = outcome["off", "same"]
+    assert step == 50 and p != p and message is None  # nan: not tested
+    for mode in ("keep_start", "warn"):
+        step, p, message = outcome[mode, "shifted"]
+        assert step == 50 and p < 0.01 and message is None
+    # the test's p is saved with the start and found again after a resume: still pinned
+    pinned = Selector(held, kept, start_test="keep_start")
+    pinned.judge(pinned.check(Fixed(same), 2, solver="euler", seed=0))
+    resumed = Selector(held, kept, start_test="keep_start")
+    resumed.load_state(pinned.state())
+    assert resumed.start.start_p == pinned.start.start_p
+    assert resumed.judge(better)[0] == "ok" and resumed.best.step == 0
+    assert resumed.describe()["start_test"] == {
+        "p": pinned.start.start_p, "alpha": 0.05, "mode": "keep_start", "untold": True
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="train.start_test must be one of"):
+        Selector(held, kept, start_test="sometimes")
+
+
+def test_a_run_whose_demos_are_the_starts_own_samples_warns_and_keep_start_keeps_it(
+    pretrained, tmp_path, capsys
+):
+    """Demonstrations drawn from the pretrained flow at its deployed steps: the run says in
+    one line that they cannot tell the start apart; warn changes nothing else (the same
+    model as with the test off); keep_start deploys the start."""
+    import numpy as np
+
+    import flowpost
+
+    demos = flowpost.load(pretrained).sample(300, nfe=2, seed=5).numpy()
+    np.save(tmp_path / "demos.npy", demos)
+
+    def run(mode):
+        cfg = {
+            "init_from": str(pretrained),
+            "data": {"name": "file", "path": str(tmp_path / "demos.npy")},
+            "model": {"hidden": 64, "depth": 2},
+            "method": {"name": "flow_matching"},
+            "train": {"steps": 40, "batch_size": 64, "lr": 3e-3, "checkpoint_every": 0,
+                      "ema_decay": 0.0, "validate_every": 10, "start_test": mode},
+            "eval": {"nfe": 2, "n_samples": 200, "plots": False},
+        }  # fmt: skip
+        summary = run_training(cfg, tmp_path / mode)
+        return summary, capsys.readouterr().err
+
+    (warn, warn_err), (off, off_err), (keep, keep_err) = map(run, ("warn", "off", "keep_start"))
+    lines = [ln for ln in warn_err.splitlines() if "cannot tell" in ln]
+    # all the demonstrations training sees (the file's split for eval is not among them)
+    assert len(lines) == 1 and lines[0].startswith("warning: step 0: the 240 demonstrations")
+    assert warn["start_test"]["untold"] and warn["start_test"]["p"] > 0.05
+    assert "cannot tell" not in off_err and "start_test" not in off
+    assert (warn["w2"], warn["best_step"]) == (off["w2"], off["best_step"])
+    assert "the start is kept as the best model" in keep_err
+    assert keep["best_step"] == 0 and keep["checkpoints"]["best"].endswith("00000000")
 
 
 def test_selector_coverage_gain_keeps_the_model_that_covers_the_modes():
