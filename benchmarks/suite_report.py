@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import statistics
@@ -25,6 +26,9 @@ from suite_tasks import TASKS
 REPLAY = Path(__file__).resolve().parent / "results" / "selection_replay.json"
 # the same replay on runs that log both held-out statistics (session 16's reruns)
 REPLAY_BOTH = REPLAY.with_name("selection_replay_energy.json")
+# the library's start test on every FAIL group (bench_start_test.py)
+START_TEST = REPLAY.with_name("start_test.json")
+START_ALPHA = 0.05  # train.start_test_alpha's default
 
 NAMES = {
     "pretrained": "pretrained (not post-trained)",
@@ -35,6 +39,7 @@ NAMES = {
     "af_scratch": "AF from scratch",
     "af_init": "AF from the pretrained flow",
 }
+FAIL = ("fail_pd_pathwise", "fail_pd_local", "fail_pg")
 ADVERSARIAL = ("fail_pd_local", "fail_pd_pathwise", "fail_pg", "af_scratch", "af_init")
 STEP_COUNTS = (1, 2, 4)  # the deployed sampler steps the pretrained flow is scored at
 DIVERSITY = (
@@ -260,6 +265,105 @@ def worse_than_pretrained(data: dict[str, Any]) -> tuple[int, list[str]]:
     return n, bad
 
 
+def group_of(key: str) -> str:
+    """``task/dD/kK/sS`` of a cell key: the runs that share a start and demonstrations."""
+    task, _, d, k, s = parse(key)
+    return f"{task}/d{d}/k{k}/s{s}"
+
+
+def kept_start(suite: dict[str, Any], tests: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """The suite as ``keep_start`` would have left it: every FAIL run whose group's start
+    test is untold takes its pretrained flow's metrics (what its start scores)."""
+    out = copy.deepcopy(suite)
+    for key, cell in out["cells"].items():
+        task, contender, d, k, s = parse(key)
+        test = tests.get(group_of(key))
+        if contender not in FAIL or test is None or test["p"] <= alpha:
+            continue
+        pre = suite["cells"].get(f"{task}/pretrained/d0/k0/s{s}", {}).get("metrics", {})
+        if str(k) in pre:
+            cell["metrics"] = {**cell["metrics"], str(k): pre[str(k)]}
+            cell["kept_start"] = True
+    return out
+
+
+def ledger(suite: dict[str, Any], tests: dict[str, Any], alpha: float) -> dict[str, Any]:
+    """What keep_start changes, run by run and for the issue's claims."""
+    after = kept_start(suite, tests, alpha)
+    fixed, lost, level = [], [], 0
+    for key, cell in after["cells"].items():
+        if not cell.get("kept_start"):
+            continue
+        task, _, d, k, s = parse(key)
+        own = suite["cells"][key]["metrics"][str(k)]["w2"]
+        pre = values(suite, task, "pretrained", d, k, "w2")[s]
+        if own > pre * (1 + TIE_RTOL):
+            fixed.append((key, own - pre))
+        elif own < pre * (1 - TIE_RTOL):
+            lost.append((key, pre - own))
+        else:
+            level += 1
+    claims: dict[str, dict[str, Any]] = {}
+    for name, data in (("recipes", suite), ("keep_start", after)):
+        n, bad = worse_than_pretrained(data)
+        claims[name] = {"worse_than_pretrained": len(bad), "runs": n}
+        for contender in FAIL:
+            wins, total, _ = fail_beats_sft(data, contender)
+            claims[name][f"{contender}_beats_sft"] = [wins, total]
+    return {
+        "alpha": alpha,
+        "groups_tested": len(tests),
+        "groups_untold": sorted(g for g, t in tests.items() if t["p"] > alpha),
+        "runs_kept_at_start": len(fixed) + len(lost) + level,
+        "fixed": {
+            "runs": len(fixed),
+            "mean_w2_saved": mean_of([v for _, v in fixed]),
+            "keys": [k for k, _ in fixed],
+        },
+        "wins_given_back": {
+            "runs": len(lost),
+            "mean_w2_lost": mean_of([v for _, v in lost]),
+            "keys": [k for k, _ in lost],
+        },
+        "ties": level,
+        "claims": claims,
+    }
+
+
+def mean_of(v: list[float]) -> float | None:
+    return None if not v else round(sum(v) / len(v), 4)
+
+
+def start_test_claim(data: dict[str, Any]) -> list[str]:
+    """The worse-than-pretrained claim again with the FAIL recipes' start test
+    (``train.start_test: keep_start``), replayed exactly from ``start_test.json``: a run whose
+    start the demonstrations cannot tell apart deploys that start, the pretrained flow."""
+    if not START_TEST.is_file():
+        return []
+    tests = json.loads(START_TEST.read_text()).get("groups", {})
+    if not tests:
+        return []
+    led = ledger(data, tests, START_ALPHA)
+    n, bad = worse_than_pretrained(kept_start(data, tests, START_ALPHA))
+    f, g = led["fixed"], led["wins_given_back"]
+    sft = [led["claims"][name]["fail_pd_pathwise_beats_sft"] for name in ("keep_start", "recipes")]
+    return [
+        "* **The same with the FAIL recipes' start test** (`train.start_test: keep_start` in "
+        "`recipes/vectors/fail_pd.yaml` and `fail_pg.yaml`, set after these runs were made; "
+        "replayed exactly: `benchmarks/bench_start_test.py` ran the library's own test of each "
+        "FAIL group through `flowpost train`, and a run whose start its demonstrations cannot "
+        f"tell apart, p > {START_ALPHA}, deploys that start, which scores as the pretrained "
+        f"flow; `start_test.json`): {'HOLDS' if not bad else 'DOES NOT HOLD'} on the {n} runs, "
+        f"{len(bad)} of {n} runs worse" + (": " + "; ".join(bad) if bad else "") + ". "
+        f"The demonstrations cannot tell the start apart in {len(led['groups_untold'])} of "
+        f"{led['groups_tested']} FAIL groups ({', '.join(led['groups_untold'])}); there the "
+        f"start is kept in {led['runs_kept_at_start']} runs: {f['runs']} that had ended worse "
+        f"than it (W2 {f['mean_w2_saved']} saved each), {g['runs']} wins given back (W2 "
+        f"{g['mean_w2_lost']} each), {led['ties']} ties. FAIL-PD (pathwise) beats SFT in "
+        f"{sft[0][0]} of {sft[0][1]} cells with it ({sft[1][0]} of {sft[1][1]} without).",
+    ]
+
+
 def af_beats_fm(data: dict[str, Any]) -> list[tuple[str, int, bool, str]]:
     """Per 2-D (task, demos, AF kind): AF at 1 NFE (mean W2) below SFT's at 1 and 2 steps,
     as ``(task, demos, won, text)``."""
@@ -457,6 +561,7 @@ def claims(data: dict[str, Any]) -> list[str]:
         f"{verdict}, "
         f"{len(bad)} of {n} runs worse" + (": " + "; ".join(bad) if bad else "") + "."
     )
+    lines.extend(start_test_claim(data))
     af = af_beats_fm(data)
     tasks_2d = [t for t, task in TASKS.items() if task.is_2d]
     measured = sorted({t for t, _, _, _ in af})

@@ -1,0 +1,101 @@
+"""The start test on the task suite: what ``train.start_test: keep_start`` would have done.
+
+For every FAIL group of ``suite.json`` (pair, demonstrations, deployed steps, seed), run the
+library's own start test exactly as a post-training run does it (``flowpost train`` of the
+cell's recipe and data with ``train.steps=0``: the first held-out check, its samples and its
+energy permutation test) and store its p-value. A run with ``keep_start`` deploys its
+starting model where the demonstrations cannot tell the start apart (p above the level), and
+the starting model is the pretrained flow of that seed, whose W2 the suite measured with the
+same sampling seed; so the replay of ``keep_start`` on the suite's finished runs is exact:
+those runs take the pretrained cell's metrics, all others keep their own.
+
+    python benchmarks/bench_start_test.py run        # resumable, group by group
+    python benchmarks/bench_start_test.py report     # table + start_test.json's ledger
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bench_suite import DEFAULT_WORK, RESULTS, TASKS, flowpost, load, parse_key, put, train_args
+from suite_report import FAIL, START_ALPHA, START_TEST, group_of, ledger, parse
+
+OUT = START_TEST
+
+
+def groups(suite: dict[str, Any]) -> list[str]:
+    """Every group with a FAIL run in the suite, one cell key each to build the command."""
+    first: dict[str, str] = {}
+    for key in sorted(suite["cells"]):
+        if parse(key)[1] in FAIL:
+            first.setdefault(group_of(key), key)
+    return [first[g] for g in sorted(first)]
+
+
+def run_group(key: str, work: Path) -> dict[str, Any]:
+    """The start test of one group, by the command line, from a throw-away run folder."""
+    cell = parse_key(key)
+    out = work / "start_test" / group_of(key).replace("/", "-")
+    shutil.rmtree(out, ignore_errors=True)
+    args = train_args(cell, TASKS[cell.task], work, out, ("train.steps=0", "eval.n_samples=200"))
+    flowpost(*map(str, args))
+    summary = json.loads((out / "summary.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    test = summary["start_test"]
+    return {"p": test["p"], "alpha": test["alpha"], "command": f"flowpost {' '.join(args)}"}
+
+
+def table(result: dict[str, Any]) -> str:
+    """The ledger as a Markdown table."""
+    led = result["ledger"]
+    rows = [
+        "| | recipes (warn) | keep_start |",
+        "|---|---|---|",
+    ]
+    a, b = led["claims"]["recipes"], led["claims"]["keep_start"]
+    rows.append(
+        f"| runs worse than the pretrained flow | {a['worse_than_pretrained']} of {a['runs']} "
+        f"| {b['worse_than_pretrained']} of {b['runs']} |"
+    )
+    for c in FAIL:
+        (w0, t0), (w1, t1) = a[f"{c}_beats_sft"], b[f"{c}_beats_sft"]
+        rows.append(f"| {c} beats SFT (task, demos cells) | {w0} of {t0} | {w1} of {t1} |")
+    f, g = led["fixed"], led["wins_given_back"]
+    notes = (
+        f"\nGroups tested: {led['groups_tested']}; untold (p > {led['alpha']}): "
+        f"{len(led['groups_untold'])}: {', '.join(led['groups_untold'])}.\n"
+        f"keep_start keeps the start in {led['runs_kept_at_start']} runs: {f['runs']} that ended "
+        f"worse than it are fixed (W2 {f['mean_w2_saved']} saved each), {g['runs']} wins are "
+        f"given back (W2 {g['mean_w2_lost']} each), {led['ties']} ties."
+    )
+    return "\n".join(rows) + notes
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=["run", "report"])
+    p.add_argument("--work", default=DEFAULT_WORK, help="the suite's work folder")
+    p.add_argument("--tasks", nargs="*", help="restrict to these pairs")
+    args = p.parse_args()
+    suite = load(RESULTS)
+    if args.what == "run":
+        for key in groups(suite):
+            if args.tasks and parse(key)[0] not in args.tasks:
+                continue
+            if group_of(key) in load(OUT).get("groups", {}):
+                continue  # finished cells are never rerun
+            record = run_group(key, Path(args.work))
+            put(OUT, "groups", group_of(key), record)
+            print(f"{group_of(key)}: p = {record['p']:.3f}", flush=True)
+    result = load(OUT)
+    result["ledger"] = ledger(suite, result.get("groups", {}), START_ALPHA)
+    OUT.write_text(json.dumps(result, indent=1, sort_keys=True))
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()
