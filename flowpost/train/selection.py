@@ -28,10 +28,12 @@ looks at a method's losses.
   to it and lowers the learning rates.
 * The start test (``start_test``: warn / keep_start / off): at the first check,
   :func:`flowpost.eval.two_sample.energy_test` of the starting model's samples against all
-  the demonstrations. When they cannot tell the two apart (p above ``start_alpha``), the
-  demonstrations hold no evidence of what to change, so a post-trained model is as likely to
-  end worse than the start as better: ``warn`` says so in one line, ``keep_start`` also keeps
-  the start as the best for the whole run (the guard still rolls back to it on a collapse).
+  the demonstrations. When they cannot tell the two apart (p above ``start_alpha``; not
+  evidence that the two are equal), they can barely steer post-training, and on the task
+  suite such runs ended worse than their start about as often as better: ``warn`` says so in
+  one line, ``keep_start`` also keeps the start as the best while it is the best (for the
+  whole run, unless a resumed run had kept another; the guard still rolls back to it on a
+  collapse). ``validation/start_p`` is logged with the first check.
 * :class:`RolloutSelector` does the same on a robot task by the task itself
   (``train.select_rollouts``): closed-loop roll-outs on validation episodes, each check paired
   episode by episode with the best so far (an exact sign test), the start kept until a check
@@ -277,6 +279,8 @@ class Selector:
     def logged(self, check: Check) -> dict[str, float]:
         """What a check adds to ``metrics.jsonl``."""
         extra = {f"validation/{name}": value for name, value in check.heldout.items()}
+        if not math.isnan(check.start_p):
+            extra["validation/start_p"] = check.start_p
         return {"validation/score": check.score, "validation/coverage": check.coverage, **extra}
 
     def describe(self) -> dict[str, object]:
@@ -315,7 +319,9 @@ class Selector:
         # noise is as likely worse as better on fresh data
         start = self.start  # set above by the first check
         # keep_start after an untold start test pins the start: nothing displaces it
-        pinned = self.start_test == "keep_start" and self.start_untold
+        # (only while the best is the start: a run resumed into keep_start after another
+        # best was kept goes on by the plain rule)
+        pinned = self.start_test == "keep_start" and self.start_untold and best.step == start.step
         holding_start = (self.start_margin > 0 or pinned) and best.step == start.step
         if pinned:
             bar = -math.inf

@@ -276,6 +276,12 @@ def test_the_start_test_pins_the_start_only_when_the_demos_cannot_tell_it_apart(
     assert resumed.describe()["start_test"] == {
         "p": pinned.start.start_p, "alpha": 0.05, "mode": "keep_start", "untold": True
     }  # fmt: skip
+    # a run resumed into keep_start after another best was kept goes on by the plain rule
+    other = Selector(held, kept, start_test="keep_start")
+    other.load_state(pinned.state() | {"best": Check(30, 0.5, 0.9).as_dict()})
+    assert other.judge(better)[0] == "best" and other.best.step == 50
+    assert pinned.logged(pinned.start)["validation/start_p"] == pinned.start.start_p
+    assert "validation/start_p" not in pinned.logged(better)
     with pytest.raises(ValueError, match="train.start_test must be one of"):
         Selector(held, kept, start_test="sometimes")
 
