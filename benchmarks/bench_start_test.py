@@ -93,8 +93,21 @@ def main() -> None:
             print(f"{group_of(key)}: p = {record['p']:.3f}", flush=True)
     result = load(OUT)
     result["ledger"] = ledger(suite, result.get("groups", {}), START_ALPHA)
+    # the same at other levels: how much the verdict hangs on the conventional 0.05
+    result["other_levels"] = {
+        str(alpha): {
+            "untold_groups": len(led["groups_untold"]),
+            "worse_than_pretrained": led["claims"]["keep_start"]["worse_than_pretrained"],
+            "fixed": led["fixed"]["runs"],
+            "wins_given_back": led["wins_given_back"]["runs"],
+        }
+        for alpha in (0.01, 0.1)
+        if (led := ledger(suite, result.get("groups", {}), alpha))
+    }
     OUT.write_text(json.dumps(result, indent=1, sort_keys=True))
     print(table(result))
+    for alpha, row in result["other_levels"].items():
+        print(f"at level {alpha}: " + ", ".join(f"{k} {v}" for k, v in row.items()))
 
 
 if __name__ == "__main__":
