@@ -306,7 +306,7 @@ def ledger(suite: dict[str, Any], tests: dict[str, Any], alpha: float) -> dict[s
     claims: dict[str, dict[str, Any]] = {}
     for name, data in (("recipes", suite), ("keep_start", after)):
         n, bad = worse_than_pretrained(data)
-        claims[name] = {"worse_than_pretrained": len(bad), "runs": n}
+        claims[name] = {"worse_than_pretrained": len(bad), "runs": n, "worse_runs": bad}
         for contender in FAIL:
             wins, total, _ = fail_beats_sft(data, contender)
             claims[name][f"{contender}_beats_sft"] = [wins, total]
@@ -344,7 +344,7 @@ def start_test_claim(data: dict[str, Any]) -> list[str]:
     if not tests:
         return []
     led = ledger(data, tests, START_ALPHA)
-    n, bad = worse_than_pretrained(kept_start(data, tests, START_ALPHA))
+    n, bad = led["claims"]["keep_start"]["runs"], led["claims"]["keep_start"]["worse_runs"]
     f, g = led["fixed"], led["wins_given_back"]
     sft = [led["claims"][name]["fail_pd_pathwise_beats_sft"] for name in ("keep_start", "recipes")]
     return [

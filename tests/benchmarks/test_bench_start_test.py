@@ -55,6 +55,9 @@ def test_the_ledger_counts_fixed_runs_wins_given_back_and_the_claims():
     before, after = led["claims"]["recipes"], led["claims"]["keep_start"]
     # worse than pretrained: FAIL-PD pathwise at 2 steps and AF (0.6); keep_start fixes one
     assert before["worse_than_pretrained"] == 2 and after["worse_than_pretrained"] == 1
+    assert len(after["worse_runs"]) == 1 and after["worse_runs"][0].startswith(
+        "moons-spirals/af_init/d64/k2/s0"
+    )
     # pathwise at 1 step 0.5 vs SFT 0.9; at 2 steps 0.45 vs 0.35 before, 0.30 after
     assert before["fail_pd_pathwise_beats_sft"] == [0, 1]
     assert after["fail_pd_pathwise_beats_sft"] == [1, 1]
