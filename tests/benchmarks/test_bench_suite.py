@@ -234,6 +234,78 @@ def test_report_sets_the_demonstrations_own_score_beside_the_runs():
     assert "| 64 | the demonstrations themselves, resampled | - | 1 | 0.140 |" in table
 
 
+def test_fail_at_four_steps_is_its_own_claim_line():
+    w = lambda v: {"metrics": {"4": {"w2": v}}}  # noqa: E731
+    cells = {
+        "t/pretrained/d0/k0/s0": w(0.5),
+        "t/sft/d256/k0/s0": w(0.4),
+        "t/fail_pd_pathwise/d256/k4/s0": w(0.3),  # beats SFT
+        "t/fail_pg/d256/k4/s0": w(0.6),  # loses to SFT and ends worse than its start
+        "t/fail_pd_local/d256/k2/s0": {"metrics": {"2": {"w2": 9.0}}},  # not a 4-step run
+    }
+    data = {"cells": cells}
+    assert report.worse_than_pretrained(data, steps=(4,))[0] == 2
+    line = report.fail_at_four(data)[0]
+    assert "FAIL-PD, pathwise estimator beats SFT in 1 of 1 (task, demos) cells" in line
+    assert "FAIL-PG beats SFT in 0 of 1 (task, demos) cells (lost: t, 256 demos: " in line
+    assert "4 steps 0.600 vs 0.400" in line
+    assert line.endswith(
+        "Worse than the pretrained flow at 4 steps: 1 of 2 runs: "
+        "t/fail_pg/d256/k4/s0: W2 0.600 vs pretrained 0.500."
+    )
+    assert report.fail_at_four({"cells": {}}) == []
+
+
+def test_af_steps_claim_pairs_the_seeds():
+    w = lambda k, v: {"metrics": {str(k): {"w2": v}}}  # noqa: E731
+    cells = {
+        "t/af_scratch/d256/k1/s0": w(1, 0.30),
+        "t/af_scratch/d256/k1/s1": w(1, 0.20),
+        "t/af_scratch/d256/k2/s0": w(2, 0.28),  # better on both seeds
+        "t/af_scratch/d256/k2/s1": w(2, 0.19),
+        "t/af_scratch/d256/k4/s0": w(4, 0.40),  # worse on both seeds, steadily
+        "t/af_scratch/d256/k4/s1": w(4, 0.31),
+        "t/af_init/d256/k2/s0": w(2, 0.1),  # no 1-step run to pair with
+    }
+    line = report.af_steps_claim({"cells": cells})[0]
+    assert "DOES NOT HOLD: lower or equal mean W2 in 1 of 2" in line
+    assert "(a rough screen on so few seeds, not a test) in 1 (t, AF from scratch, 256 " in line
+    assert "t, AF from scratch, 256 demos, 2 steps: -0.015 ± 0.005 (2 seeds)" in line
+    assert "t, AF from scratch, 256 demos, 4 steps: +0.105 ± 0.005 (2 seeds)" in line
+    assert report.af_steps_claim({"cells": {}}) == []
+
+
+def test_mode_weight_sharpening_against_the_demonstrations():
+    weights = lambda *w: {f"mode_weight_{i}": x for i, x in enumerate(w)}  # noqa: E731
+    demo = weights(0.5, 0.3, 0.2)
+    cells = {
+        # sharper: the light mode loses half its weight
+        "t/fail_pd_pathwise/d64/k2/s0": {"metrics": {"2": weights(0.6, 0.3, 0.1)}},
+        # the demonstrations' weights exactly (half the samples unassigned: renormalised)
+        "t/af_scratch/d64/k1/s0": {"metrics": {"1": weights(0.25, 0.15, 0.1)}},
+        # mostly off every mode: no weights to compare
+        "t/fail_pg/d64/k2/s0": {"metrics": {"2": weights(0.1, 0.1, 0.1)}},
+        "t/sft/d64/k0/s0": {"metrics": {"2": weights(0.6, 0.3, 0.1)}},  # not adversarial
+    }
+    data = {"cells": cells, "demos": {"t/d64/s0": demo}}
+    assert report.mode_weights(weights(0.25, 0.15, 0.1)) == pytest.approx([0.5, 0.3, 0.2])
+    assert report.mode_weights(weights(0.1, 0.1, 0.1)) is None
+    rows = [
+        r
+        for r in report.mode_weight_sharpening(data)
+        if r.startswith("| FAIL") or r.startswith("| AF")
+    ]
+    dh = report.entropy([0.6, 0.3, 0.1]) - report.entropy([0.5, 0.3, 0.2])
+    split = report.split_sharpening(data, 64)
+    assert dh < 0 and split is not None and -0.1 < split < 0  # a subset is sharper by chance
+    assert rows[0] == (
+        f"| FAIL-PD, pathwise estimator | 64 | 1 | {dh:+.3f} | {split:+.3f} | 1 of 1 | 0.50 |"
+    )
+    assert rows[1] == f"| AF from scratch | 64 | 1 | +0.000 | {split:+.3f} | 0 of 1 | 1.00 |"
+    assert len(rows) == 2 and report.trained_on(64) == 46 and report.trained_on(256) == 185
+    assert report.mode_weight_sharpening({"cells": {}}) == []
+
+
 def test_demo_references_resample_the_demonstrations(tmp_path, monkeypatch):
     monkeypatch.setattr(suite, "score", lambda task, x: {"rows": x.tolist()})
     cells = suite.plan(["moons-spirals"], ["sft"], [64], [1], [0])
