@@ -36,9 +36,11 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(ROOT))
 
+from bench_suite import RECIPES  # noqa: E402
 from suite_report import NAMES, entropy  # noqa: E402
 from suite_tasks import TASKS, score  # noqa: E402
 
@@ -82,21 +84,63 @@ def mode_structure(task_name: str) -> tuple[Any, np.ndarray]:
 
 
 def training_split(run: Path) -> np.ndarray:
-    """The demonstrations run ``run`` trained on, rebuilt as the trainer builds them: the
-    data section's split, then the held-out fraction for checkpoint selection."""
+    """The demonstrations run ``run`` trained on (see :func:`training_split_of`)."""
     from flowpost.config import load_yaml
+
+    return training_split_of(load_yaml(run / "config.yaml"))
+
+
+def training_split_of(config: dict[str, Any]) -> np.ndarray:
+    """The demonstrations a run of ``config`` (a config file's mapping) trains on, rebuilt
+    as the trainer builds them: the data section's split, then the fraction held out for
+    checkpoint selection."""
     from flowpost.data import load_data
     from flowpost.train.config import build_run_config
     from flowpost.train.selection import split_holdout
 
-    config = build_run_config(load_yaml(run / "config.yaml"))
-    train = load_data(config.data).train
-    fraction = config.train.holdout_fraction
+    cfg = build_run_config(config)
+    train = load_data(cfg.data).train
+    fraction = cfg.train.holdout_fraction
     if fraction is None:  # the trainer's default: hold out 0.1 when post-training
-        fraction = 0.1 if config.init_from else 0.0
+        fraction = 0.1 if cfg.init_from else 0.0
     if fraction > 0:
-        train, _ = split_holdout(train, fraction, config.data.seed)
+        train, _ = split_holdout(train, fraction, cfg.data.seed)
     return train.x.numpy()
+
+
+def weights_of(x: np.ndarray, task_name: str) -> np.ndarray:
+    """The mode weights of ``x`` on ``task_name``'s target modes, over the assigned samples."""
+    import torch
+
+    from flowpost.data.toys import assign_modes
+
+    info, target = mode_structure(task_name)
+    flat = torch.from_numpy(x.reshape(len(x), -1)).float()
+    modes = assign_modes(flat, info.centers, info.radius).numpy()
+    counts = np.bincount(modes[modes >= 0], minlength=len(target))
+    return counts / max(int(counts.sum()), 1)
+
+
+def split_weights(work: Path) -> dict[str, list[float]]:
+    """``{pair/contender/dN/sS: mode weights}`` of the training split every adversarial
+    contender's recipe makes of each mixture pair's demonstration file in ``work/data`` (the
+    suite's run folders need not exist: the split depends on the file and the recipe only)."""
+    from flowpost.config import load_yaml
+
+    out = {}
+    for path in sorted((work / "data").glob("*.npy")):
+        pair = next((p for p in MIXTURE_PAIRS if path.stem.startswith(p + "-")), None)
+        if pair is None:
+            continue
+        d, s = path.stem[len(pair) + 1 :].split("-")
+        for contender in ADVERSARIAL:
+            config = load_yaml(ROOT / RECIPES[contender])
+            config["data"]["path"] = str(path)
+            if contender != "af_scratch":
+                config["init_from"] = "pretrained"  # post-training: the selection hold-out
+            weights = weights_of(training_split_of(config), pair)
+            out[f"{pair}/{contender}/{d}/{s}"] = weights.round(4).tolist()
+    return out
 
 
 def measure(run: Path, task_name: str, steps: int) -> dict[str, Any]:
@@ -112,8 +156,7 @@ def measure(run: Path, task_name: str, steps: int) -> dict[str, Any]:
 
     x = np.load(run / f"suite_samples_k{steps}.npy").reshape(-1, info.centers.shape[1])
     demos = training_split(run)
-    dm = modes_of(demos)
-    split = np.bincount(dm[dm >= 0], minlength=len(target)) / max(int((dm >= 0).sum()), 1)
+    split = weights_of(demos, task_name)
     xm = modes_of(x)
     model = np.bincount(xm[xm >= 0], minlength=len(target)) / max(int((xm >= 0).sum()), 1)
     return {
@@ -131,6 +174,8 @@ def measure(run: Path, task_name: str, steps: int) -> dict[str, Any]:
 
 def run_all(work: Path, results: Path) -> None:
     data = json.loads(results.read_text()) if results.is_file() else {"runs": {}}
+    data["splits"] = {**data.get("splits", {}), **split_weights(work)}
+    results.write_text(json.dumps(data, indent=1, sort_keys=True))
     for run in sorted((work / "runs").glob("*")):
         pair = next((p for p in MIXTURE_PAIRS if run.name.startswith(p + "-")), None)
         rest = run.name[len(pair) + 1 :].split("-") if pair else []

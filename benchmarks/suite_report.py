@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +28,7 @@ REPLAY = Path(__file__).resolve().parent / "results" / "selection_replay.json"
 REPLAY_BOTH = REPLAY.with_name("selection_replay_energy.json")
 # the library's start test on every FAIL group (bench_start_test.py)
 START_TEST = REPLAY.with_name("start_test.json")
+MODE_WEIGHTS = REPLAY.with_name("mode_weights.json")
 START_ALPHA = 0.05  # train.start_test_alpha's default
 
 NAMES = {
@@ -310,80 +310,94 @@ def entropy(w: list[float]) -> float:
     return -sum(x * math.log(x) for x in w if x > 0)
 
 
-def trained_on(demos: int) -> int:
-    """How many of ``demos`` a suite run trains on: the recipes hold out
-    ``data.heldout_fraction`` 0.2, then ``train.holdout_fraction`` 0.1 of the rest."""
-    rest = demos - round(0.2 * demos)
-    return rest - round(0.1 * rest)
-
-
-def split_sharpening(data: dict[str, Any], demos: int, draws: int = 200) -> float | None:
-    """The entropy change of the demonstrations' mode weights that training on a random
-    ``trained_on(demos)`` of them gives by itself (mean over the mixture pairs' demonstration
-    sets and ``draws`` seeded subsets): the level a model that reproduced its training split
-    exactly would show in :func:`mode_weight_sharpening`."""
-    rng = random.Random(0)
-    out = []
-    for key, m in sorted(data.get("demos", {}).items()):
-        w = mode_weights(m) if int(key.split("/")[1][1:]) == demos else None
-        if w is None:
-            continue
-        labels = [i for i, x in enumerate(w) for _ in range(round(x * demos))]
-        for _ in range(draws):
-            sub = rng.sample(labels, trained_on(len(labels)))
-            out.append(entropy([sub.count(i) / len(sub) for i in range(len(w))]) - entropy(w))
-    return statistics.fmean(out) if out else None
-
-
-def mode_weight_sharpening(data: dict[str, Any]) -> list[str]:
-    """How the adversarial contenders move the mode weights of their demonstrations, per
-    (contender, demos) over the mixture pairs, seeds and deployed steps: the change of the
-    weights' entropy (negative: sharper than the demonstrations) and the share the
-    demonstrations' lightest mode keeps (its model weight over its demonstration weight)."""
+def mode_weight_sharpening(data: dict[str, Any], mw: dict[str, Any] | None = None) -> list[str]:
+    """How the adversarial contenders move the mode weights of the demonstrations they
+    trained on (``mw``: ``bench_mode_weights.py``'s JSON, read from ``MODE_WEIGHTS`` when not
+    given; its ``splits`` hold each recipe's training split's weights), per (contender,
+    demos) over the mixture pairs, seeds and deployed steps: the change of the weights'
+    entropy (negative: sharper than the split), and the share of its weight the split's
+    lightest mode keeps; then, from its ``runs``, what W2 the same samples score with their
+    own, their split's and the target's mode weights."""
+    if mw is None:
+        mw = json.loads(MODE_WEIGHTS.read_text()) if MODE_WEIGHTS.is_file() else {}
+    splits = mw.get("splits", {})
     groups: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
     for key, cell in data["cells"].items():
         task, c, d, k, s = parse(key)
-        demo = mode_weights(data.get("demos", {}).get(f"{task}/d{d}/s{s}", {}))
-        if c not in ADVERSARIAL or demo is None:
-            continue
+        split = splits.get(f"{task}/{c}/d{d}/s{s}")
         model = mode_weights(cell.get("metrics", {}).get(str(k), {}))
-        if model is None or len(model) != len(demo):
+        if c not in ADVERSARIAL or split is None or model is None or len(model) != len(split):
             continue
-        light = min(range(len(demo)), key=demo.__getitem__)
-        groups[(c, d)].append((entropy(model) - entropy(demo), model[light] / demo[light]))
-    out = []
-    for (c, d), rows in sorted(
+        light = min(range(len(split)), key=split.__getitem__)
+        kept = model[light] / split[light] if split[light] > 0 else float("nan")
+        groups[(c, d)].append((entropy(model) - entropy(split), kept))
+    if not groups:
+        return []
+    rows = []
+    for (c, d), found in sorted(
         groups.items(), key=lambda kv: (ADVERSARIAL.index(kv[0][0]), kv[0][1])
     ):
-        dh = statistics.fmean(r[0] for r in rows)
-        kept = statistics.fmean(r[1] for r in rows)
-        sharper = sum(r[0] < 0 for r in rows)
-        split = split_sharpening(data, d)
-        out.append(
-            f"| {NAMES[c]} | {d} | {len(rows)} | {dh:+.3f} | "
-            + ("-" if split is None else f"{split:+.3f}")
-            + f" | {sharper} of {len(rows)} | {kept:.2f} |"
+        dh = statistics.fmean(r[0] for r in found)
+        kept = statistics.fmean(r[1] for r in found if math.isfinite(r[1]))
+        sharper = sum(r[0] < 0 for r in found)
+        rows.append(
+            f"| {NAMES[c]} | {d} | {len(found)} | {dh:+.3f} | {sharper} of {len(found)} "
+            f"| {kept:.2f} |"
         )
-    if not out:
-        return []
-    return [
-        "## Mode weights: do the adversarial methods sharpen them?",
+    lines = [
+        "## Mode weights: whose are they?",
         "",
         "On the mixture pairs (8g-reweight, 8g-rotate, mix1d-reweight), the weights the "
-        "deployed model puts on the target's modes against those of its own demonstrations "
-        "(`mode_weight_*`, normalised over the samples assigned to a mode): the change of "
-        "their entropy (nats; negative: sharper, the heavy modes heavier), how many runs are "
-        "sharper, and the share of its weight the demonstrations' lightest mode keeps (model "
-        "weight / demonstration weight, averaged). A run trains on a random part of its "
-        "demonstrations (46, 185 and 737 of 64, 256 and 1024: the rest is held out for "
-        "evaluation and selection), whose weights are a little sharper by chance: the "
-        "`split alone` column is that entropy change (200 seeded subsets of each "
-        "demonstration set), the level of a model that reproduced its training split exactly.",
+        "deployed model puts on the target's modes (`mode_weight_*`, normalised over the "
+        "samples assigned to a mode) against those of the demonstrations it trained on (its "
+        "recipe's training split: 46, 185 and 737 of 64, 256 and 1024 for FAIL, 51, 205 and "
+        "819 for AF; the rest is held out; `bench_mode_weights.py`, `mode_weights.json`, "
+        "`splits`): the change of their entropy (nats; negative: sharper than the split, "
+        "its heavy modes heavier), how many runs are sharper, and the share of its weight "
+        "the split's lightest mode keeps (model / split, averaged).",
         "",
-        "| contender | demos | runs | entropy change | split alone | sharper | "
-        "lightest mode kept |",
+        "| contender | demos | runs | entropy change | sharper | lightest mode kept |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    return lines + weight_decomposition(mw)
+
+
+def weight_decomposition(mw: dict[str, Any]) -> list[str]:
+    """The W2 of the runs whose samples ``bench_mode_weights.py`` rescored, averaged per
+    (contender, demos): as made, resampled to their own, their split's and the target's
+    mode weights."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for key, r in mw.get("runs", {}).items():
+        _, c, d, _, _ = parse(key)
+        groups[(c, d)].append(r)
+    if not groups:
+        return []
+    rows = []
+    for (c, d), runs in sorted(
+        groups.items(), key=lambda kv: (ADVERSARIAL.index(kv[0][0]), kv[0][1])
+    ):
+        m = {
+            x: statistics.fmean(r[x] for r in runs)
+            for x in ("w2", "w2_own", "w2_split", "w2_target")
+        }
+        rows.append(
+            f"| {NAMES[c]} | {d} | {len(runs)} | {m['w2']:.3f} | {m['w2_own']:.3f} | "
+            f"{m['w2_split']:.3f} | {m['w2_target']:.3f} |"
+        )
+    return [
+        "What the weights cost: the runs whose samples are still on disk (all but the "
+        "pathwise estimator's at 1 and 2 steps) rescored after resampling their samples "
+        "within each mode to their own weights, to their training split's and to the "
+        "target's (`mode_weights.json`, `runs`; exact proportions put these below the W2 of "
+        "two fresh sets, so compare the columns with each other): own - target is what the "
+        "model's mode weights cost, split - target what its demonstrations' own weights "
+        "explain.",
+        "",
+        "| contender | demos | runs | W2 | own weights | split's weights | target's weights |",
         "|---|---|---|---|---|---|---|",
-        *out,
+        *rows,
         "",
     ]
 

@@ -85,3 +85,15 @@ def test_run_all_is_resumable_and_reports_a_table(run_folder, monkeypatch):
     row = bench.table(data, suite).splitlines()[-1]
     assert row.startswith("| 8g-rotate, FAIL-PD, pathwise estimator, 64 demos, 2 steps, seed 0 |")
     assert "| 0.500 |" in row
+
+
+def test_split_weights_from_the_recipes_match_a_run_of_them(run_folder):
+    work, run = run_folder
+    (work / "data").mkdir()
+    np.save(work / "data" / "8g-rotate-d64-s0.npy", np.load(work / "demos.npy"))
+    splits = bench.split_weights(work)
+    assert sorted(splits) == sorted(f"8g-rotate/{c}/d64/s0" for c in bench.ADVERSARIAL)
+    ran = bench.weights_of(bench.training_split(run), "8g-rotate").round(4).tolist()
+    assert splits["8g-rotate/fail_pd_pathwise/d64/s0"] == ran
+    # AF holds nothing out for selection: it trains on 51 of the 64, FAIL on 46
+    assert splits["8g-rotate/af_scratch/d64/s0"] != ran

@@ -275,35 +275,52 @@ def test_af_steps_claim_pairs_the_seeds():
     assert report.af_steps_claim({"cells": {}}) == []
 
 
-def test_mode_weight_sharpening_against_the_demonstrations():
+def test_mode_weights_against_the_training_split_and_what_they_cost():
     weights = lambda *w: {f"mode_weight_{i}": x for i, x in enumerate(w)}  # noqa: E731
-    demo = weights(0.5, 0.3, 0.2)
     cells = {
-        # sharper: the light mode loses half its weight
+        # sharper: the split's light mode loses half its weight
         "t/fail_pd_pathwise/d64/k2/s0": {"metrics": {"2": weights(0.6, 0.3, 0.1)}},
-        # the demonstrations' weights exactly (half the samples unassigned: renormalised)
+        # the split's weights exactly (half the samples unassigned: renormalised)
         "t/af_scratch/d64/k1/s0": {"metrics": {"1": weights(0.25, 0.15, 0.1)}},
         # mostly off every mode: no weights to compare
         "t/fail_pg/d64/k2/s0": {"metrics": {"2": weights(0.1, 0.1, 0.1)}},
         "t/sft/d64/k0/s0": {"metrics": {"2": weights(0.6, 0.3, 0.1)}},  # not adversarial
+        "t/fail_pd_local/d64/k2/s0": {"metrics": {"2": weights(0.6, 0.3, 0.1)}},  # no split
     }
-    data = {"cells": cells, "demos": {"t/d64/s0": demo}}
-    assert report.mode_weights(weights(0.25, 0.15, 0.1)) == pytest.approx([0.5, 0.3, 0.2])
+    split = [0.5, 0.3, 0.2]
+    mw = {
+        "splits": {
+            "t/fail_pd_pathwise/d64/s0": split,
+            "t/af_scratch/d64/s0": split,
+            "t/fail_pg/d64/s0": split,
+        },
+        "runs": {
+            "t/fail_pd_local/d64/k2/s0": {
+                "w2": 0.5,
+                "w2_own": 0.4,
+                "w2_split": 0.3,
+                "w2_target": 0.2,
+            },
+            "t/fail_pd_local/d64/k2/s1": {
+                "w2": 0.7,
+                "w2_own": 0.6,
+                "w2_split": 0.5,
+                "w2_target": 0.2,
+            },
+        },
+    }
+    assert report.mode_weights(weights(0.25, 0.15, 0.1)) == pytest.approx(split)
     assert report.mode_weights(weights(0.1, 0.1, 0.1)) is None
-    rows = [
-        r
-        for r in report.mode_weight_sharpening(data)
-        if r.startswith("| FAIL") or r.startswith("| AF")
-    ]
-    dh = report.entropy([0.6, 0.3, 0.1]) - report.entropy([0.5, 0.3, 0.2])
-    split = report.split_sharpening(data, 64)
-    assert dh < 0 and split is not None and -0.1 < split < 0  # a subset is sharper by chance
-    assert rows[0] == (
-        f"| FAIL-PD, pathwise estimator | 64 | 1 | {dh:+.3f} | {split:+.3f} | 1 of 1 | 0.50 |"
-    )
-    assert rows[1] == f"| AF from scratch | 64 | 1 | +0.000 | {split:+.3f} | 0 of 1 | 1.00 |"
-    assert len(rows) == 2 and report.trained_on(64) == 46 and report.trained_on(256) == 185
-    assert report.mode_weight_sharpening({"cells": {}}) == []
+    lines = report.mode_weight_sharpening({"cells": cells}, mw)
+    rows = [r for r in lines if r.startswith("| FAIL") or r.startswith("| AF")]
+    dh = report.entropy([0.6, 0.3, 0.1]) - report.entropy(split)
+    assert dh < 0
+    assert rows[0] == f"| FAIL-PD, pathwise estimator | 64 | 1 | {dh:+.3f} | 1 of 1 | 0.50 |"
+    assert rows[1] == "| AF from scratch | 64 | 1 | +0.000 | 0 of 1 | 1.00 |"
+    # the cost table: the two local runs' means
+    assert rows[2] == "| FAIL-PD, local estimator | 64 | 2 | 0.600 | 0.500 | 0.400 | 0.200 |"
+    assert len(rows) == 3
+    assert report.mode_weight_sharpening({"cells": cells}, {}) == []
 
 
 def test_demo_references_resample_the_demonstrations(tmp_path, monkeypatch):
