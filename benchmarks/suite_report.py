@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import statistics
@@ -428,11 +429,34 @@ def worse_than_pretrained(
         n += 1
         if w > pre * (1 + TIE_RTOL):
             ref = demo_values(data, t, d, "w2").get(s)
+            split = split_weights_w2(key)
             bad.append(
                 f"{key}: W2 {w:.3f} vs pretrained {pre:.3f}"
-                + ("" if ref is None else f" (its demonstrations: {ref:.3f})")
+                + ("" if ref is None else f" (its demonstrations: {ref:.3f}")
+                + (
+                    ""
+                    if split is None
+                    else f"; its samples with its split's mode weights: {split:.3f}"
+                )
+                + ("" if ref is None else ")")
             )
     return n, bad
+
+
+@functools.cache
+def _mode_weight_runs() -> dict[str, Any]:
+    if not MODE_WEIGHTS.is_file():
+        return {}
+    runs: dict[str, Any] = json.loads(MODE_WEIGHTS.read_text()).get("runs", {})
+    return runs
+
+
+def split_weights_w2(key: str) -> float | None:
+    """The W2 of run ``key``'s samples resampled to its training split's mode weights
+    (``bench_mode_weights.py``), where measured: what the run would score had it kept exactly
+    the mode weights of the demonstrations it trained on."""
+    run = _mode_weight_runs().get(key)
+    return None if run is None else float(run["w2_split"])
 
 
 def group_of(key: str) -> str:
