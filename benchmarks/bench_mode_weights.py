@@ -52,7 +52,8 @@ ADVERSARIAL = ("fail_pd_local", "fail_pd_pathwise", "fail_pg", "af_scratch", "af
 def resample_to(x: np.ndarray, modes: np.ndarray, weights: np.ndarray, seed: int = 0) -> np.ndarray:
     """``x`` redrawn within its modes (``modes[i]``: sample i's mode, -1 for none) so that
     mode k holds ``weights[k]`` of the assigned mass; unassigned samples are kept as they are.
-    A mode with no sample keeps none (its weight goes to the others).
+    A mode with no sample keeps none (its weight goes to the others); with no sample on any
+    mode asked for, ``x`` comes back as it is.
 
     >>> x = np.arange(10.0)[:, None]
     >>> modes = np.array([0] * 8 + [1, -1])
@@ -64,6 +65,8 @@ def resample_to(x: np.ndarray, modes: np.ndarray, weights: np.ndarray, seed: int
     off = x[modes < 0]
     present = np.array([bool((modes == k).any()) for k in range(len(weights))])
     w = np.where(present, weights, 0.0)
+    if w.sum() <= 0:  # no sample on any mode asked for: nothing to redraw
+        return x.copy()
     w = w / w.sum()
     counts = np.floor(w * (len(x) - len(off))).astype(int)
     counts[np.argsort(-(w * (len(x) - len(off)) - counts))[: len(x) - len(off) - counts.sum()]] += 1
@@ -95,14 +98,18 @@ def training_split_of(config: dict[str, Any]) -> np.ndarray:
     as the trainer builds them: the data section's split, then the fraction held out for
     checkpoint selection."""
     from flowpost.data import load_data
+    from flowpost.methods.base import get_method_class
     from flowpost.train.config import build_run_config
-    from flowpost.train.selection import split_holdout
+    from flowpost.train.selection import holdout_fraction, split_holdout
 
     cfg = build_run_config(config)
     train = load_data(cfg.data).train
-    fraction = cfg.train.holdout_fraction
-    if fraction is None:  # the trainer's default: hold out 0.1 when post-training
-        fraction = 0.1 if cfg.init_from else 0.0
+    fraction = holdout_fraction(  # the trainer's rule (arrays in memory: never streamed)
+        cfg.train.holdout_fraction,
+        post_training=bool(cfg.init_from),
+        targets_data=get_method_class(cfg.method.name).targets_data,
+        streamed=False,
+    )
     if fraction > 0:
         train, _ = split_holdout(train, fraction, cfg.data.seed)
     return train.x.numpy()

@@ -311,40 +311,50 @@ def entropy(w: list[float]) -> float:
     return -sum(x * math.log(x) for x in w if x > 0)
 
 
+def _by_contender(item: tuple[tuple[str, int, int], Any]) -> tuple[int, int, int]:
+    (c, d, k), _ = item
+    return ADVERSARIAL.index(c), d, k
+
+
 def mode_weight_sharpening(data: dict[str, Any], mw: dict[str, Any] | None = None) -> list[str]:
     """How the adversarial contenders move the mode weights of the demonstrations they
     trained on (``mw``: ``bench_mode_weights.py``'s JSON, read from ``MODE_WEIGHTS`` when not
     given; its ``splits`` hold each recipe's training split's weights), per (contender,
-    demos) over the mixture pairs, seeds and deployed steps: the change of the weights'
-    entropy (negative: sharper than the split), and the share of its weight the split's
-    lightest mode keeps; then, from its ``runs``, what W2 the same samples score with their
-    own, their split's and the target's mode weights."""
+    demos, deployed steps) over the mixture pairs and seeds: the change of the weights'
+    entropy (negative: sharper than the split; mean and median), how many runs are sharper,
+    and the share of its weight the split's lightest non-empty mode keeps; runs with fewer
+    than half their samples on a mode have no weights to compare and are counted apart.
+    Then, from its ``runs``, what W2 the same samples score with other mode weights."""
     if mw is None:
         mw = json.loads(MODE_WEIGHTS.read_text()) if MODE_WEIGHTS.is_file() else {}
     splits = mw.get("splits", {})
-    groups: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    groups: dict[tuple[str, int, int], list[tuple[float, float]]] = defaultdict(list)
+    off: dict[tuple[str, int, int], int] = defaultdict(int)
     for key, cell in data["cells"].items():
         task, c, d, k, s = parse(key)
         split = splits.get(f"{task}/{c}/d{d}/s{s}")
-        model = mode_weights(cell.get("metrics", {}).get(str(k), {}))
-        if c not in ADVERSARIAL or split is None or model is None or len(model) != len(split):
+        if c not in ADVERSARIAL or split is None:
             continue
-        light = min(range(len(split)), key=split.__getitem__)
-        kept = model[light] / split[light] if split[light] > 0 else float("nan")
-        groups[(c, d)].append((entropy(model) - entropy(split), kept))
-    if not groups:
+        model = mode_weights(cell.get("metrics", {}).get(str(k), {}))
+        if model is None or len(model) != len(split):
+            off[(c, d, k)] += 1
+            continue
+        light = min((i for i, w in enumerate(split) if w > 0), key=split.__getitem__)
+        groups[(c, d, k)].append((entropy(model) - entropy(split), model[light] / split[light]))
+    if not groups and not off:
         return []
     rows = []
-    for (c, d), found in sorted(
-        groups.items(), key=lambda kv: (ADVERSARIAL.index(kv[0][0]), kv[0][1])
-    ):
-        dh = statistics.fmean(r[0] for r in found)
-        kept = statistics.fmean(r[1] for r in found if math.isfinite(r[1]))
-        sharper = sum(r[0] < 0 for r in found)
-        rows.append(
-            f"| {NAMES[c]} | {d} | {len(found)} | {dh:+.3f} | {sharper} of {len(found)} "
-            f"| {kept:.2f} |"
+    for (c, d, k), _ in sorted({**off, **groups}.items(), key=_by_contender):
+        found = groups.get((c, d, k), [])
+        changes = [r[0] for r in found]
+        stats = (
+            f"{statistics.fmean(changes):+.3f} | {statistics.median(changes):+.3f} | "
+            f"{sum(x < 0 for x in changes)} of {len(found)} | "
+            f"{statistics.fmean(r[1] for r in found):.2f}"
+            if found
+            else "- | - | - | -"
         )
+        rows.append(f"| {NAMES[c]} | {d} | {k} | {len(found)} | {off[(c, d, k)]} | {stats} |")
     lines = [
         "## Mode weights: whose are they?",
         "",
@@ -354,11 +364,15 @@ def mode_weight_sharpening(data: dict[str, Any], mw: dict[str, Any] | None = Non
         "recipe's training split: 46, 185 and 737 of 64, 256 and 1024 for FAIL, 51, 205 and "
         "819 for AF; the rest is held out; `bench_mode_weights.py`, `mode_weights.json`, "
         "`splits`): the change of their entropy (nats; negative: sharper than the split, "
-        "its heavy modes heavier), how many runs are sharper, and the share of its weight "
-        "the split's lightest mode keeps (model / split, averaged).",
+        "its heavy modes heavier; mean and median over the runs), how many runs are "
+        "sharper, and the share of its weight the split's lightest non-empty mode keeps "
+        "(model / split, averaged; above 1 mostly because a split's lightest mode is light "
+        "by chance). `off modes`: runs with fewer than half their samples on any mode, "
+        "which have no weights to compare.",
         "",
-        "| contender | demos | runs | entropy change | sharper | lightest mode kept |",
-        "|---|---|---|---|---|---|",
+        "| contender | demos | steps | runs | off modes | entropy change | median | sharper "
+        "| lightest mode kept |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]
@@ -367,37 +381,36 @@ def mode_weight_sharpening(data: dict[str, Any], mw: dict[str, Any] | None = Non
 
 def weight_decomposition(mw: dict[str, Any]) -> list[str]:
     """The W2 of the runs whose samples ``bench_mode_weights.py`` rescored, averaged per
-    (contender, demos): as made, resampled to their own, their split's and the target's
-    mode weights."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    (contender, demos, steps): as made, resampled to their own, their split's and the
+    target's mode weights."""
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
     for key, r in mw.get("runs", {}).items():
-        _, c, d, _, _ = parse(key)
-        groups[(c, d)].append(r)
+        _, c, d, k, _ = parse(key)
+        groups[(c, d, k)].append(r)
     if not groups:
         return []
     rows = []
-    for (c, d), runs in sorted(
-        groups.items(), key=lambda kv: (ADVERSARIAL.index(kv[0][0]), kv[0][1])
-    ):
+    for (c, d, k), runs in sorted(groups.items(), key=_by_contender):
         m = {
             x: statistics.fmean(r[x] for r in runs)
             for x in ("w2", "w2_own", "w2_split", "w2_target")
         }
         rows.append(
-            f"| {NAMES[c]} | {d} | {len(runs)} | {m['w2']:.3f} | {m['w2_own']:.3f} | "
+            f"| {NAMES[c]} | {d} | {k} | {len(runs)} | {m['w2']:.3f} | {m['w2_own']:.3f} | "
             f"{m['w2_split']:.3f} | {m['w2_target']:.3f} |"
         )
     return [
-        "What the weights cost: the runs whose samples are still on disk (all but the "
-        "pathwise estimator's at 1 and 2 steps) rescored after resampling their samples "
+        f"What the weights cost: the {sum(map(len, groups.values()))} runs whose samples "
+        "were still on disk (the groups below) rescored after resampling their samples "
         "within each mode to their own weights, to their training split's and to the "
-        "target's (`mode_weights.json`, `runs`; exact proportions put these below the W2 of "
-        "two fresh sets, so compare the columns with each other): own - target is what the "
-        "model's mode weights cost, split - target what its demonstrations' own weights "
-        "explain.",
+        "target's (`mode_weights.json`, `runs`; samples off every mode are kept as they are; "
+        "exact proportions put these below the W2 of two fresh sets, so compare the columns "
+        "with each other): own - target is what the model's mode weights cost, split - target "
+        "what its demonstrations' own weights explain.",
         "",
-        "| contender | demos | runs | W2 | own weights | split's weights | target's weights |",
-        "|---|---|---|---|---|---|---|",
+        "| contender | demos | steps | runs | W2 | own weights | split's weights "
+        "| target's weights |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
     ]
@@ -411,12 +424,17 @@ TIE_RTOL = 1e-5
 
 
 def worse_than_pretrained(
-    data: dict[str, Any], steps: tuple[int, ...] | None = None
+    data: dict[str, Any],
+    steps: tuple[int, ...] | None = None,
+    mode_runs: dict[str, Any] | None = None,
 ) -> tuple[int, list[str]]:
     """Every adversarial run (each seed; only those deployed with one of ``steps`` if given)
     against the pretrained flow of its seed at its deployed steps, by W2: (runs compared,
     lines for the runs that end worse). A W2 within ``TIE_RTOL`` (relative) of the
-    pretrained flow's is a tie."""
+    pretrained flow's is a tie. A worse run rescored by ``bench_mode_weights.py``
+    (``mode_runs``: its ``runs``, read from ``MODE_WEIGHTS`` when not given) also gets its W2
+    with its training split's mode weights."""
+    mode_runs = _mode_weight_runs() if mode_runs is None else mode_runs
     n, bad = 0, []
     for key, cell in data["cells"].items():
         t, c, d, k, s = parse(key)
@@ -429,7 +447,7 @@ def worse_than_pretrained(
         n += 1
         if w > pre * (1 + TIE_RTOL):
             ref = demo_values(data, t, d, "w2").get(s)
-            split = split_weights_w2(key)
+            split = mode_runs.get(key, {}).get("w2_split")
             bad.append(
                 f"{key}: W2 {w:.3f} vs pretrained {pre:.3f}"
                 + ("" if ref is None else f" (its demonstrations: {ref:.3f}")
@@ -449,14 +467,6 @@ def _mode_weight_runs() -> dict[str, Any]:
         return {}
     runs: dict[str, Any] = json.loads(MODE_WEIGHTS.read_text()).get("runs", {})
     return runs
-
-
-def split_weights_w2(key: str) -> float | None:
-    """The W2 of run ``key``'s samples resampled to its training split's mode weights
-    (``bench_mode_weights.py``), where measured: what the run would score had it kept exactly
-    the mode weights of the demonstrations it trained on."""
-    run = _mode_weight_runs().get(key)
-    return None if run is None else float(run["w2_split"])
 
 
 def group_of(key: str) -> str:

@@ -91,6 +91,23 @@ def chosen_checkpoint(run: Path, *, last: bool = False, use: str = "load") -> Pa
     return best or found
 
 
+def holdout_fraction(
+    fraction: float | None, *, post_training: bool, targets_data: bool, streamed: bool
+) -> float:
+    """The fraction of the training samples a run holds out for checkpoint selection:
+    ``train.holdout_fraction`` when set, else 0.1 when post-training (``init_from``) a method
+    that learns the data (not a reward's) from samples held in memory, else none.
+
+    >>> holdout_fraction(None, post_training=True, targets_data=True, streamed=False)
+    0.1
+    >>> holdout_fraction(None, post_training=False, targets_data=True, streamed=False)
+    0.0
+    """
+    if fraction is not None:
+        return fraction
+    return 0.1 if post_training and targets_data and not streamed else 0.0
+
+
 def split_holdout(data: ArrayData, fraction: float, seed: int) -> tuple[ArrayData, ArrayData]:
     """(kept for training, held out): a seeded random ``fraction`` of ``data`` is held out."""
     n = len(data)

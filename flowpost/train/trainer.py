@@ -53,6 +53,7 @@ from flowpost.train.selection import (
     BEST_DIR,
     RolloutSelector,
     Selector,
+    holdout_fraction,
     split_holdout,
 )
 from flowpost.train.signals import StopRequest
@@ -152,13 +153,14 @@ class Trainer:
             )
         self.data = data
         self.selector: Selector | RolloutSelector | None = None
-        fraction = tc.holdout_fraction
         # streamed data (latents on disk) is read a batch at a time, never moved whole
         self.streamed = bool(getattr(data.train, "streamed", False))
-        if fraction is None:
-            fraction = (
-                0.1 if config.init_from and method.targets_data and not self.streamed else 0.0
-            )
+        fraction = holdout_fraction(
+            tc.holdout_fraction,
+            post_training=bool(config.init_from),
+            targets_data=method.targets_data,
+            streamed=self.streamed,
+        )
         if fraction > 0 and self.streamed:
             raise ValueError(
                 "train.holdout_fraction: checkpoint selection needs in-memory data; set it to 0 "

@@ -36,6 +36,8 @@ def test_resampling_gives_exactly_the_asked_weights_and_keeps_the_off_mode_sampl
     # a mode with no sample gets none; its weight goes to the others
     empty = bench.resample_to(x[modes != 2], modes[modes != 2], np.array([0.25, 0.25, 0.5]))
     assert len(empty) == int((modes != 2).sum())
+    # no sample on any mode asked for: nothing to redraw
+    np.testing.assert_array_equal(bench.resample_to(x, modes, np.array([0.0, 0.0, 0.0])), x)
 
 
 @pytest.fixture
@@ -85,6 +87,23 @@ def test_run_all_is_resumable_and_reports_a_table(run_folder, monkeypatch):
     row = bench.table(data, suite).splitlines()[-1]
     assert row.startswith("| 8g-rotate, FAIL-PD, pathwise estimator, 64 demos, 2 steps, seed 0 |")
     assert "| 0.500 |" in row
+
+
+def test_the_rebuilt_split_is_the_one_the_trainer_trains_on(run_folder, tmp_path):
+    from flowpost.config import load_yaml
+    from flowpost.data import load_data
+    from flowpost.methods.base import get_method_class
+    from flowpost.train.config import build_run_config
+    from flowpost.train.trainer import Trainer
+
+    _, run = run_folder
+    raw = load_yaml(run / "config.yaml")
+    cfg = build_run_config(raw)
+    assert cfg.train.holdout_fraction is None  # the trainer's default rule decides
+    data = load_data(cfg.data)
+    method = get_method_class(cfg.method.name)(cfg.method, data.spec, cfg.model)
+    trainer = Trainer(method, data, cfg, tmp_path / "out", progress=False)
+    np.testing.assert_array_equal(trainer.data.train.x.numpy(), bench.training_split_of(raw))
 
 
 def test_split_weights_from_the_recipes_match_a_run_of_them(run_folder):

@@ -234,6 +234,23 @@ def test_report_sets_the_demonstrations_own_score_beside_the_runs():
     assert "| 64 | the demonstrations themselves, resampled | - | 1 | 0.140 |" in table
 
 
+def test_a_worse_run_gets_its_w2_with_its_split_weights_where_rescored():
+    cells = {
+        "t/pretrained/d0/k0/s0": {"metrics": {"2": {"w2": 0.5}}},
+        "t/fail_pg/d64/k2/s0": {"metrics": {"2": {"w2": 0.6}}},
+        "t/fail_pd_local/d64/k2/s0": {"metrics": {"2": {"w2": 0.7}}},
+    }
+    data = {"cells": cells, "demos": {"t/d64/s0": {"w2": 0.45}}}
+    _, bad = report.worse_than_pretrained(
+        data, mode_runs={"t/fail_pg/d64/k2/s0": {"w2_split": 0.49}}
+    )
+    assert bad == [
+        "t/fail_pg/d64/k2/s0: W2 0.600 vs pretrained 0.500 (its demonstrations: 0.450; "
+        "its samples with its split's mode weights: 0.490)",
+        "t/fail_pd_local/d64/k2/s0: W2 0.700 vs pretrained 0.500 (its demonstrations: 0.450)",
+    ]
+
+
 def test_fail_at_four_steps_is_its_own_claim_line():
     w = lambda v: {"metrics": {"4": {"w2": v}}}  # noqa: E731
     cells = {
@@ -315,11 +332,13 @@ def test_mode_weights_against_the_training_split_and_what_they_cost():
     rows = [r for r in lines if r.startswith("| FAIL") or r.startswith("| AF")]
     dh = report.entropy([0.6, 0.3, 0.1]) - report.entropy(split)
     assert dh < 0
-    assert rows[0] == f"| FAIL-PD, pathwise estimator | 64 | 1 | {dh:+.3f} | 1 of 1 | 0.50 |"
-    assert rows[1] == "| AF from scratch | 64 | 1 | +0.000 | 0 of 1 | 1.00 |"
+    assert rows[0] == (
+        f"| FAIL-PD, pathwise estimator | 64 | 2 | 1 | 0 | {dh:+.3f} | {dh:+.3f} | 1 of 1 | 0.50 |"
+    )
+    assert "| FAIL-PG | 64 | 2 | 0 | 1 | - | - | - | - |" in rows  # off every mode
+    assert "| AF from scratch | 64 | 1 | 1 | 0 | +0.000 | +0.000 | 0 of 1 | 1.00 |" in rows
     # the cost table: the two local runs' means
-    assert rows[2] == "| FAIL-PD, local estimator | 64 | 2 | 0.600 | 0.500 | 0.400 | 0.200 |"
-    assert len(rows) == 3
+    assert "| FAIL-PD, local estimator | 64 | 2 | 2 | 0.600 | 0.500 | 0.400 | 0.200 |" in rows
     assert report.mode_weight_sharpening({"cells": cells}, {}) == []
 
 
