@@ -13,6 +13,14 @@ those runs take the pretrained cell's metrics, all others keep their own.
     python benchmarks/bench_start_test.py report     # table + start_test.json's ledger
     python benchmarks/bench_start_test.py unseen     # the recipe on two pairs not in the suite
 
+``last`` scores what keep_start held back on runs made with it (the 4-step FAIL cells, run
+after the recipes set it): for every FAIL run of the suite that kept its start because of
+the test, the run's last model, sampled and scored exactly as the suite scores the kept one
+(``start_test_last.json``). The last model is not what the held-out rule would have kept
+without the test (that can be an earlier check), only the end of the same training.
+
+    python benchmarks/bench_start_test.py last --work /tmp/suite
+
 ``unseen`` checks the recipe on data it was not decided on: two pairs that are not in the
 suite, one whose target is close to the source (eight Gaussians shrunk by 0.9) and one that
 is not (moons rotated by 30 degrees), FAIL-PD with ``recipes/vectors/fail_pd.yaml`` as it is
@@ -28,11 +36,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from bench_suite import (
     DEFAULT_WORK,
     RESULTS,
     TASKS,
     Cell,
+    draws,
     flowpost,
     load,
     parse_key,
@@ -42,9 +52,34 @@ from bench_suite import (
     train_args,
 )
 from suite_report import FAIL, START_ALPHA, START_TEST, group_of, ledger, parse
-from suite_tasks import Dist, Task
+from suite_tasks import Dist, Task, score
 
 OUT = START_TEST
+LAST = START_TEST.with_name("start_test_last.json")
+KEPT_BY_TEST = "the start is kept as the best model"  # the keep_start warning's words
+
+
+def kept_by_test(suite: dict[str, Any]) -> list[str]:
+    """The FAIL runs of ``suite`` that deployed their start because of keep_start."""
+    return sorted(
+        key
+        for key, cell in suite["cells"].items()
+        if parse(key)[1] in FAIL and any(KEPT_BY_TEST in w for w in cell.get("warnings", []))
+    )
+
+
+def score_last(key: str, suite: dict[str, Any], work: Path) -> dict[str, Any]:
+    """The last model of run ``key``, sampled (same steps, draws and seed as the suite's
+    kept one) and scored, beside the kept model's W2."""
+    task, contender, d, k, s = parse(key)
+    run = work / "runs" / key.replace("/", "-")
+    path = run / f"last_samples_k{k}.npy"
+    flowpost("sample", str(run), "--last", "--nfe", str(k), "--n", str(draws(TASKS[task])),
+             "--seed", "7", "--out", str(path))  # fmt: skip
+    last = score(TASKS[task], np.load(path))
+    kept = suite["cells"][key]["metrics"][str(k)]
+    return {"kept_w2": kept["w2"], "last_w2": last["w2"], "last_density": last.get("density"),
+            "last_coverage": last.get("coverage")}  # fmt: skip
 
 
 def groups(suite: dict[str, Any]) -> list[str]:
@@ -143,7 +178,7 @@ def table(result: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["run", "report", "unseen"])
+    p.add_argument("what", choices=["run", "report", "unseen", "last"])
     p.add_argument("--work", default=DEFAULT_WORK, help="the suite's work folder")
     p.add_argument("--tasks", nargs="*", help="restrict to these pairs")
     args = p.parse_args()
@@ -156,6 +191,14 @@ def main() -> None:
             )
         return
     suite = load(RESULTS)
+    if args.what == "last":
+        for key in kept_by_test(suite):
+            if key not in load(LAST).get("runs", {}):  # finished runs are never rescored
+                put(LAST, "runs", key, score_last(key, suite, Path(args.work)))
+        print("| run | kept (start) | last model |\n|---|---|---|")
+        for key, row in sorted(load(LAST).get("runs", {}).items()):
+            print(f"| {key} | {row['kept_w2']:.3f} | {row['last_w2']:.3f} |")
+        return
     if args.what == "run":
         for key in groups(suite):
             if args.tasks and parse(key)[0] not in args.tasks:

@@ -30,6 +30,7 @@ REPLAY_BOTH = REPLAY.with_name("selection_replay_energy.json")
 # the library's start test on every FAIL group (bench_start_test.py)
 START_TEST = REPLAY.with_name("start_test.json")
 MODE_WEIGHTS = REPLAY.with_name("mode_weights.json")
+START_LAST = REPLAY.with_name("start_test_last.json")
 START_ALPHA = 0.05  # train.start_test_alpha's default
 
 NAMES = {
@@ -257,12 +258,35 @@ def fail_at_four(data: dict[str, Any]) -> list[str]:
     n, bad = worse_than_pretrained(data, steps=(4,))
     return [
         "* **FAIL deployed with 4 steps** (the issue first saw FAIL-PD collapse at 4 steps, "
-        "256 demos; not part of the 90 % claim, which is at 1 and 2 steps): "
+        "256 demos; not part of the 90 % claim, which is at 1 and 2 steps; run with the "
+        "recipes' start test, `keep_start`): "
         + "; ".join(parts)
         + f". Worse than the pretrained flow at 4 steps: {len(bad)} of {n} runs"
         + (": " + "; ".join(bad) if bad else "")
         + "."
+        + held_back(data, 4)
     ]
+
+
+def held_back(data: dict[str, Any], steps: int, last: dict[str, Any] | None = None) -> str:
+    """A sentence on the runs deployed with ``steps`` that kept their start because of
+    keep_start, against their own last models (``last``: ``bench_start_test.py last``'s
+    runs, read from ``START_LAST`` when not given)."""
+    if last is None:
+        last = json.loads(START_LAST.read_text()).get("runs", {}) if START_LAST.is_file() else {}
+    rows = {k: r for k, r in last.items() if k in data["cells"] and parse(k)[3] == steps}
+    if not rows:
+        return ""
+    better = [k for k, r in rows.items() if r["last_w2"] < r["kept_w2"] * (1 - TIE_RTOL)]
+    kept = statistics.fmean(r["kept_w2"] for r in rows.values())
+    ended = statistics.fmean(r["last_w2"] for r in rows.values())
+    return (
+        f" The start test kept the start in {len(rows)} of these runs; their last models "
+        f"(`start_test_last.json`) score W2 {ended:.3f} on average against the kept starts' "
+        f"{kept:.3f}, lower in {len(better)}"
+        + (f" ({', '.join(sorted(better))})" if better else "")
+        + "."
+    )
 
 
 def af_steps_claim(data: dict[str, Any]) -> list[str]:

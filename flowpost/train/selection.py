@@ -288,7 +288,7 @@ class Selector:
         )
         return (
             f"the {len(self.all_demos)} demonstrations cannot tell the starting model from "
-            f"their own distribution (energy test p = {self.start.start_p:.2f} > "
+            f"their own distribution (energy test p = {self.start.start_p:.3f} > "
             f"{self.start_alpha}): post-training has little to learn from them and may end "
             f"worse than the start; {action}"
         )

@@ -77,3 +77,19 @@ def test_the_suite_report_decides_the_claim_again_with_the_start_test(tmp_path, 
     assert "cannot tell the start apart in 1 of 2 FAIL groups (moons-spirals/d64/k2/s0)" in text
     assert "1 that had ended worse than it (W2 0.15 saved each), 1 wins given back" in text
     assert "beats SFT in 1 of 1 cells with it (0 of 1 without)" in text
+
+
+def test_last_lists_the_runs_that_kept_their_start_because_of_the_test():
+    warned = (
+        "warning: step 0: ... the start is kept as the best model (train.start_test: keep_start)"
+    )
+    told = "warning: step 0: ... train.start_test: keep_start would keep the start"
+    suite = {
+        "cells": {
+            "t/fail_pd_pathwise/d256/k4/s0": {"warnings": [warned]},
+            "t/fail_pg/d256/k4/s0": {"warnings": [told]},  # warn: nothing was kept
+            "t/sft/d256/k0/s0": {"warnings": [warned]},  # not FAIL
+            "t/fail_pg/d256/k2/s0": {},
+        }
+    }
+    assert bench.kept_by_test(suite) == ["t/fail_pd_pathwise/d256/k4/s0"]

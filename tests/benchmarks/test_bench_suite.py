@@ -271,6 +271,17 @@ def test_fail_at_four_steps_is_its_own_claim_line():
         "t/fail_pg/d256/k4/s0: W2 0.600 vs pretrained 0.500."
     )
     assert report.fail_at_four({"cells": {}}) == []
+    last = {
+        "t/fail_pg/d256/k4/s0": {"kept_w2": 0.5, "last_w2": 0.3},
+        "t/fail_pd_pathwise/d256/k4/s0": {"kept_w2": 0.5, "last_w2": 0.7},
+        "t/fail_pd_pathwise/d256/k2/s0": {"kept_w2": 0.5, "last_w2": 0.1},  # not 4 steps
+    }
+    assert report.held_back(data, 4, last) == (
+        " The start test kept the start in 2 of these runs; their last models "
+        "(`start_test_last.json`) score W2 0.500 on average against the kept starts' 0.500, "
+        "lower in 1 (t/fail_pg/d256/k4/s0)."
+    )
+    assert report.held_back(data, 4, {}) == ""
 
 
 def test_af_steps_claim_pairs_the_seeds():

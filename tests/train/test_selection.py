@@ -257,7 +257,9 @@ def test_the_start_test_pins_the_start_only_when_the_demos_cannot_tell_it_apart(
             outcome[mode, name] = (sel.best.step, first.start_p, sel.start_warning())
     step, p, message = outcome["keep_start", "same"]
     assert step == 0 and p > 0.05
-    assert f"p = {p:.2f}" in message and "the start is kept as the best model" in message
+    # three decimals: the resolution of 1000 relabellings, so a p just above alpha never
+    # reads "p = 0.05 > 0.05"
+    assert f"p = {p:.3f} > 0.05" in message and "the start is kept as the best model" in message
     assert "300 demonstrations cannot tell" in message
     step, p, message = outcome["warn", "same"]
     assert step == 50 and "keep_start would keep the start" in message
