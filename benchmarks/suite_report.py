@@ -577,7 +577,9 @@ def start_test_claim(data: dict[str, Any]) -> list[str]:
     sft = [led["claims"][name]["fail_pd_pathwise_beats_sft"] for name in ("keep_start", "recipes")]
     return [
         "* **The same with the FAIL recipes' start test** (`train.start_test: keep_start` in "
-        "`recipes/vectors/fail_pd.yaml` and `fail_pg.yaml`, set after these runs were made; "
+        "`recipes/vectors/fail_pd.yaml` and `fail_pg.yaml`, set after the 1- and 2-step runs "
+        "were made, which are replayed here (the 4-step runs were made with it: see the "
+        "4-step line); "
         "replayed exactly: `benchmarks/bench_start_test.py` ran the library's own test of each "
         "FAIL group through `flowpost train`, and a run whose start its demonstrations cannot "
         f"tell apart, p > {START_ALPHA}, deploys that start, which scores as the pretrained "
